@@ -1,0 +1,244 @@
+//! The typed, validated configuration: what every other module reads.
+//!
+//! A [`Config`] only exists after [`crate::config::load`] parsed and validated a file, so the
+//! values here are already checked (upstream names resolve, patterns parse, durations are
+//! positive where they must be). Nothing here knows about pingora.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration of one sidecache process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub proxy: ProxyConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub rewrites: Vec<RewriteConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub cache: CacheConfig,
+    pub warm: WarmConfig,
+    /// The file this config came from, if any (used by reload and the file watcher).
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`: listeners and process-level settings. Changing these needs a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Data-plane listen address. Default `0.0.0.0:8080`; env `SIDECACHE_LISTEN`.
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, health, purge). Default `127.0.0.1:9091`; env `SIDECACHE_ADMIN_LISTEN`.
+    pub admin_listen: SocketAddr,
+    /// Worker threads of the proxy service. Default: number of CPUs.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests. Default `10s`.
+    pub grace_period: Duration,
+    /// One log line per proxied request. Default `false`.
+    pub access_log: bool,
+    /// Largest accepted request body. Default `64MiB`; larger gets 413.
+    pub max_request_body_bytes: u64,
+    /// Bearer token for `/admin/*` (env `SIDECACHE_ADMIN_TOKEN` only, never in the file).
+    pub admin_token: Option<Secret>,
+    /// Reload when the config file changes on disk. Default `false`.
+    pub watch: bool,
+}
+
+/// `[proxy]`: what happens to requests that no rewrite matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Upstream for unmatched requests (path unchanged). `None`: unmatched requests get a 404 JSON.
+    pub default_upstream: Option<String>,
+}
+
+/// `[[upstreams]]`: one named origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Unique name, used in rewrites, metrics labels and error bodies.
+    pub name: String,
+    /// `host:port` (env `SIDECACHE_UPSTREAM_<NAME>` overrides; NAME upper-cased, `-` as `_`).
+    pub address: String,
+    /// TCP connect timeout. Default `1s`.
+    pub connect_timeout: Duration,
+    /// Time to wait for each read from the upstream (headers or body chunk). Default `30s`.
+    pub read_timeout: Duration,
+    /// Time to wait for each write to the upstream. Default `30s`.
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection stays pooled. Default `60s`.
+    pub idle_timeout: Duration,
+}
+
+/// `[[rewrites]]`: Next.js-style `source` -> `destination` rule. Ordered; first match wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewriteConfig {
+    /// Path pattern, e.g. `/api/:path*` (already checked to parse).
+    pub source: String,
+    /// Upstream name (checked to exist).
+    pub upstream: String,
+    /// Destination path template, e.g. `/api/:path*`; `None` keeps the path as it is.
+    pub path: Option<String>,
+    /// Remove this literal prefix from the path before forwarding (after templating).
+    pub strip_prefix: Option<String>,
+    /// Prepend this literal prefix to the path before forwarding (after stripping).
+    pub add_prefix: Option<String>,
+}
+
+/// `[[routes]]`: a cache policy for the requests that match it. Ordered; first match wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Metric label and log name. Unique; `[a-z0-9_]+`; not `default` or `health`.
+    pub name: String,
+    /// Methods this route matches (upper-case). A route listing GET also matches HEAD.
+    pub methods: Vec<String>,
+    /// Path pattern (same syntax as rewrite sources), matched against the request's path as the
+    /// client sent it (before rewriting).
+    pub pattern: String,
+    /// `None` for `cache = false`: matching requests bypass the cache.
+    pub cache: Option<RouteCacheConfig>,
+}
+
+/// The caching half of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCacheConfig {
+    /// Default `Override` when `ttl` is set, `Origin` otherwise.
+    pub mode: CacheMode,
+    /// Freshness in override mode (required there); ignored in origin mode.
+    pub ttl: Option<Ttl>,
+    /// Upper bound on any entry's fresh lifetime for this route (required bound for
+    /// `until-invalidated`, default `24h` there).
+    pub max_ttl: Option<Duration>,
+    /// Serve stale while one request refreshes. Default `0s`.
+    pub stale_while_revalidate: Duration,
+    /// Serve stale when the origin errors. Default `0s`.
+    pub stale_if_error: Duration,
+    /// What varies an entry besides the path.
+    pub key: KeyConfig,
+    /// Tag templates like `contractor:{id}`, filled from the path's named params.
+    pub tags: Vec<String>,
+    /// Statuses that may be stored. Default `[200, 203, 204, 301, 404]`.
+    pub statuses: Vec<u16>,
+    /// TTL for 404 in override mode. Default `30s` (capped by `ttl`).
+    pub negative_ttl: Duration,
+    /// Writes that purge this route's entries with the same params,
+    /// e.g. `POST /api/concierge/sessions/:id/end` (already checked to parse).
+    pub invalidate_on: Vec<MethodPattern>,
+}
+
+/// A `"GET,HEAD /path/:id"` style matcher, already split and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodPattern {
+    pub methods: Vec<String>,
+    pub pattern: String,
+}
+
+/// How a route decides freshness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The route's TTL decides freshness even without origin cache headers.
+    Override,
+    /// RFC 9111 shared-cache semantics from the origin's headers.
+    Origin,
+}
+
+/// Route freshness lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Fixed(Duration),
+    /// Fresh until purged (bounded by `max_ttl`).
+    UntilInvalidated,
+}
+
+/// `key = { query = [...], headers = [...] }`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyConfig {
+    /// `None`: the whole query string is part of the key. `Some(list)`: only these params, sorted.
+    pub query: Option<Vec<String>>,
+    /// Request headers (lower-case) whose values are part of the key. Naming `authorization`
+    /// or `cookie` here is what allows caching requests that carry them (values hashed).
+    pub headers: Vec<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// For requests matching no route: `Origin` (default) or `None` for `"off"`.
+    pub default_mode: Option<CacheMode>,
+    /// How long a request waits for another's in-flight fetch of the same key. Default `5s`.
+    pub lock_timeout: Duration,
+    pub l1: L1Config,
+    /// `None`: no Redis, L1 only.
+    pub l2: Option<L2Config>,
+}
+
+/// `[cache.l1]`: the in-process moka tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L1Config {
+    /// Byte budget (headers + body). Default `256MiB`.
+    pub max_bytes: u64,
+    /// Larger objects stream through uncached. Default `8MiB`.
+    pub max_object_bytes: u64,
+}
+
+/// `[cache.l2]`: the shared Redis tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L2Config {
+    /// `redis://[:password@]host:port[/db]`; env `SIDECACHE_REDIS_URL`. Redacted when shown.
+    pub url: Secret,
+    /// Key prefix; the format version is appended by the store. Default `sidecache:`.
+    pub prefix: String,
+    /// Timeout of each Redis read. Default `50ms`.
+    pub timeout: Duration,
+    /// Timeout of each background Redis write. Default `1s`.
+    pub write_timeout: Duration,
+    /// Consecutive failures that open the breaker. Default `3`.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe. Default `5s`.
+    pub breaker_cooldown: Duration,
+    /// Pub/sub channel for purges across instances. Default `sidecache:purge`.
+    pub channel: String,
+}
+
+/// `[warm]`: cache warming.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmConfig {
+    /// Warm in the background at start-up. Default `false`.
+    pub on_start: bool,
+    /// Parallel warming requests. Default `4`.
+    pub concurrency: usize,
+    /// Max warming requests per second. Default `50`.
+    pub rate_per_second: u32,
+    /// Readiness waits for warming at most this long. Default `30s`.
+    pub max_ready_delay: Duration,
+    /// Plain paths to warm.
+    pub urls: Vec<String>,
+    /// Templated paths with ids.
+    pub templates: Vec<WarmTemplate>,
+}
+
+/// `[[warm.templates]]`: `template = "/api/contractors/{id}/bundle"` x ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmTemplate {
+    pub template: String,
+    pub ids: Vec<String>,
+    /// One id per line, `#` comments; resolved relative to the config file.
+    pub ids_file: Option<PathBuf>,
+}
+
+/// A string that never prints itself (Debug and Display show `[redacted]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The real value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}

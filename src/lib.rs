@@ -1,0 +1,19 @@
+//! sidecache: a caching sidecar reverse proxy for an unchanged HTTP API.
+//!
+//! The module tree follows the path of a request:
+//! [`config`] (what to do) -> [`routing`] (which upstream, which route policy) ->
+//! [`cache`] (policy, key, tiers L1/L2) -> [`proxy`] (the pingora pipeline that ties them
+//! together and talks to the upstream). Beside the data plane: [`admin`] (health, metrics,
+//! purge, reload) and [`telemetry`] (logs and metrics). [`demo`] is the stand-in legacy
+//! backend used by `sidecache demo`, tests and benches; [`probe`] is the `bench` client.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod probe;
+pub mod proxy;
+pub mod routing;
+pub mod telemetry;

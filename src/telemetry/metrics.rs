@@ -1,0 +1,479 @@
+//! Prometheus metrics with pre-resolved label handles.
+//!
+//! Every metric sidecache exports is declared here, registered once in the default registry
+//! (so `prometheus::gather()` and pingora's helpers see them), and recorded through typed
+//! methods that take enums, never strings. Label values are bounded: `route` is a config
+//! route name (or `default` / `health`), `upstream` a configured upstream name.
+//!
+//! Hot-path recording is lock- and allocation-free after the first use of a label
+//! combination: [`RouteMetrics`] holds `OnceLock` slots for every (method, status class,
+//! outcome) combination and resolves each slot once.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
+};
+
+use crate::cache::status::CacheOutcome;
+
+/// Histogram buckets in seconds, 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Request methods as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    pub const COUNT: usize = 8;
+    pub fn from_method(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Self::Get,
+            http::Method::HEAD => Self::Head,
+            http::Method::POST => Self::Post,
+            http::Method::PUT => Self::Put,
+            http::Method::PATCH => Self::Patch,
+            http::Method::DELETE => Self::Delete,
+            http::Method::OPTIONS => Self::Options,
+            _ => Self::Other,
+        }
+    }
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+            Self::Options => "OPTIONS",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// `1xx` .. `5xx` as a bounded label (anything else counts as `5xx`).
+pub const fn status_class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Redis operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Op {
+    Get,
+    Set,
+    Del,
+    Publish,
+}
+impl L2Op {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Set => "set",
+            Self::Del => "del",
+            Self::Publish => "publish",
+        }
+    }
+}
+
+/// How a Redis operation ended. `Skipped`: the breaker was open, nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Result {
+    Ok,
+    Error,
+    Timeout,
+    Skipped,
+}
+impl L2Result {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// A storage tier, for corrupt-entry counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierLabel {
+    L1,
+    L2,
+}
+impl TierLabel {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+        }
+    }
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Status5xx,
+}
+impl UpstreamErrorKind {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// Why an L1 entry left the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// The byte budget was full.
+    Size,
+    /// Its lifetime ran out.
+    Expired,
+    /// Replaced by a newer write.
+    Replaced,
+    /// Purged or invalidated.
+    Explicit,
+}
+impl EvictionCause {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::Expired => "expired",
+            Self::Replaced => "replaced",
+            Self::Explicit => "explicit",
+        }
+    }
+}
+
+/// Result of a config reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Ok,
+    Error,
+}
+impl ReloadResult {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// All process-wide metric families. Get it with [`metrics()`].
+pub struct Metrics {
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub l2_operations: IntCounterVec,
+    pub l2_duration: HistogramVec,
+    pub l2_up: IntGauge,
+    pub l1_entries: IntGauge,
+    pub l1_bytes: IntGauge,
+    pub l1_capacity_bytes: IntGauge,
+    pub l1_evictions: IntCounterVec,
+    pub coalesced_requests: IntCounterVec,
+    pub cache_lock_timeouts: IntCounter,
+    pub corrupt_entries: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub purges: IntCounterVec,
+}
+
+static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    // Registration only fails on a duplicate name, which would be a programming error caught
+    // by the first test that touches metrics.
+    #[allow(clippy::expect_used)]
+    let m = Metrics {
+        requests_total: register_int_counter_vec!(
+            "sidecache_requests_total",
+            "Downstream requests by route, method, status class and cache outcome.",
+            &["route", "method", "status_class", "cache"]
+        )
+        .expect("register sidecache_requests_total"),
+        request_duration: register_histogram_vec!(
+            "sidecache_request_duration_seconds",
+            "Downstream request duration, full response, by route and cache outcome.",
+            &["route", "cache"],
+            LATENCY_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_request_duration_seconds"),
+        upstream_duration: register_histogram_vec!(
+            "sidecache_upstream_duration_seconds",
+            "Time from sending the upstream request to its response header.",
+            &["upstream", "route"],
+            LATENCY_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_upstream_duration_seconds"),
+        upstream_errors: register_int_counter_vec!(
+            "sidecache_upstream_errors_total",
+            "Upstream failures by upstream and kind (connect, timeout, reset, status_5xx).",
+            &["upstream", "kind"]
+        )
+        .expect("register sidecache_upstream_errors_total"),
+        l2_operations: register_int_counter_vec!(
+            "sidecache_l2_operations_total",
+            "Redis operations by op and result.",
+            &["op", "result"]
+        )
+        .expect("register sidecache_l2_operations_total"),
+        l2_duration: register_histogram_vec!(
+            "sidecache_l2_duration_seconds",
+            "Redis operation duration by op.",
+            &["op"],
+            LATENCY_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_l2_duration_seconds"),
+        l2_up: register_int_gauge!(
+            "sidecache_l2_up",
+            "1 when Redis is usable (circuit breaker closed), else 0."
+        )
+        .expect("register sidecache_l2_up"),
+        l1_entries: register_int_gauge!("sidecache_l1_entries", "Entries in the L1 cache.")
+            .expect("register sidecache_l1_entries"),
+        l1_bytes: register_int_gauge!("sidecache_l1_bytes", "Bytes held by the L1 cache.")
+            .expect("register sidecache_l1_bytes"),
+        l1_capacity_bytes: register_int_gauge!(
+            "sidecache_l1_capacity_bytes",
+            "Configured byte budget of the L1 cache."
+        )
+        .expect("register sidecache_l1_capacity_bytes"),
+        l1_evictions: register_int_counter_vec!(
+            "sidecache_l1_evictions_total",
+            "Entries removed from L1 by cause.",
+            &["cause"]
+        )
+        .expect("register sidecache_l1_evictions_total"),
+        coalesced_requests: register_int_counter_vec!(
+            "sidecache_coalesced_requests_total",
+            "Requests that waited on another request's fetch of the same key.",
+            &["route"]
+        )
+        .expect("register sidecache_coalesced_requests_total"),
+        cache_lock_timeouts: register_int_counter!(
+            "sidecache_cache_lock_timeouts_total",
+            "Requests that gave up waiting on another's fetch and went to the origin."
+        )
+        .expect("register sidecache_cache_lock_timeouts_total"),
+        corrupt_entries: register_int_counter_vec!(
+            "sidecache_corrupt_entries_total",
+            "Stored entries that failed to decode and were treated as misses.",
+            &["tier"]
+        )
+        .expect("register sidecache_corrupt_entries_total"),
+        config_reloads: register_int_counter_vec!(
+            "sidecache_config_reloads_total",
+            "Config reloads by result.",
+            &["result"]
+        )
+        .expect("register sidecache_config_reloads_total"),
+        build_info: register_int_gauge_vec!(
+            "sidecache_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"]
+        )
+        .expect("register sidecache_build_info"),
+        purges: register_int_counter_vec!(
+            "sidecache_purges_total",
+            "Purge requests by kind (url, prefix, tag, write, remote).",
+            &["kind"]
+        )
+        .expect("register sidecache_purges_total"),
+    };
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    // Pre-create the bounded label sets so dashboards see zeros, not gaps.
+    for op in [L2Op::Get, L2Op::Set, L2Op::Del, L2Op::Publish] {
+        for r in [L2Result::Ok, L2Result::Error, L2Result::Timeout, L2Result::Skipped] {
+            m.l2_operations.with_label_values(&[op.label(), r.label()]);
+        }
+    }
+    for r in [ReloadResult::Ok, ReloadResult::Error] {
+        m.config_reloads.with_label_values(&[r.label()]);
+    }
+    for t in [TierLabel::L1, TierLabel::L2] {
+        m.corrupt_entries.with_label_values(&[t.label()]);
+    }
+    m
+});
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    /// Count one Redis operation and its duration.
+    pub fn l2_op(&self, op: L2Op, result: L2Result, elapsed: Duration) {
+        self.l2_operations
+            .with_label_values(&[op.label(), result.label()])
+            .inc();
+        if result != L2Result::Skipped {
+            self.l2_duration
+                .with_label_values(&[op.label()])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Count one corrupt entry found in `tier`.
+    pub fn corrupt_entry(&self, tier: TierLabel) {
+        self.corrupt_entries.with_label_values(&[tier.label()]).inc();
+    }
+
+    /// Count one L1 eviction.
+    pub fn l1_eviction(&self, cause: EvictionCause) {
+        self.l1_evictions.with_label_values(&[cause.label()]).inc();
+    }
+
+    /// Count one upstream error.
+    pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind.label()])
+            .inc();
+    }
+
+    /// Count one config reload.
+    pub fn config_reload(&self, result: ReloadResult) {
+        self.config_reloads.with_label_values(&[result.label()]).inc();
+    }
+}
+
+const SLOTS: usize = MethodLabel::COUNT * 5 * CacheOutcome::ALL.len();
+
+/// Pre-resolved handles for one route label (a config route, `default` or `health`).
+///
+/// Built once per config snapshot; recording after the first use of a combination takes no
+/// lock and allocates nothing.
+pub struct RouteMetrics {
+    route: String,
+    requests: Box<[OnceLock<IntCounter>]>,
+    durations: [OnceLock<Histogram>; 8],
+    coalesced: OnceLock<IntCounter>,
+}
+
+impl RouteMetrics {
+    /// Handles for the route label `route`.
+    pub fn new(route: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            requests: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            durations: Default::default(),
+            coalesced: OnceLock::new(),
+        }
+    }
+
+    /// The route label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Record one finished downstream request.
+    pub fn record_request(
+        &self,
+        method: MethodLabel,
+        status: u16,
+        outcome: CacheOutcome,
+        elapsed: Duration,
+    ) {
+        let class = status_class_index(status);
+        let slot = (method as usize * 5 + class) * CacheOutcome::ALL.len() + outcome.index();
+        if let Some(cell) = self.requests.get(slot) {
+            cell.get_or_init(|| {
+                metrics().requests_total.with_label_values(&[
+                    &self.route,
+                    method.label(),
+                    STATUS_CLASSES[class],
+                    outcome.label(),
+                ])
+            })
+            .inc();
+        }
+        self.durations[outcome.index()]
+            .get_or_init(|| {
+                metrics()
+                    .request_duration
+                    .with_label_values(&[&self.route, outcome.label()])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Record one request that waited on another's fetch.
+    pub fn record_coalesced(&self) {
+        self.coalesced
+            .get_or_init(|| {
+                metrics()
+                    .coalesced_requests
+                    .with_label_values(&[&self.route])
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_metrics_count_into_the_right_series() {
+        let rm = RouteMetrics::new("unit_test_route");
+        rm.record_request(
+            MethodLabel::Get,
+            200,
+            CacheOutcome::HitL1,
+            Duration::from_micros(50),
+        );
+        rm.record_request(
+            MethodLabel::Get,
+            200,
+            CacheOutcome::HitL1,
+            Duration::from_micros(50),
+        );
+        let c = metrics()
+            .requests_total
+            .with_label_values(&["unit_test_route", "GET", "2xx", "hit_l1"]);
+        assert_eq!(c.get(), 2);
+        let h = metrics()
+            .request_duration
+            .with_label_values(&["unit_test_route", "hit_l1"]);
+        assert_eq!(h.get_sample_count(), 2);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class_index(204), 1);
+        assert_eq!(status_class_index(504), 4);
+        assert_eq!(status_class_index(999), 4);
+    }
+}

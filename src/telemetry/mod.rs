@@ -1,0 +1,2 @@
+//! Logging and metrics.
+pub mod metrics;
