@@ -2,3 +2,5 @@
 //! status (what the response says about it) and storage (the L1/L2 tiers).
 
 pub mod status;
+pub mod key;
+pub mod policy;
