@@ -5,9 +5,9 @@
 # Build (from the repository root):
 #   docker build -t sidecache .
 #
-# Run next to the API (the upstream named "api" in the config; adjust the name to yours):
+# Run next to the API (the upstream named "backend" in the example config; adjust the name to yours):
 #   docker run -d --name sidecache -p 8080:8080 --stop-timeout 15 \
-#     -e SIDECACHE_UPSTREAM_API=api.internal:5000 \
+#     -e SIDECACHE_UPSTREAM_BACKEND=api.internal:5000 \
 #     -e SIDECACHE_REDIS_URL=redis://redis:6379/0 \
 #     sidecache
 #
