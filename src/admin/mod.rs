@@ -1,1 +1,268 @@
-//! admin
+//! The admin plane: a separate listener (default `127.0.0.1:9091`) for operators.
+//!
+//! | endpoint              | auth            | what                                          |
+//! |-----------------------|-----------------|-----------------------------------------------|
+//! | `GET /metrics`        | none            | Prometheus text format                        |
+//! | `GET /health`, `/ready` | none          | same answers as the data plane                |
+//! | `GET /admin/config`   | token off-loopback | running config, secrets redacted           |
+//! | `POST /admin/purge`   | token off-loopback | `{"url"}`, `{"prefix"}` or `{"tag"}`       |
+//! | `POST /admin/reload`  | token off-loopback | re-read and swap the config file           |
+//!
+//! The admin plane reads shared state ([`Live`]) and never reaches into a data-plane request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::config::{Config, ProcessEnv};
+use crate::live::Live;
+use crate::proxy::local;
+use crate::telemetry::metrics::metrics;
+
+/// Largest admin request body (purge JSON).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Why the admin listener may not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("server.admin_listen {0} is not a loopback address: set SIDECACHE_ADMIN_TOKEN so /admin/* requires a bearer token, or listen on 127.0.0.1")]
+    TokenRequired(SocketAddr),
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Refuse a non-loopback admin listener without a token.
+pub fn check_auth_rules(config: &Config) -> Result<(), AdminError> {
+    let addr = config.server.admin_listen;
+    if !addr.ip().is_loopback() && config.server.admin_token.is_none() {
+        return Err(AdminError::TokenRequired(addr));
+    }
+    Ok(())
+}
+
+/// Bind the admin listener now (so a taken port fails start-up with a clear error).
+/// With `retry_for`, keep trying that long (a graceful upgrade waits for the old process to
+/// release the port).
+pub fn bind(addr: SocketAddr, retry_for: Duration) -> Result<std::net::TcpListener, AdminError> {
+    let deadline = std::time::Instant::now() + retry_for;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|source| AdminError::Bind { addr, source })?;
+                return Ok(l);
+            }
+            Err(source) if std::time::Instant::now() >= deadline => {
+                return Err(AdminError::Bind { addr, source })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Serve the admin API on `listener` until `shutdown` flips to true.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    live: &'static Live,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener unusable");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, live, peer));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+async fn handle(
+    req: Request<Incoming>,
+    live: &'static Live,
+    _peer: SocketAddr,
+) -> Result<AdminResponse, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let head = method == Method::HEAD;
+    let response = match (method.clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/metrics") => metrics_response(),
+        (Method::GET | Method::HEAD, p) if local::LocalEndpoint::from_path(p).is_some() => {
+            let endpoint = local::LocalEndpoint::from_path(p);
+            match endpoint {
+                Some(e) => {
+                    let a = local::answer(e, live).await;
+                    json_bytes(a.status, a.body)
+                }
+                None => not_found(&path),
+            }
+        }
+        (_, p) if p.starts_with("/admin/") => {
+            let snapshot = live.snapshot();
+            if let Some(denied) = authorize(&req, &snapshot.config) {
+                denied
+            } else {
+                match (method, p) {
+                    (Method::GET, "/admin/config") => {
+                        json_value(200, snapshot.config.redacted_json())
+                    }
+                    (Method::POST, "/admin/purge") => purge(req, live).await,
+                    (Method::POST, "/admin/reload") => reload(live),
+                    _ => json_value(
+                        405,
+                        json!({"error": "method_not_allowed", "path": path}),
+                    ),
+                }
+            }
+        }
+        _ => not_found(&path),
+    };
+    Ok(if head {
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()))
+    } else {
+        response
+    })
+}
+
+/// `None` when allowed; a 401 response otherwise.
+fn authorize(req: &Request<Incoming>, config: &Config) -> Option<AdminResponse> {
+    let token = config.server.admin_token.as_ref()?;
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes())) {
+        None
+    } else {
+        Some(json_value(
+            401,
+            json!({"error": "unauthorized", "hint": "send Authorization: Bearer $SIDECACHE_ADMIN_TOKEN"}),
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn metrics_response() -> AdminResponse {
+    let l1 = metrics();
+    let _ = l1; // the registry is filled lazily; touching it registers every family
+    let families = prometheus::gather();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let encoder = prometheus::TextEncoder::new();
+    match prometheus::Encoder::encode(&encoder, &families, &mut buf) {
+        Ok(()) => Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
+            .body(Full::new(Bytes::from(buf)))
+            .unwrap_or_else(|_| internal_error()),
+        Err(e) => json_value(500, json!({"error": "metrics_encoding", "detail": e.to_string()})),
+    }
+}
+
+async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_value(413, json!({"error": "body_too_large"})),
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return json_value(400, json!({"error": "invalid_json", "detail": e.to_string()})),
+    };
+    let field = |name: &str| parsed.get(name).and_then(Value::as_str).map(str::to_owned);
+    let (kind, target, report) = if let Some(url) = field("url") {
+        ("url", url.clone(), live.cache.purge_url(&url).await)
+    } else if let Some(prefix) = field("prefix") {
+        ("prefix", prefix.clone(), live.cache.purge_prefix(&prefix).await)
+    } else if let Some(tag) = field("tag") {
+        ("tag", tag.clone(), live.cache.purge_tag(&tag).await)
+    } else {
+        return json_value(
+            400,
+            json!({"error": "invalid_purge", "hint": "send {\"url\": ...}, {\"prefix\": ...} or {\"tag\": ...}"}),
+        );
+    };
+    metrics().purges.with_label_values(&[kind]).inc();
+    tracing::info!(target: "sidecache::purge", kind, target = %target, removed = report.l1_removed, "purged");
+    json_value(
+        200,
+        json!({
+            "purged": kind,
+            "target": target,
+            "removed_local": report.l1_removed,
+            "removed_l2": report.l2_removed,
+            "l2_ok": report.l2_ok,
+            "broadcast": report.broadcast,
+        }),
+    )
+}
+
+fn reload(live: &'static Live) -> AdminResponse {
+    match live.reload_from_disk(&ProcessEnv) {
+        Ok(()) => json_value(200, json!({"result": "ok"})),
+        Err(errors) => {
+            let list: Vec<Value> = errors
+                .0
+                .iter()
+                .map(|e| json!({"path": e.path, "line": e.line, "message": e.message}))
+                .collect();
+            json_value(
+                422,
+                json!({"result": "error", "errors": list, "detail": "the previous config keeps serving"}),
+            )
+        }
+    }
+}
+
+fn not_found(path: &str) -> AdminResponse {
+    json_value(404, json!({"error": "not_found", "path": path}))
+}
+
+fn json_value(status: u16, v: Value) -> AdminResponse {
+    json_bytes(status, Bytes::from(v.to_string()))
+}
+
+fn json_bytes(status: u16, body: Bytes) -> AdminResponse {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"{\"error\":\"internal\"}")));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}

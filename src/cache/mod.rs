@@ -4,3 +4,4 @@
 pub mod status;
 pub mod key;
 pub mod policy;
+pub mod invalidation;

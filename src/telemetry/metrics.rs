@@ -381,16 +381,31 @@ pub struct RouteMetrics {
     requests: Box<[OnceLock<IntCounter>]>,
     durations: [OnceLock<Histogram>; 8],
     coalesced: OnceLock<IntCounter>,
+    /// Upstream latency handles, by upstream index.
+    upstream: Box<[OnceLock<Histogram>]>,
 }
 
 impl RouteMetrics {
-    /// Handles for the route label `route`.
-    pub fn new(route: &str) -> Self {
+    /// Handles for the route label `route`, for a config with `upstreams` upstreams.
+    pub fn new(route: &str, upstreams: usize) -> Self {
         Self {
             route: route.to_owned(),
             requests: (0..SLOTS).map(|_| OnceLock::new()).collect(),
             durations: Default::default(),
             coalesced: OnceLock::new(),
+            upstream: (0..upstreams).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Record the time upstream `index` (named `name`) took to answer for this route.
+    pub fn record_upstream(&self, index: usize, name: &str, elapsed: Duration) {
+        if let Some(cell) = self.upstream.get(index) {
+            cell.get_or_init(|| {
+                metrics()
+                    .upstream_duration
+                    .with_label_values(&[name, &self.route])
+            })
+            .observe(elapsed.as_secs_f64());
         }
     }
 
@@ -447,7 +462,7 @@ mod tests {
 
     #[test]
     fn route_metrics_count_into_the_right_series() {
-        let rm = RouteMetrics::new("unit_test_route");
+        let rm = RouteMetrics::new("unit_test_route", 1);
         rm.record_request(
             MethodLabel::Get,
             200,

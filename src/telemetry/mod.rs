@@ -1,2 +1,3 @@
-//! Logging and metrics.
+//! Logs and metrics: one place that decides how sidecache reports what it does.
+pub mod logging;
 pub mod metrics;

@@ -1,0 +1,157 @@
+//! The state the data plane and the admin plane share: the current config snapshot (swapped
+//! atomically on reload), the cache tiers, and process facts (start time, in-flight requests).
+//!
+//! A request loads one [`Snapshot`] at its start and keeps it to the end, so a reload never
+//! changes the rules under an in-flight request.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+
+use crate::cache::storage::TieredCache;
+use crate::config::{self, Config, ConfigErrors, EnvSource};
+use crate::routing::Router;
+use crate::telemetry::metrics::{metrics, ReloadResult, RouteMetrics};
+
+/// One immutable generation of the configuration, compiled for the hot path.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// Metric handles per route index.
+    route_metrics: Vec<RouteMetrics>,
+    default_metrics: RouteMetrics,
+    health_metrics: RouteMetrics,
+}
+
+impl Snapshot {
+    /// Compile a validated config.
+    pub fn new(config: Config) -> Snapshot {
+        let router = Router::new(&config);
+        let upstreams = router.upstreams().len();
+        let route_metrics = router
+            .routes()
+            .iter()
+            .map(|r| RouteMetrics::new(&r.name, upstreams))
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            router,
+            route_metrics,
+            default_metrics: RouteMetrics::new("default", upstreams),
+            health_metrics: RouteMetrics::new("health", 0),
+        }
+    }
+
+    /// Metric handles for a route index (`None`: unmatched requests, label `default`).
+    pub fn route_metrics(&self, route: Option<usize>) -> &RouteMetrics {
+        route
+            .and_then(|i| self.route_metrics.get(i))
+            .unwrap_or(&self.default_metrics)
+    }
+
+    /// Metric handles for locally answered endpoints (label `health`).
+    pub fn health_metrics(&self) -> &RouteMetrics {
+        &self.health_metrics
+    }
+}
+
+/// Shared process state. Lives for the whole process (`&'static`).
+pub struct Live {
+    snapshot: ArcSwap<Snapshot>,
+    /// The cache tiers (pingora needs `&'static` storage).
+    pub cache: &'static TieredCache,
+    /// Per-process request coalescing.
+    pub cache_lock: &'static CacheKeyLockImpl,
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Where reloads read from.
+    config_path: Option<PathBuf>,
+}
+
+impl Live {
+    /// Build the process state from the first validated config. Leaks what pingora needs as
+    /// `'static`; called once per process.
+    pub fn new(config: Config) -> &'static Live {
+        let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&config.cache)));
+        let cache_lock: &'static CacheKeyLockImpl =
+            Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
+        let config_path = config.source.clone();
+        Box::leak(Box::new(Live {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+            cache,
+            cache_lock,
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            config_path,
+        }))
+    }
+
+    /// The current snapshot (one atomic load and a refcount increment).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Seconds since start.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// A request started.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request finished.
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests in progress now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Validate `new` against the running config and swap it in; on error the old config keeps
+    /// serving. Counts `sidecache_config_reloads_total{result}` and logs the outcome.
+    pub fn apply(&self, new: Config) -> Result<(), ConfigErrors> {
+        let current = self.snapshot();
+        if let Err(errors) = config::check_reloadable(&current.config, &new) {
+            return Err(self.reload_failed(errors));
+        }
+        self.cache.reconfigure(&new.cache);
+        self.snapshot.store(Arc::new(Snapshot::new(new)));
+        metrics().config_reload(ReloadResult::Ok);
+        tracing::info!(target: "sidecache::reload", result = "ok", "config reloaded");
+        Ok(())
+    }
+
+    /// Re-read the config file this process started with and [`Self::apply`] it.
+    pub fn reload_from_disk(&self, env: &dyn EnvSource) -> Result<(), ConfigErrors> {
+        let Some(path) = self.config_path.as_deref() else {
+            return Err(self.reload_failed(ConfigErrors(vec![config::ConfigError {
+                path: "config".into(),
+                line: None,
+                message: "this process was not started from a config file".into(),
+            }])));
+        };
+        match config::load(path, env) {
+            Ok(new) => self.apply(new),
+            Err(errors) => Err(self.reload_failed(errors)),
+        }
+    }
+
+    fn reload_failed(&self, errors: ConfigErrors) -> ConfigErrors {
+        metrics().config_reload(ReloadResult::Error);
+        tracing::error!(
+            target: "sidecache::reload",
+            result = "error",
+            errors = %errors.report(),
+            "config reload rejected; the previous config keeps serving"
+        );
+        errors
+    }
+}

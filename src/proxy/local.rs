@@ -1,0 +1,103 @@
+//! Endpoints sidecache answers itself, never proxied: liveness (`/health`, `/api/health`) and
+//! readiness (`/ready`, `/api/ready`). The legacy stack only proxied `/api/*`, so its `/health`
+//! 404'd behind the front end; here both spellings are always answered, on the data plane and
+//! on the admin listener.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::live::Live;
+
+/// A locally answered endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalEndpoint {
+    Health,
+    Ready,
+}
+
+impl LocalEndpoint {
+    /// Which endpoint, if any, this path names (for GET and HEAD).
+    pub fn from_path(path: &str) -> Option<LocalEndpoint> {
+        match path {
+            "/health" | "/api/health" => Some(Self::Health),
+            "/ready" | "/api/ready" => Some(Self::Ready),
+            _ => None,
+        }
+    }
+}
+
+/// A finished local response: status and JSON body.
+pub struct LocalResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Answer a local endpoint.
+pub async fn answer(endpoint: LocalEndpoint, live: &Live) -> LocalResponse {
+    match endpoint {
+        LocalEndpoint::Health => health(live),
+        LocalEndpoint::Ready => ready(live).await,
+    }
+}
+
+/// Liveness: the process is up and serving.
+pub fn health(live: &Live) -> LocalResponse {
+    let body = json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": live.uptime_secs(),
+    });
+    LocalResponse {
+        status: 200,
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+/// Readiness: the default upstream (or, without one, every upstream) accepts a TCP connection
+/// within its connect timeout. Redis is reported but never makes sidecache unready: without it
+/// requests still work from L1 and the origin.
+pub async fn ready(live: &Live) -> LocalResponse {
+    let snapshot = live.snapshot();
+    let router = &snapshot.router;
+    let checked: Vec<usize> = match router.default_upstream() {
+        Some(i) => vec![i],
+        None => (0..router.upstreams().len()).collect(),
+    };
+    let mut upstreams = serde_json::Map::new();
+    let mut down = Vec::new();
+    for i in checked {
+        let Some(u) = router.upstreams().get(i) else {
+            continue;
+        };
+        let up = tcp_connects(&u.address, u.connect_timeout).await;
+        upstreams.insert(u.name.clone(), json!(if up { "up" } else { "down" }));
+        if !up {
+            down.push(u.name.clone());
+        }
+    }
+    let l2 = match live.cache.l2_healthy() {
+        None => "disabled",
+        Some(true) => "up",
+        Some(false) => "down",
+    };
+    let ready = down.is_empty();
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "upstreams": upstreams,
+        "down": down,
+        "l2": l2,
+    });
+    LocalResponse {
+        status: if ready { 200 } else { 503 },
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+async fn tcp_connects(address: &str, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}

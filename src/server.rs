@@ -1,0 +1,208 @@
+//! Process assembly: the pingora `Server` with the proxy service, the admin listener and the
+//! config reloader, and the signal rules (SIGTERM drains within the grace period, SIGINT exits
+//! at once, SIGQUIT hands the listening sockets to a new process, SIGHUP reloads).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin;
+use crate::config::{Config, ProcessEnv};
+use crate::live::Live;
+use crate::proxy;
+
+/// How the process was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Take over the listening sockets of a running sidecache (graceful upgrade).
+    pub upgrade: bool,
+    /// Unix socket the listening sockets are handed over on.
+    pub upgrade_sock: Option<PathBuf>,
+}
+
+/// Default socket for graceful upgrades.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sidecache_upgrade.sock";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+}
+
+/// Run sidecache until it is told to stop. Returns after a graceful or fast shutdown.
+pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    admin::check_auth_rules(&config)?;
+    let admin_listener = admin::bind(
+        config.server.admin_listen,
+        if options.upgrade {
+            Duration::from_secs(30)
+        } else {
+            Duration::ZERO
+        },
+    )?;
+    let listen = config.server.listen.to_string();
+    let grace = config.server.grace_period;
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: options
+            .upgrade_sock
+            .as_deref()
+            .map_or_else(|| DEFAULT_UPGRADE_SOCK.to_owned(), |p| p.display().to_string()),
+        max_retries: 1,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let live = Live::new(config);
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let proxy_service = proxy::service(&server.configuration, live, &listen);
+    server.add_service(proxy_service);
+    server.add_service(background_service(
+        "admin",
+        AdminService {
+            live,
+            listener: std::sync::Mutex::new(Some(admin_listener)),
+        },
+    ));
+    server.add_service(background_service("config reload", ReloadService { live }));
+    tracing::info!(listen = %listen, admin = %live.snapshot().config.server.admin_listen,
+        version = env!("CARGO_PKG_VERSION"), "sidecache started");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { live, grace }),
+    });
+    Ok(())
+}
+
+struct AdminService {
+    live: &'static Live,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(listener) = listener {
+            admin::serve(listener, self.live, shutdown).await;
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP and, with `server.watch`, when the file changes on disk.
+struct ReloadService {
+    live: &'static Live,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload via /admin/reload only");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut seen = self.file_mtime();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received, reloading config");
+                    let _ = self.live.reload_from_disk(&ProcessEnv);
+                    seen = self.file_mtime();
+                }
+                _ = tick.tick() => {
+                    if !self.live.snapshot().config.server.watch {
+                        continue;
+                    }
+                    let now = self.file_mtime();
+                    if now.is_some() && now != seen {
+                        seen = now;
+                        tracing::info!("config file changed, reloading");
+                        let _ = self.live.reload_from_disk(&ProcessEnv);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ReloadService {
+    fn file_mtime(&self) -> Option<SystemTime> {
+        let snapshot = self.live.snapshot();
+        let path = snapshot.config.source.as_ref()?;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+}
+
+/// Signal handling. pingora sleeps the whole grace period after SIGTERM; sidecache exits as
+/// soon as no request is in flight (or when the grace period ends, whichever is first).
+struct Signals {
+    live: &'static Live,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(grace_ms = self.grace.as_millis() as u64, in_flight = self.live.in_flight(),
+                    "SIGTERM: draining in-flight requests");
+                let live = self.live;
+                let grace = self.grace;
+                std::thread::spawn(move || drain_then_exit(live, grace));
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing listeners to the new process");
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// Exit once nothing is in flight (checked every 20 ms after the listeners stop), or let
+/// pingora finish at the end of the grace period.
+fn drain_then_exit(live: &'static Live, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut idle_checks = 0;
+    while std::time::Instant::now() < deadline {
+        if live.in_flight() == 0 {
+            idle_checks += 1;
+            if idle_checks >= 3 {
+                tracing::info!("drained, exiting");
+                std::process::exit(0);
+            }
+        } else {
+            idle_checks = 0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
