@@ -2,3 +2,4 @@
 //! status (what the response says about it) and storage (the L1/L2 tiers).
 
 pub mod status;
+pub mod storage;
