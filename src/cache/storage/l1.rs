@@ -308,11 +308,14 @@ impl L1Store {
         self.remove_all(keys)
     }
 
-    /// Drop everything (e.g. after a pub/sub gap).
+    /// Drop everything (e.g. after a pub/sub gap). Runs moka's maintenance once so the
+    /// invalidated entries, their index members and the gauges are gone when this returns
+    /// (rare operation; O(entries)).
     pub fn clear(&self) {
         let inner = self.inner.load();
         if let Some(c) = &inner.cache {
             c.invalidate_all();
+            c.run_pending_tasks();
         }
     }
 
