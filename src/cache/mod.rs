@@ -1,7 +1,9 @@
-//! Caching: policy (what may be stored, for how long), key (what varies an entry),
-//! status (what the response says about it) and storage (the L1/L2 tiers).
+//! Caching, in the order a request meets it: [`policy`] (may this be cached, for how long),
+//! [`key`] (what varies an entry), [`storage`] (the L1/L2 tiers behind pingora-cache),
+//! [`status`] (what the response says about it) and [`invalidation`] (purges after writes).
 
-pub mod status;
+pub mod invalidation;
 pub mod key;
 pub mod policy;
-pub mod invalidation;
+pub mod status;
+pub mod storage;

@@ -1,0 +1,150 @@
+//! [`CircuitBreaker`]: stops sending L2 operations to a Redis that keeps failing, so an outage
+//! costs each L1 miss nothing instead of the full read timeout.
+//!
+//! Closed: everything goes through; `failures` consecutive failures/timeouts open it.
+//! Open: every operation is skipped until `cooldown` has passed, then exactly one probe is let
+//! through (half-open). The probe's success closes the breaker, its failure re-opens it.
+//! The `l2_up` gauge follows the state (1 closed, 0 otherwise).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::telemetry::metrics::metrics;
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { since: Instant },
+}
+
+/// Consecutive-failure circuit breaker with a cooldown and a single half-open probe.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    state: Mutex<State>,
+    threshold: AtomicU32,
+    cooldown_nanos: AtomicU64,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker that opens after `failures` consecutive failures (at least 1).
+    pub fn new(failures: u32, cooldown: Duration) -> Self {
+        metrics().l2_up.set(1);
+        CircuitBreaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold: AtomicU32::new(failures.max(1)),
+            cooldown_nanos: AtomicU64::new(dur_nanos(cooldown)),
+        }
+    }
+
+    /// Change threshold and cooldown (hot reload); the current state is kept.
+    pub fn reconfigure(&self, failures: u32, cooldown: Duration) {
+        self.threshold.store(failures.max(1), Ordering::Relaxed);
+        self.cooldown_nanos
+            .store(dur_nanos(cooldown), Ordering::Relaxed);
+    }
+
+    fn cooldown(&self) -> Duration {
+        Duration::from_nanos(self.cooldown_nanos.load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // a panic while holding this tiny lock cannot leave the state inconsistent
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May an operation be sent now? In the open state after the cooldown this returns true
+    /// once (the probe) and false for everyone else until the probe reports back. A probe that
+    /// never reports (e.g. its future was dropped) is replaced after another cooldown.
+    pub fn allow(&self) -> bool {
+        let now = Instant::now();
+        let mut s = self.lock();
+        match *s {
+            State::Closed { .. } => true,
+            State::Open { until } if now >= until => {
+                *s = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } => false,
+            State::HalfOpen { since } if now.duration_since(since) >= self.cooldown() => {
+                *s = State::HalfOpen { since: now };
+                true
+            }
+            State::HalfOpen { .. } => false,
+        }
+    }
+
+    /// Report a successful operation: closes the breaker.
+    pub fn on_success(&self) {
+        let mut s = self.lock();
+        let was_closed = matches!(*s, State::Closed { .. });
+        *s = State::Closed { failures: 0 };
+        drop(s);
+        if !was_closed {
+            tracing::info!("redis circuit breaker closed");
+            metrics().l2_up.set(1);
+        }
+    }
+
+    /// Report a failed or timed-out operation.
+    pub fn on_failure(&self) {
+        let now = Instant::now();
+        let threshold = self.threshold.load(Ordering::Relaxed);
+        let mut s = self.lock();
+        let opened = match *s {
+            State::Closed { failures } if failures + 1 >= threshold => true,
+            State::Closed { failures } => {
+                *s = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::HalfOpen { .. } => true,
+            State::Open { .. } => false,
+        };
+        if opened {
+            *s = State::Open {
+                until: now + self.cooldown(),
+            };
+        }
+        drop(s);
+        if opened {
+            tracing::warn!("redis circuit breaker open");
+            metrics().l2_up.set(0);
+        }
+    }
+
+    /// True when closed (Redis considered usable).
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.lock(), State::Closed { .. })
+    }
+}
+
+fn dur_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let b = CircuitBreaker::new(2, Duration::from_millis(30));
+        b.on_failure();
+        assert!(b.is_closed());
+        b.on_failure();
+        assert!(!b.is_closed());
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "one probe after cooldown");
+        assert!(!b.allow(), "only one probe");
+        b.on_failure();
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow());
+        b.on_success();
+        assert!(b.is_closed() && b.allow());
+    }
+}

@@ -1,0 +1,356 @@
+//! [`L1Store`]: the in-process moka tier, bounded by bytes, plus the url/tag indexes used by
+//! purges.
+//!
+//! Values are `Arc<StoredEntry>` (decoded meta fields + `Bytes` body), keyed by the entry's
+//! `combined_bin()`. Each entry expires at its own deadline (fresh_until + max(swr, sie) + 5 s)
+//! through moka's `Expiry`. The weigher counts header + body + context bytes (u32 per entry,
+//! u64 total). `max_bytes == 0` disables L1 (every operation is a no-op / miss).
+//!
+//! The indexes (url -> keys in a `BTreeMap` for prefix ranges, tag -> keys) live behind a std
+//! `Mutex` that is never held across an await. Index members carry the generation of the L1
+//! insert that created them, so a late eviction notice for an old generation cannot unindex a
+//! newer entry under the same key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::codec::StoredEntry;
+use crate::telemetry::metrics::{metrics, EvictionCause};
+
+/// Storage key: `CacheHashKey::combined_bin()` (primary hash + variance).
+pub type EntryKey = [u8; 16];
+
+/// What L1 holds per key.
+#[derive(Debug)]
+pub struct L1Entry {
+    pub entry: StoredEntry,
+    generation: u64,
+    weight: u32,
+}
+
+type Members = HashMap<EntryKey, u64>;
+
+#[derive(Default)]
+struct Index {
+    urls: BTreeMap<String, Members>,
+    tags: HashMap<String, Members>,
+}
+
+impl Index {
+    fn add(&mut self, key: EntryKey, e: &L1Entry) {
+        if !e.entry.ctx.url.is_empty() {
+            self.urls
+                .entry(e.entry.ctx.url.clone())
+                .or_default()
+                .insert(key, e.generation);
+        }
+        for t in &e.entry.ctx.tags {
+            self.tags.entry(t.clone()).or_default().insert(key, e.generation);
+        }
+    }
+
+    fn remove(&mut self, key: &EntryKey, e: &L1Entry) {
+        fn drop_member(map: &mut Members, key: &EntryKey, gen: u64) -> bool {
+            if map.get(key) == Some(&gen) {
+                map.remove(key);
+            }
+            map.is_empty()
+        }
+        if let Some(m) = self.urls.get_mut(e.entry.ctx.url.as_str()) {
+            if drop_member(m, key, e.generation) {
+                self.urls.remove(e.entry.ctx.url.as_str());
+            }
+        }
+        for t in &e.entry.ctx.tags {
+            if let Some(m) = self.tags.get_mut(t.as_str()) {
+                if drop_member(m, key, e.generation) {
+                    self.tags.remove(t.as_str());
+                }
+            }
+        }
+    }
+}
+
+struct EntryExpiry;
+
+fn until_deadline(v: &L1Entry) -> Option<Duration> {
+    Some(
+        v.entry
+            .remaining(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+impl Expiry<EntryKey, Arc<L1Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &EntryKey,
+        value: &Arc<L1Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        until_deadline(value)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &EntryKey,
+        value: &Arc<L1Entry>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        until_deadline(value)
+    }
+}
+
+struct Inner {
+    cache: Option<Cache<EntryKey, Arc<L1Entry>>>,
+    index: Arc<Mutex<Index>>,
+    max_bytes: u64,
+}
+
+/// Per-store counters mirrored into the global gauges.
+#[derive(Default)]
+struct Counters {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The L1 tier. Cheap lookups (`get`), byte-bounded, with purge indexes.
+pub struct L1Store {
+    inner: ArcSwap<Inner>,
+    generation: AtomicU64,
+    counters: Arc<Counters>,
+}
+
+fn lock(m: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
+    let index = Arc::new(Mutex::new(Index::default()));
+    metrics()
+        .l1_capacity_bytes
+        .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    if max_bytes == 0 {
+        return Inner {
+            cache: None,
+            index,
+            max_bytes,
+        };
+    }
+    let listener_index = index.clone();
+    let listener_counters = counters.clone();
+    let cache = Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_k: &EntryKey, v: &Arc<L1Entry>| v.weight)
+        .expire_after(EntryExpiry)
+        .eviction_listener(move |k: Arc<EntryKey>, v: Arc<L1Entry>, cause: RemovalCause| {
+            let c = match cause {
+                RemovalCause::Size => EvictionCause::Size,
+                RemovalCause::Expired => EvictionCause::Expired,
+                RemovalCause::Replaced => EvictionCause::Replaced,
+                RemovalCause::Explicit => EvictionCause::Explicit,
+            };
+            metrics().l1_eviction(c);
+            listener_counters.entries.fetch_sub(1, Ordering::Relaxed);
+            listener_counters
+                .bytes
+                .fetch_sub(u64::from(v.weight), Ordering::Relaxed);
+            metrics().l1_entries.dec();
+            metrics().l1_bytes.sub(i64::from(v.weight));
+            lock(&listener_index).remove(&k, &v);
+        })
+        .build();
+    Inner {
+        cache: Some(cache),
+        index,
+        max_bytes,
+    }
+}
+
+impl L1Store {
+    /// An L1 with a byte budget of `max_bytes` (0 = disabled).
+    pub fn new(max_bytes: u64) -> Self {
+        let counters = Arc::new(Counters::default());
+        L1Store {
+            inner: ArcSwap::from_pointee(build(max_bytes, &counters)),
+            generation: AtomicU64::new(1),
+            counters,
+        }
+    }
+
+    /// Is L1 enabled (byte budget > 0)?
+    pub fn enabled(&self) -> bool {
+        self.inner.load().cache.is_some()
+    }
+
+    /// The configured byte budget.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.load().max_bytes
+    }
+
+    /// Change the byte budget. A different budget rebuilds L1 (it starts empty).
+    pub fn reconfigure(&self, max_bytes: u64) {
+        if self.max_bytes() == max_bytes {
+            return;
+        }
+        let old = self.inner.swap(Arc::new(build(max_bytes, &self.counters)));
+        if let Some(c) = &old.cache {
+            c.invalidate_all();
+            c.run_pending_tasks();
+        }
+    }
+
+    /// The live entry for `key`, if any and not past its deadline. Never touches Redis.
+    pub fn get(&self, key: &EntryKey) -> Option<Arc<L1Entry>> {
+        let inner = self.inner.load();
+        let e = inner.cache.as_ref()?.get(key)?;
+        e.entry.remaining(SystemTime::now())?;
+        Some(e)
+    }
+
+    /// Store `entry` under `key` (replacing any previous one). Entries past their deadline or
+    /// heavier than u32::MAX bytes are not stored. Returns whether it was handed to moka
+    /// (moka may still reject it when the budget is full).
+    pub fn insert(&self, key: EntryKey, entry: StoredEntry) -> bool {
+        let inner = self.inner.load();
+        let Some(cache) = inner.cache.as_ref() else {
+            return false;
+        };
+        if entry.remaining(SystemTime::now()).is_none() {
+            return false;
+        }
+        let Ok(weight) = u32::try_from(entry.weight_bytes()) else {
+            return false;
+        };
+        if u64::from(weight) > inner.max_bytes {
+            return false;
+        }
+        let v = Arc::new(L1Entry {
+            entry,
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            weight,
+        });
+        lock(&inner.index).add(key, &v);
+        self.counters.entries.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(u64::from(weight), Ordering::Relaxed);
+        metrics().l1_entries.inc();
+        metrics().l1_bytes.add(i64::from(weight));
+        cache.insert(key, v);
+        true
+    }
+
+    /// Remove one key; true when an entry was present.
+    pub fn remove(&self, key: &EntryKey) -> bool {
+        let inner = self.inner.load();
+        let Some(cache) = inner.cache.as_ref() else {
+            return false;
+        };
+        match cache.remove(key) {
+            Some(v) => {
+                lock(&inner.index).remove(key, &v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_all(&self, keys: Vec<EntryKey>) -> u64 {
+        keys.iter().filter(|k| self.remove(k)).count() as u64
+    }
+
+    /// Remove every variant stored for exactly `url`. Returns how many entries were removed.
+    pub fn purge_url(&self, url: &str) -> u64 {
+        let keys: Vec<EntryKey> = {
+            let inner = self.inner.load();
+            let idx = lock(&inner.index);
+            idx.urls
+                .get(url)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default()
+        };
+        self.remove_all(keys)
+    }
+
+    /// Remove every entry whose url starts with `prefix` (a `BTreeMap` range, not a scan).
+    pub fn purge_prefix(&self, prefix: &str) -> u64 {
+        let keys: Vec<EntryKey> = {
+            let inner = self.inner.load();
+            let idx = lock(&inner.index);
+            idx.urls
+                .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .take_while(|(u, _)| u.starts_with(prefix))
+                .flat_map(|(_, m)| m.keys().copied())
+                .collect()
+        };
+        self.remove_all(keys)
+    }
+
+    /// Remove every entry carrying `tag`.
+    pub fn purge_tag(&self, tag: &str) -> u64 {
+        let keys: Vec<EntryKey> = {
+            let inner = self.inner.load();
+            let idx = lock(&inner.index);
+            idx.tags
+                .get(tag)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default()
+        };
+        self.remove_all(keys)
+    }
+
+    /// Drop everything (e.g. after a pub/sub gap). Runs moka's maintenance once so the
+    /// invalidated entries, their index members and the gauges are gone when this returns
+    /// (rare operation; O(entries)).
+    pub fn clear(&self) {
+        let inner = self.inner.load();
+        if let Some(c) = &inner.cache {
+            c.invalidate_all();
+            c.run_pending_tasks();
+        }
+    }
+
+    /// Run moka's pending maintenance (evictions, listener calls). For tests and periodic
+    /// housekeeping, not per request.
+    pub fn sync(&self) {
+        if let Some(c) = &self.inner.load().cache {
+            c.run_pending_tasks();
+        }
+    }
+
+    /// moka's entry count (eventually consistent; call [`Self::sync`] first for exactness).
+    pub fn entry_count(&self) -> u64 {
+        self.inner
+            .load()
+            .cache
+            .as_ref()
+            .map(|c| c.entry_count())
+            .unwrap_or(0)
+    }
+
+    /// moka's weighted size in bytes (eventually consistent).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.inner
+            .load()
+            .cache
+            .as_ref()
+            .map(|c| c.weighted_size())
+            .unwrap_or(0)
+    }
+
+    /// Number of urls and tags currently indexed (for tests and debugging).
+    pub fn index_sizes(&self) -> (usize, usize) {
+        let inner = self.inner.load();
+        let idx = lock(&inner.index);
+        (idx.urls.len(), idx.tags.len())
+    }
+}

@@ -1,0 +1,448 @@
+//! [`TieredCache`]: the pingora-cache `Storage` of sidecache, plus its hit and miss handlers.
+//!
+//! Lookup: L1, then (on an L1 miss) L2 under the read timeout; an L2 hit is promoted into L1
+//! with its remaining lifetime. Miss: the body is buffered (up to `max_object_bytes`), on
+//! `finish` the entry goes into L1 synchronously and into L2 by a spawned task (never awaited
+//! there: `finish` runs before the last chunk reaches the client).
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::{Error, ErrorType, Result};
+
+use super::codec::{self, StoredEntry};
+use super::l1::{EntryKey, L1Store};
+use super::l2::L2Store;
+use super::{EntryContext, PurgeReport, Tier};
+use crate::config::CacheConfig;
+use crate::telemetry::metrics::{metrics, TierLabel};
+
+/// The two-tier cache storage handed to `session.cache.enable(..)` (as a `&'static`).
+pub struct TieredCache {
+    l1: L1Store,
+    l2: Option<L2Store>,
+    max_object_bytes: AtomicU64,
+}
+
+/// Spawn a background task on the current runtime; silently skipped outside a runtime.
+fn spawn_bg<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(fut);
+    }
+}
+
+impl TieredCache {
+    /// Build from config; L2 present iff `cfg.l2.is_some()`. No I/O: Redis is connected lazily
+    /// by the runtime that first uses it. `l1.max_bytes == 0` disables L1.
+    pub fn new(cfg: &CacheConfig) -> TieredCache {
+        TieredCache {
+            l1: L1Store::new(cfg.l1.max_bytes),
+            l2: cfg.l2.as_ref().map(L2Store::new),
+            max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
+        }
+    }
+
+    /// Live-adjust L2 timeouts/breaker, the object size limit and the L1 budget (a different
+    /// budget rebuilds L1 empty). Adding or removing L2 needs a restart.
+    pub fn reconfigure(&self, cfg: &CacheConfig) {
+        self.max_object_bytes
+            .store(cfg.l1.max_object_bytes, Ordering::Relaxed);
+        self.l1.reconfigure(cfg.l1.max_bytes);
+        match (&self.l2, &cfg.l2) {
+            (Some(l2), Some(c)) => l2.reconfigure(c),
+            (None, None) => {}
+            _ => tracing::warn!("adding or removing [cache.l2] needs a restart"),
+        }
+    }
+
+    /// The L1 tier.
+    pub fn l1(&self) -> &L1Store {
+        &self.l1
+    }
+
+    /// The L2 tier, if configured.
+    pub fn l2(&self) -> Option<&L2Store> {
+        self.l2.as_ref()
+    }
+
+    /// Is Redis usable now (breaker closed)? `None` when no L2 is configured.
+    pub fn l2_healthy(&self) -> Option<bool> {
+        self.l2.as_ref().map(|l2| l2.breaker().is_closed())
+    }
+
+    /// Active PING under the read timeout, for readiness. `Ok(())` without L2.
+    pub async fn l2_ping(&self) -> Result<(), String> {
+        match &self.l2 {
+            Some(l2) => l2.ping().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Largest body that is stored.
+    pub fn max_object_bytes(&self) -> u64 {
+        self.max_object_bytes.load(Ordering::Relaxed)
+    }
+
+    fn report(l1_removed: u64, l2: Option<Result<u64, crate::telemetry::metrics::L2Result>>) -> PurgeReport {
+        match l2 {
+            None => PurgeReport {
+                l1_removed,
+                l2_removed: 0,
+                l2_ok: true,
+            },
+            Some(Ok(n)) => PurgeReport {
+                l1_removed,
+                l2_removed: n,
+                l2_ok: true,
+            },
+            Some(Err(_)) => PurgeReport {
+                l1_removed,
+                l2_removed: 0,
+                l2_ok: false,
+            },
+        }
+    }
+
+    /// Remove every variant of exactly `url` (as stored in `EntryContext::url`) from L1 and L2.
+    pub async fn purge_url(&self, url: &str) -> PurgeReport {
+        metrics().purges.with_label_values(&["url"]).inc();
+        let n = self.l1.purge_url(url);
+        let l2 = match &self.l2 {
+            Some(l2) => Some(l2.purge_url(url).await),
+            None => None,
+        };
+        Self::report(n, l2)
+    }
+
+    /// Remove every entry whose url starts with `prefix` from L1 and L2.
+    pub async fn purge_prefix(&self, prefix: &str) -> PurgeReport {
+        metrics().purges.with_label_values(&["prefix"]).inc();
+        let n = self.l1.purge_prefix(prefix);
+        let l2 = match &self.l2 {
+            Some(l2) => Some(l2.purge_prefix(prefix).await),
+            None => None,
+        };
+        Self::report(n, l2)
+    }
+
+    /// Remove every entry tagged `tag` from L1 and L2.
+    pub async fn purge_tag(&self, tag: &str) -> PurgeReport {
+        metrics().purges.with_label_values(&["tag"]).inc();
+        let n = self.l1.purge_tag(tag);
+        let l2 = match &self.l2 {
+            Some(l2) => Some(l2.purge_tag(tag).await),
+            None => None,
+        };
+        Self::report(n, l2)
+    }
+
+    /// Drop everything from L1 only (used after a pub/sub gap).
+    pub fn clear_l1(&self) {
+        self.l1.clear();
+    }
+
+    /// Write `entry` to L2 in a spawned task under the write timeout.
+    fn spawn_l2_write(&'static self, key: EntryKey, entry: StoredEntry) {
+        let Some(l2) = &self.l2 else { return };
+        let Some(ttl) = entry.remaining(SystemTime::now()) else {
+            return;
+        };
+        spawn_bg(async move {
+            let value = codec::encode(&entry);
+            let _ = l2
+                .set_entry(&key, value, ttl, &entry.ctx.url, &entry.ctx.tags)
+                .await;
+        });
+    }
+
+    /// L2 lookup: GET + decode; corrupt values count, get deleted in the background, and miss.
+    async fn l2_lookup(&'static self, key: &EntryKey) -> Option<StoredEntry> {
+        let l2 = self.l2.as_ref()?;
+        let raw = l2.get_raw(key).await.ok()??;
+        match codec::decode(Bytes::from(raw)) {
+            Ok(e) => {
+                e.remaining(SystemTime::now())?;
+                Some(e)
+            }
+            Err(err) => {
+                tracing::warn!(key = %l2.entry_key(key), error = %err, "corrupt L2 entry deleted");
+                metrics().corrupt_entry(TierLabel::L2);
+                let key = *key;
+                spawn_bg(async move {
+                    let _ = l2.del_entry(&key).await;
+                });
+                None
+            }
+        }
+    }
+}
+
+fn hit(entry: &StoredEntry, tier: Tier) -> (CacheMeta, HitHandler) {
+    let len = entry.body.len();
+    (
+        entry.to_meta(),
+        Box::new(TieredHit {
+            body: entry.body.clone(),
+            start: 0,
+            end: len,
+            done: false,
+            tier,
+        }),
+    )
+}
+
+#[async_trait]
+impl Storage for TieredCache {
+    /// Called by pingora after the cache key is known, first with the primary key, then (when
+    /// the primary's meta has a different variance than the request) with the variance set.
+    /// L1 first, then L2 (read timeout, fail open: errors are misses, never `Err`).
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let k = key.combined_bin();
+        if let Some(e) = self.l1.get(&k) {
+            return Ok(Some(hit(&e.entry, Tier::L1)));
+        }
+        match self.l2_lookup(&k).await {
+            Some(entry) => {
+                let h = hit(&entry, Tier::L2);
+                self.l1.insert(k, entry);
+                Ok(Some(h))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Called after `response_cache_filter` made the response cacheable (and after the variance
+    /// was set on `meta`). Captures the meta fields and the [`EntryContext`] from the meta's
+    /// extensions; the returned handler buffers the body. `key.combined_bin()` is where the
+    /// entry will live (pingora already points it at the primary slot when appropriate).
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let ctx = meta
+            .extensions()
+            .get::<EntryContext>()
+            .cloned()
+            .unwrap_or_default();
+        Ok(Box::new(TieredMiss {
+            cache: self,
+            key: key.combined_bin(),
+            template: StoredEntry::from_meta(meta, ctx, Bytes::new()),
+            body: BytesMut::new(),
+            limit: self.max_object_bytes(),
+            too_large: false,
+        }))
+    }
+
+    /// Called for purge requests (`is_purge`) and by an eviction manager (sidecache passes none).
+    /// Removes the key from L1 and L2 (L2 awaited under the write timeout; failure is logged and
+    /// the L1 result reported).
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let k = target.key().combined_bin();
+        let mut removed = self.l1.remove(&k);
+        if let Some(l2) = &self.l2 {
+            if let Ok(n) = l2.del_entry(&k).await {
+                removed |= n > 0;
+            }
+        }
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    /// Called after a 304 revalidation with the merged meta. Updates L1 in place (same body)
+    /// and rewrites L2 in the background: from the L1 copy, or by GET + re-SET when the entry is
+    /// only in L2. Returns whether an update was made or scheduled.
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key.combined_bin();
+        if let Some(old) = self.l1.get(&k) {
+            let updated = old.entry.with_meta(meta);
+            self.l1.insert(k, updated.clone());
+            self.spawn_l2_write(k, updated);
+            return Ok(true);
+        }
+        if self.l2.is_none() {
+            return Ok(false);
+        }
+        let fresh = StoredEntry::from_meta(meta, EntryContext::default(), Bytes::new());
+        spawn_bg(async move {
+            if let Some(old) = self.l2_lookup(&k).await {
+                let mut updated = old.with_meta_fields(&fresh);
+                updated.ctx = old.ctx.clone();
+                self.spawn_l2_write(k, updated);
+            }
+        });
+        Ok(true)
+    }
+
+    /// Always false: readers wait for the whole body (non-streaming storage).
+    fn support_streaming_partial_write(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+impl StoredEntry {
+    /// Body and context of `self`, meta fields (freshness, header, variance) of `fresh`.
+    fn with_meta_fields(&self, fresh: &StoredEntry) -> StoredEntry {
+        StoredEntry {
+            body: self.body.clone(),
+            ctx: self.ctx.clone(),
+            variance: fresh.variance.or(self.variance),
+            ..fresh.clone()
+        }
+    }
+}
+
+/// Hit handler: the whole body (or the sought range) as one `Bytes`, then `None`.
+pub struct TieredHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+    tier: Tier,
+}
+
+impl TieredHit {
+    /// Which tier served this hit.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+}
+
+#[async_trait]
+impl HandleHit for TieredHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    /// Serve `start..end` (end exclusive, clamped to the body) on the next `read_body`.
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len && !(start == 0 && len == 0) {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start out of range {start} >= {len}"),
+            );
+        }
+        let end = end.map_or(len, |e| e.min(len));
+        if end < start {
+            return Error::e_explain(ErrorType::InternalError, "seek end before start");
+        }
+        self.start = start;
+        self.end = end;
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Miss handler: buffers the body; `finish` stores into L1 and spawns the L2 write.
+///
+/// Bodies over `max_object_bytes` are not stored: buffering stops and `finish` returns an
+/// error (pingora only logs a failed finish). `write_body` itself does not fail, because
+/// pingora propagates a `write_body` error to the downstream response.
+pub struct TieredMiss {
+    cache: &'static TieredCache,
+    key: EntryKey,
+    template: StoredEntry,
+    body: BytesMut,
+    limit: u64,
+    too_large: bool,
+}
+
+#[async_trait]
+impl HandleMiss for TieredMiss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.too_large {
+            return Ok(());
+        }
+        if (self.body.len() + data.len()) as u64 > self.limit {
+            self.too_large = true;
+            self.body = BytesMut::new();
+            return Ok(());
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.too_large {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("body exceeds max_object_bytes {}", self.limit),
+            );
+        }
+        let this = *self;
+        let size = this.body.len();
+        let mut entry = this.template;
+        entry.body = this.body.freeze();
+        let cache = this.cache;
+        cache.l1.insert(this.key, entry.clone());
+        cache.spawn_l2_write(this.key, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}

@@ -1,0 +1,441 @@
+//! Contract tests of `TieredCache` as a pingora-cache `Storage`, against real redis-server
+//! processes: one suite run for L1 only, L2 only and tiered, plus tiered-only behaviour
+//! (promotion, outage + breaker, purges across tiers, a second instance, L1 byte budget).
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage};
+use pingora_cache::trace::Span;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_http::ResponseHeader;
+use sidecache::cache::storage::{EntryContext, Tier, TieredCache, TieredHit};
+use sidecache::config::{CacheConfig, L1Config, L2Config, Secret};
+use sidecache::telemetry::metrics::{metrics, TierLabel};
+use support::redis::RedisServer;
+
+const MAX_OBJECT: u64 = 4096;
+const POLL: Duration = Duration::from_secs(5);
+
+fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
+    CacheConfig {
+        default_mode: None,
+        lock_timeout: Duration::from_secs(5),
+        l1: L1Config {
+            max_bytes: l1_bytes,
+            max_object_bytes: MAX_OBJECT,
+        },
+        l2: redis.map(|(r, prefix)| L2Config {
+            url: Secret::new(r.url()),
+            prefix: prefix.to_owned(),
+            // generous for a noisy 2-core box; the outage test measures against it
+            timeout: Duration::from_millis(250),
+            write_timeout: Duration::from_secs(1),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(400),
+            channel: "test:purge".into(),
+        }),
+    }
+}
+
+fn leak(cfg: &CacheConfig) -> &'static TieredCache {
+    Box::leak(Box::new(TieredCache::new(cfg)))
+}
+
+fn key(path: &str) -> CacheKey {
+    CacheKey::new(path.as_bytes().to_vec(), "")
+}
+
+fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&str]) -> CacheMeta {
+    let mut h = ResponseHeader::build(200, None).expect("header");
+    h.append_header("Content-Type", "application/json").expect("ct");
+    h.append_header("X-Test-Case", "MixedCase").expect("x");
+    let created = SystemTime::now();
+    let mut m = CacheMeta::new(fresh_until, created, swr, sie, h);
+    m.extensions_mut().insert(EntryContext {
+        url: url.to_owned(),
+        route: "test".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    });
+    m
+}
+
+fn meta(ttl: u64, url: &str, tags: &[&str]) -> CacheMeta {
+    meta_at(SystemTime::now() + Duration::from_secs(ttl), 10, 20, url, tags)
+}
+
+async fn write(
+    c: &'static TieredCache,
+    k: &CacheKey,
+    m: &CacheMeta,
+    body: &[u8],
+) -> pingora_error::Result<()> {
+    let span = Span::inactive();
+    let mut mh = c.get_miss_handler(k, m, &span.handle()).await?;
+    let mid = body.len() / 2;
+    mh.write_body(Bytes::copy_from_slice(&body[..mid]), false)
+        .await?;
+    mh.write_body(Bytes::copy_from_slice(&body[mid..]), true)
+        .await?;
+    mh.finish().await.map(|_| ())
+}
+
+async fn lookup(c: &'static TieredCache, k: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
+    let span = Span::inactive();
+    c.lookup(k, &span.handle()).await.expect("lookup never errors")
+}
+
+async fn body(mut h: HitHandler) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(b) = h.read_body().await.expect("read_body") {
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+fn tier(h: &HitHandler) -> Tier {
+    h.as_any()
+        .downcast_ref::<TieredHit>()
+        .expect("TieredHit")
+        .tier()
+}
+
+/// Poll until `f` holds (L2 writes are spawned, so visibility is eventual).
+async fn lookup_until<F>(c: &'static TieredCache, k: &CacheKey, f: F) -> Option<(CacheMeta, HitHandler)>
+where
+    F: Fn(&Option<(CacheMeta, HitHandler)>) -> bool,
+{
+    let deadline = Instant::now() + POLL;
+    loop {
+        let r = lookup(c, k).await;
+        if f(&r) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn found(c: &'static TieredCache, k: &CacheKey) -> (CacheMeta, HitHandler) {
+    lookup_until(c, k, |r| r.is_some())
+        .await
+        .expect("entry should become visible")
+}
+
+async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = Instant::now() + POLL;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    cache: &'static TieredCache,
+    redis: Option<RedisServer>,
+}
+
+/// The storage contract every configuration must satisfy.
+async fn contract(s: Setup) {
+    let c = s.cache;
+    let span = Span::inactive();
+
+    // miss on empty
+    assert!(lookup(c, &key("/c/a")).await.is_none());
+
+    // write then read back identical meta + body
+    let ka = key("/c/a");
+    let ma = meta(60, "/c/a", &["t:a"]);
+    write(c, &ka, &ma, b"hello body").await.expect("write");
+    let (m, h) = found(c, &ka).await;
+    assert_eq!(m.fresh_until(), ma.fresh_until());
+    assert_eq!(m.created(), ma.created());
+    assert_eq!(m.stale_while_revalidate_sec(), 10);
+    assert_eq!(m.stale_if_error_sec(), 20);
+    assert_eq!(m.response_header().status, 200);
+    assert_eq!(
+        m.headers().get("x-test-case").map(|v| v.as_bytes()),
+        Some(&b"MixedCase"[..])
+    );
+    assert_eq!(m.headers().len(), ma.headers().len());
+    assert_eq!(body(h).await, b"hello body");
+
+    // range: seek serves a slice
+    let (_, mut h) = found(c, &ka).await;
+    assert!(h.can_seek());
+    h.seek(6, Some(8)).expect("seek");
+    assert_eq!(body(h).await, b"bo");
+
+    // expiry: deadline = fresh_until + max(swr,sie) + 5s; put fresh_until 4s in the past
+    let ke = key("/c/expiring");
+    let me = meta_at(SystemTime::now() - Duration::from_secs(4), 0, 0, "/c/expiring", &[]);
+    write(c, &ke, &me, b"short").await.expect("write");
+    let r = lookup_until(c, &ke, |r| r.is_none()).await;
+    assert!(r.is_none(), "entry past its deadline must be gone");
+
+    // purge via the trait removes from every tier
+    let outcome = c
+        .purge(
+            PurgeTarget::Active(&ka.to_compact()),
+            PurgeType::Invalidation,
+            &span.handle(),
+        )
+        .await
+        .expect("purge");
+    assert!(matches!(outcome, PurgeOutcome::Purged(_)));
+    assert!(lookup(c, &ka).await.is_none());
+
+    // update_meta changes freshness, keeps the body
+    let kb = key("/c/b");
+    let mb = meta(60, "/c/b", &[]);
+    write(c, &kb, &mb, b"bbb").await.expect("write");
+    found(c, &kb).await;
+    let later = SystemTime::now() + Duration::from_secs(600);
+    let newer = meta_at(later, 1, 2, "/c/b", &[]);
+    assert!(c.update_meta(&kb, &newer, &span.handle()).await.expect("update"));
+    let (m, h) = lookup_until(c, &kb, |r| {
+        r.as_ref().map(|(m, _)| m.fresh_until()) == Some(later)
+    })
+    .await
+    .expect("still there");
+    assert_eq!(m.fresh_until(), later);
+    assert_eq!(m.stale_if_error_sec(), 2);
+    assert_eq!(body(h).await, b"bbb");
+
+    // Vary: primary variant under the primary key, others under primary+variance
+    let kv = key("/c/vary");
+    let mut m1 = meta(60, "/c/vary", &[]);
+    m1.set_variance_key([1; 16]);
+    write(c, &kv, &m1, b"variant-1").await.expect("write v1");
+    let (m, h) = found(c, &kv).await;
+    assert_eq!(m.variance(), Some([1; 16]));
+    assert_eq!(body(h).await, b"variant-1");
+    let mut kv2 = key("/c/vary");
+    kv2.set_variance_key([2; 16]);
+    assert!(lookup(c, &kv2).await.is_none(), "other variance is a miss");
+    let mut m2 = meta(60, "/c/vary", &[]);
+    m2.set_variance_key([2; 16]);
+    write(c, &kv2, &m2, b"variant-2").await.expect("write v2");
+    let (m, h) = found(c, &kv2).await;
+    assert_eq!(m.variance(), Some([2; 16]));
+    assert_eq!(body(h).await, b"variant-2");
+    let (m, h) = found(c, &kv).await;
+    assert_eq!(m.variance(), Some([1; 16]));
+    assert_eq!(body(h).await, b"variant-1");
+
+    // size limit: larger bodies are not stored; exactly the limit is
+    let kbig = key("/c/big");
+    let r = write(c, &kbig, &meta(60, "/c/big", &[]), &vec![b'x'; MAX_OBJECT as usize + 1]).await;
+    assert!(r.is_err(), "finish reports the oversize body");
+    let kfit = key("/c/fit");
+    write(c, &kfit, &meta(60, "/c/fit", &[]), &vec![b'y'; MAX_OBJECT as usize])
+        .await
+        .expect("fits");
+    let (_, h) = found(c, &kfit).await;
+    assert_eq!(body(h).await.len(), MAX_OBJECT as usize);
+    assert!(lookup(c, &kbig).await.is_none());
+
+    // corrupt L2 value: miss + counter + deleted
+    if let (Some(l2), Some(redis)) = (c.l2(), s.redis.as_ref()) {
+        for garbage in [&b"garbage"[..], b"SCE1\x07rest", b"SCE1\x01\x00\x00"] {
+            let kc = key("/c/corrupt");
+            let rk = l2.entry_key(&kc.combined_bin());
+            redis.set_raw(&rk, garbage);
+            let before = metrics()
+                .corrupt_entries
+                .with_label_values(&[TierLabel::L2.label()])
+                .get();
+            assert!(lookup(c, &kc).await.is_none());
+            let after = metrics()
+                .corrupt_entries
+                .with_label_values(&[TierLabel::L2.label()])
+                .get();
+            assert!(after > before, "corrupt counter must go up");
+            wait_for("corrupt key deletion", || !redis.exists(&rk)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_l1_only() {
+    let cache = leak(&config(8 << 20, None));
+    assert_eq!(cache.l2_healthy(), None);
+    assert!(cache.l2_ping().await.is_ok());
+    contract(Setup { cache, redis: None }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_l2_only() {
+    let redis = RedisServer::start();
+    let cache = leak(&config(0, Some((&redis, "l2only:"))));
+    assert!(!cache.l1().enabled());
+    contract(Setup {
+        cache,
+        redis: Some(redis),
+    })
+    .await;
+    // nothing ever landed in L1
+    assert_eq!(cache.l1().entry_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_tiered() {
+    let redis = RedisServer::start();
+    let cache = leak(&config(8 << 20, Some((&redis, "tiered:"))));
+    assert!(cache.l2_ping().await.is_ok());
+    contract(Setup {
+        cache,
+        redis: Some(redis),
+    })
+    .await;
+    assert_eq!(cache.l2_healthy(), Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn l2_hit_is_promoted_and_ttl_is_set() {
+    let redis = RedisServer::start();
+    let c = leak(&config(8 << 20, Some((&redis, "promo:"))));
+    let k = key("/p/1");
+    write(c, &k, &meta(60, "/p/1", &["x"]), b"promote me").await.expect("write");
+    let (_, h) = found(c, &k).await;
+    assert_eq!(tier(&h), Tier::L1);
+    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    wait_for("L2 write", || redis.exists(&rk)).await;
+    // PX = fresh 60s + max(swr 10, sie 20) + 5s slack
+    let pttl = redis.pttl(&rk);
+    assert!(pttl > 80_000 && pttl <= 85_000, "pttl {pttl}");
+    let idx = redis.keys("promo:v1:*");
+    assert!(idx.contains(&"promo:v1:url:/p/1".to_string()), "{idx:?}");
+    assert!(idx.contains(&"promo:v1:tag:x".to_string()), "{idx:?}");
+    assert!(redis.pttl("promo:v1:tag:x") >= pttl - 1000);
+    c.clear_l1();
+    let (_, h) = lookup(c, &k).await.expect("L2 hit");
+    assert_eq!(tier(&h), Tier::L2);
+    assert_eq!(body(h).await, b"promote me");
+    let (_, h) = lookup(c, &k).await.expect("L1 hit");
+    assert_eq!(tier(&h), Tier::L1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_instance_sees_l2_entries() {
+    let redis = RedisServer::start();
+    let a = leak(&config(8 << 20, Some((&redis, "shared:"))));
+    let b = leak(&config(8 << 20, Some((&redis, "shared:"))));
+    let k = key("/shared/1");
+    write(a, &k, &meta(60, "/shared/1", &[]), b"from a").await.expect("write");
+    let (m, h) = found(b, &k).await;
+    assert_eq!(tier(&h), Tier::L2);
+    assert_eq!(m.response_header().status, 200);
+    assert_eq!(body(h).await, b"from a");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purges_remove_from_both_tiers() {
+    let redis = RedisServer::start();
+    let c = leak(&config(8 << 20, Some((&redis, "purge:"))));
+    let l2 = c.l2().expect("l2");
+    let mut entries = Vec::new();
+    for (path, variance, url, tags) in [
+        ("/p/a", None, "/p/a?x=1", vec!["t1"]),
+        ("/p/a", Some([7u8; 16]), "/p/a?x=1", vec!["t1"]),
+        ("/p/b", None, "/p/b", vec!["t2"]),
+        ("/q/c", None, "/q/c", vec!["t1"]),
+        ("/q/d", None, "/q/d", vec!["t3"]),
+    ] {
+        let mut k = key(path);
+        let mut m = meta(60, url, &tags);
+        if let Some(v) = variance {
+            k.set_variance_key(v);
+            m.set_variance_key(v);
+        }
+        write(c, &k, &m, path.as_bytes()).await.expect("write");
+        let rk = l2.entry_key(&k.combined_bin());
+        wait_for("L2 write", || redis.exists(&rk)).await;
+        entries.push((k, rk));
+    }
+
+    let r = c.purge_url("/p/a?x=1").await;
+    assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (2, 2, true));
+    let r = c.purge_tag("t1").await;
+    assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (1, 1, true));
+    let r = c.purge_prefix("/p/").await;
+    assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (1, 1, true));
+    for (k, rk) in &entries[..4] {
+        assert!(lookup(c, k).await.is_none());
+        assert!(!redis.exists(rk));
+    }
+    let (k, rk) = &entries[4];
+    assert!(lookup(c, k).await.is_some(), "unrelated entry survives");
+    assert!(redis.exists(rk));
+    // an L2-only copy (other instance wrote it, not in our L1) is purged too
+    c.clear_l1();
+    let r = c.purge_prefix("/q/").await;
+    assert_eq!((r.l1_removed, r.l2_removed), (0, 1));
+    assert!(!redis.exists(rk));
+    assert!(!redis.exists("purge:v1:url:/q/d"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_opens_breaker_and_recovers() {
+    let mut redis = RedisServer::start();
+    let cfg = config(8 << 20, Some((&redis, "outage:")));
+    let c = leak(&cfg);
+    let k = key("/o/1");
+    write(c, &k, &meta(60, "/o/1", &[]), b"before").await.expect("write");
+    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    wait_for("L2 write", || redis.exists(&rk)).await;
+    assert_eq!(c.l2_healthy(), Some(true));
+
+    redis.kill();
+    // L1 hits are unaffected; L1 misses fail open, each within the read timeout (+ slack)
+    let bound = Duration::from_secs(1);
+    assert!(lookup(c, &k).await.is_some());
+    for i in 0..6 {
+        let t = Instant::now();
+        assert!(lookup(c, &key(&format!("/o/miss/{i}"))).await.is_none());
+        assert!(t.elapsed() < bound, "lookup took {:?}", t.elapsed());
+        let t = Instant::now();
+        write(c, &key(&format!("/o/w/{i}")), &meta(60, "/o/w", &[]), b"w")
+            .await
+            .expect("writes never fail on L2 trouble");
+        assert!(t.elapsed() < bound);
+    }
+    wait_for("breaker open", || c.l2_healthy() == Some(false)).await;
+    assert!(c.l2_ping().await.is_err());
+    let r = c.purge_url("/o/1").await;
+    assert!(!r.l2_ok);
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while c.l2_healthy() != Some(true) {
+        assert!(Instant::now() < deadline, "L2 did not recover");
+        i += 1;
+        let _ = lookup(c, &key(&format!("/o/probe/{i}"))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let k2 = key("/o/after");
+    write(c, &k2, &meta(60, "/o/after", &[]), b"after").await.expect("write");
+    let rk2 = c.l2().expect("l2").entry_key(&k2.combined_bin());
+    wait_for("L2 write after recovery", || redis.exists(&rk2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn l1_stays_within_byte_budget() {
+    let budget: u64 = 1 << 20;
+    let c = leak(&config(budget, None));
+    let body = vec![b'z'; 900];
+    for i in 0..10_000 {
+        let p = format!("/budget/{i}");
+        write(c, &key(&p), &meta(60, &p, &["b"]), &body).await.expect("write");
+    }
+    c.l1().sync();
+    let used = c.l1().weighted_bytes();
+    assert!(used <= budget, "L1 holds {used} bytes > budget {budget}");
+    let n = c.l1().entry_count();
+    assert!(n > 100 && n < 10_000, "entries {n}");
+    let (urls, _) = c.l1().index_sizes();
+    assert!(urls as u64 <= n + 16, "url index {urls} tracks entries {n}");
+}

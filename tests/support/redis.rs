@@ -1,0 +1,152 @@
+//! A real, throw-away `redis-server` process for tests (never the machine's shared 6379).
+//!
+//! Starts on a free 127.0.0.1 port with no persistence in a temp dir, waits for PING, and can be
+//! SIGKILLed and restarted on the same port. Dropping it kills the process.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `redis-server` child process.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl RedisServer {
+    /// Start a server on a free port and wait until it answers PING.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server not found on PATH; install it with `apt-get install redis-server`"
+            ),
+            Err(e) => panic!("failed to start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.try_conn() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_millis(200))
+    }
+
+    /// `redis://127.0.0.1:{port}/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL the server (no graceful shutdown) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL on unix
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill (if running) and start again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A synchronous connection for raw inspection.
+    pub fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("raw redis connection")
+    }
+
+    /// SET `key` to raw bytes (e.g. garbage) with no TTL.
+    pub fn set_raw(&self, key: &str, value: &[u8]) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut self.conn())
+            .expect("raw SET");
+    }
+
+    /// Keys matching a glob pattern.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut k: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.conn())
+            .expect("raw KEYS");
+        k.sort();
+        k
+    }
+
+    /// Does `key` exist?
+    pub fn exists(&self, key: &str) -> bool {
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut self.conn())
+            .expect("raw EXISTS");
+        n > 0
+    }
+
+    /// Remaining TTL of `key` in ms (-1 no TTL, -2 missing).
+    pub fn pttl(&self, key: &str) -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut self.conn())
+            .expect("raw PTTL")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
