@@ -1,14 +1,22 @@
-//! Configuration: TOML file -> raw serde structs -> validation (all errors at once) -> [`Config`].
+//! Configuration: TOML file -> spanned document walk -> validation (all errors at once) -> [`Config`].
 //!
 //! Loading never binds a port; a bad file is reported with key paths and line numbers.
 
+mod env;
+mod json;
 mod model;
+mod raw;
+pub mod units;
+mod validate;
+pub use env::upstream_var;
+pub use json::redact_url;
 pub use model::*;
 
 use std::path::Path;
 
 /// Where environment overrides come from (a trait so tests need no `set_var`).
 pub trait EnvSource {
+    /// The value of variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
 }
 
@@ -20,6 +28,13 @@ impl EnvSource for ProcessEnv {
     }
 }
 
+/// A fixed set of variables (tests, and `sidecache demo` overriding the backend address).
+impl EnvSource for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
 /// One validation problem: the key path (`routes[2].ttl`), the line if known, the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -28,19 +43,113 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Prints `routes[2].ttl (line 41): message`; the parts that are unknown are left out.
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (false, Some(line)) => write!(f, "{} (line {line}): {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+            (true, Some(line)) => write!(f, "line {line}: {}", self.message),
+            (true, None) => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Every problem found in one config, reported together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config")]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+impl ConfigErrors {
+    /// One line per problem, e.g. `routes[2].ttl (line 41): invalid duration "5 minutes": ...`.
+    pub fn report(&self) -> String {
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn single(path: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }])
+    }
+}
+
 /// Read, parse and validate the file at `path`.
 pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
-    let _ = (path, env);
-    unimplemented!("config::load (owned by the config helper)")
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single("", None, format!("cannot read {}: {e}", path.display()))
+    })?;
+    parse(&text, Some(path), env)
 }
 
 /// Parse and validate TOML text; `source` is used for messages and relative paths.
-pub fn parse(text: &str, source: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
-    let _ = (text, source, env);
-    unimplemented!("config::parse (owned by the config helper)")
+pub fn parse(
+    text: &str,
+    source: Option<&Path>,
+    env: &dyn EnvSource,
+) -> Result<Config, ConfigErrors> {
+    let document = toml_edit::ImDocument::parse(text).map_err(|e| {
+        let doc = raw::Doc::new(text);
+        let message = e.message().trim().replace('\n', "; ");
+        ConfigErrors::single(
+            "",
+            doc.line(e.span()),
+            format!("TOML syntax error: {message}"),
+        )
+    })?;
+    let mut doc = raw::Doc::new(text);
+    let (mut config, pending) = validate::build(&mut doc, document.as_table(), source);
+    env::apply(&mut config, env, &mut doc.errors);
+    if let (Some(line), Some(l2)) = (pending.l2_without_url, &config.cache.l2) {
+        if l2.url.expose().is_empty() {
+            doc.error(
+                "cache.l2.url",
+                line,
+                "missing required key (or set SIDECACHE_REDIS_URL)",
+            );
+        }
+    }
+    let mut errors = doc.errors;
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// Whether a running process can switch from `old` to `new` without a restart: listeners and
+/// thread count are fixed at start-up.
+pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+    let (o, n) = (&old.server, &new.server);
+    let mut errors = Vec::new();
+    let mut check = |changed: bool, path: &str, what: &str| {
+        if changed {
+            errors.push(ConfigError {
+                path: path.to_string(),
+                line: None,
+                message: format!("changing {what} needs a restart"),
+            });
+        }
+    };
+    check(o.listen != n.listen, "server.listen", "the listen address");
+    check(
+        o.admin_listen != n.admin_listen,
+        "server.admin_listen",
+        "the admin listen address",
+    );
+    check(
+        o.threads != n.threads,
+        "server.threads",
+        "the number of threads",
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }

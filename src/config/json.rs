@@ -1,0 +1,127 @@
+//! The running config as JSON for the admin API, with secrets redacted.
+
+use super::units::format_duration;
+use super::*;
+use serde_json::{json, Value};
+
+const REDACTED: &str = "[redacted]";
+
+/// Replace the password of a `redis://user:password@host` URL with `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn duration(d: std::time::Duration) -> Value {
+    Value::String(format_duration(d))
+}
+
+fn mode(m: CacheMode) -> &'static str {
+    match m {
+        CacheMode::Override => "override",
+        CacheMode::Origin => "origin",
+    }
+}
+
+fn route(r: &RouteConfig) -> Value {
+    let cache = r.cache.as_ref().map(|c| {
+        json!({
+            "mode": mode(c.mode),
+            "ttl": c.ttl.map(|t| match t {
+                Ttl::Fixed(d) => duration(d),
+                Ttl::UntilInvalidated => Value::from("until-invalidated"),
+            }),
+            "max_ttl": c.max_ttl.map(duration),
+            "stale_while_revalidate": duration(c.stale_while_revalidate),
+            "stale_if_error": duration(c.stale_if_error),
+            "key": { "query": c.key.query, "headers": c.key.headers },
+            "tags": c.tags,
+            "statuses": c.statuses,
+            "negative_ttl": duration(c.negative_ttl),
+            "invalidate_on": c.invalidate_on.iter()
+                .map(|m| format!("{} {}", m.methods.join(","), m.pattern))
+                .collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "name": r.name,
+        "match": format!("{} {}", r.methods.join(","), r.pattern),
+        "cache": cache,
+    })
+}
+
+impl Config {
+    /// The full running config as JSON (for `/admin/config`), with the Redis URL password and
+    /// the admin token replaced by `[redacted]`. Durations print as `"5m"`, sizes as bytes.
+    pub fn redacted_json(&self) -> Value {
+        let s = &self.server;
+        json!({
+            "server": {
+                "listen": s.listen.to_string(),
+                "admin_listen": s.admin_listen.to_string(),
+                "threads": s.threads,
+                "grace_period": duration(s.grace_period),
+                "access_log": s.access_log,
+                "max_request_body_bytes": s.max_request_body_bytes,
+                "admin_token": s.admin_token.as_ref().map(|_| REDACTED),
+                "watch": s.watch,
+            },
+            "proxy": { "default_upstream": self.proxy.default_upstream },
+            "upstreams": self.upstreams.iter().map(|u| json!({
+                "name": u.name,
+                "address": u.address,
+                "connect_timeout": duration(u.connect_timeout),
+                "read_timeout": duration(u.read_timeout),
+                "write_timeout": duration(u.write_timeout),
+                "idle_timeout": duration(u.idle_timeout),
+            })).collect::<Vec<_>>(),
+            "rewrites": self.rewrites.iter().map(|r| json!({
+                "source": r.source,
+                "upstream": r.upstream,
+                "path": r.path,
+                "strip_prefix": r.strip_prefix,
+                "add_prefix": r.add_prefix,
+            })).collect::<Vec<_>>(),
+            "routes": self.routes.iter().map(route).collect::<Vec<_>>(),
+            "cache": {
+                "default_mode": self.cache.default_mode.map_or("off", mode),
+                "lock_timeout": duration(self.cache.lock_timeout),
+                "l1": {
+                    "max_bytes": self.cache.l1.max_bytes,
+                    "max_object_bytes": self.cache.l1.max_object_bytes,
+                },
+                "l2": self.cache.l2.as_ref().map(|l2| json!({
+                    "url": redact_url(l2.url.expose()),
+                    "prefix": l2.prefix,
+                    "timeout": duration(l2.timeout),
+                    "write_timeout": duration(l2.write_timeout),
+                    "breaker_failures": l2.breaker_failures,
+                    "breaker_cooldown": duration(l2.breaker_cooldown),
+                    "channel": l2.channel,
+                })),
+            },
+            "warm": {
+                "on_start": self.warm.on_start,
+                "concurrency": self.warm.concurrency,
+                "rate_per_second": self.warm.rate_per_second,
+                "max_ready_delay": duration(self.warm.max_ready_delay),
+                "urls": self.warm.urls,
+                "templates": self.warm.templates.iter().map(|t| json!({
+                    "template": t.template,
+                    "ids": t.ids,
+                    "ids_file": t.ids_file.as_ref().map(|p| p.display().to_string()),
+                })).collect::<Vec<_>>(),
+            },
+            "source": self.source.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+}

@@ -1,0 +1,706 @@
+//! Raw TOML document -> typed [`Config`], recording every problem instead of stopping at the
+//! first. Where a value is bad its default is used so later checks still run; the caller
+//! discards the config if any error was recorded.
+
+use super::raw::{Doc, Table};
+use super::*;
+use crate::routing::pattern::{brace_names, Pattern};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const DEFAULT_STATUSES: [u16; 5] = [200, 203, 204, 301, 404];
+/// Keys of a route that configure caching (forbidden with `cache = false`).
+const ROUTE_CACHE_KEYS: [&str; 10] = [
+    "mode",
+    "ttl",
+    "max_ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "key",
+    "tags",
+    "statuses",
+    "negative_ttl",
+    "invalidate_on",
+];
+
+/// What validation could not finish because it depends on the environment.
+pub(crate) struct Pending {
+    /// `[cache.l2]` exists without `url`: its line, checked again after env overrides.
+    pub l2_without_url: Option<Option<usize>>,
+}
+
+/// A socket address like `0.0.0.0:8080`.
+pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("invalid socket address {s:?}: expected ip:port like \"0.0.0.0:8080\"")
+    })
+}
+
+/// An upstream address `host:port` (hostname or IP; IPv6 in brackets).
+pub(crate) fn check_host_port(s: &str) -> Result<(), String> {
+    let bad = || format!("invalid address {s:?}: expected host:port like \"127.0.0.1:5000\"");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && !host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+        && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && host_ok => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// A Redis URL `redis://[:password@]host:port[/db]` (or `rediss://`).
+pub(crate) fn check_redis_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("redis://")
+        .or_else(|| s.strip_prefix("rediss://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(()),
+        _ => Err("invalid Redis URL: expected redis://[:password@]host:port[/db]".to_string()),
+    }
+}
+
+/// `"GET,POST /path/:id"` -> methods (upper-case, deduplicated) and the compiled pattern.
+pub(crate) fn parse_method_pattern(s: &str) -> Result<(MethodPattern, Pattern), String> {
+    let mut parts = s.split_whitespace();
+    let (Some(methods), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "invalid match {s:?}: expected \"METHOD[,METHOD...] /pattern\", e.g. \"GET /api/items/:id\""
+        ));
+    };
+    let mut out: Vec<String> = Vec::new();
+    for m in methods.split(',') {
+        let upper = m.trim().to_ascii_uppercase();
+        if !METHODS.contains(&upper.as_str()) {
+            return Err(format!(
+                "unknown method {m:?} in {s:?}: expected one of {}",
+                METHODS.join(", ")
+            ));
+        }
+        if !out.contains(&upper) {
+            out.push(upper);
+        }
+    }
+    let pattern = Pattern::parse(path).map_err(|e| format!("invalid pattern {path:?}: {e}"))?;
+    Ok((
+        MethodPattern {
+            methods: out,
+            pattern: path.to_string(),
+        },
+        pattern,
+    ))
+}
+
+fn parse_pattern(s: &str) -> Result<Pattern, String> {
+    Pattern::parse(s).map_err(|e| format!("invalid pattern {s:?}: {e}"))
+}
+
+fn absolute_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} must start with '/'"))
+    }
+}
+
+/// The `[cache.l2]` defaults, with an empty URL to be filled from the file or env.
+pub(crate) fn default_l2() -> L2Config {
+    L2Config {
+        url: Secret::new(""),
+        prefix: "sidecache:".to_string(),
+        timeout: Duration::from_millis(50),
+        write_timeout: Duration::from_secs(1),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_secs(5),
+        channel: "sidecache:purge".to_string(),
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Build the typed config from the document root, recording problems in `doc`.
+pub(crate) fn build(
+    doc: &mut Doc<'_>,
+    root: &toml_edit::Table,
+    source: Option<&Path>,
+) -> (Config, Pending) {
+    let mut root = Table::root(root);
+    let server = server(doc, &mut root);
+    let upstreams = upstreams(doc, &mut root);
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let proxy = proxy(doc, &mut root, &names);
+    let rewrites = rewrites(doc, &mut root, &names);
+    let routes = routes(doc, &mut root);
+    let (cache, pending) = cache(doc, &mut root);
+    let warm = warm(doc, &mut root, source);
+    root.finish(doc);
+    let config = Config {
+        server,
+        proxy,
+        upstreams,
+        rewrites,
+        routes,
+        cache,
+        warm,
+        source: source.map(Path::to_path_buf),
+    };
+    (config, pending)
+}
+
+fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
+    let mut t = root.table(doc, "server");
+    let addr = |t: &mut Table<'_>, doc: &mut Doc<'_>, key, default: [u8; 4], port| {
+        t.get(doc, key)
+            .and_then(|e| e.parsed(doc, parse_socket_addr))
+            .unwrap_or(SocketAddr::from((default, port)))
+    };
+    let server = ServerConfig {
+        listen: addr(&mut t, doc, "listen", [0, 0, 0, 0], 8080),
+        admin_listen: addr(&mut t, doc, "admin_listen", [127, 0, 0, 1], 9091),
+        threads: t
+            .get(doc, "threads")
+            .and_then(|e| e.int_in(doc, 1, 1024))
+            .unwrap_or_else(default_threads),
+        grace_period: t
+            .get(doc, "grace_period")
+            .and_then(|e| e.duration(doc))
+            .unwrap_or(Duration::from_secs(10)),
+        access_log: t
+            .get(doc, "access_log")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(false),
+        max_request_body_bytes: t
+            .get(doc, "max_request_body")
+            .and_then(|e| e.size(doc))
+            .unwrap_or(64 << 20),
+        admin_token: None,
+        watch: t
+            .get(doc, "watch")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(false),
+    };
+    if let Some(e) = t.get(doc, "admin_token") {
+        e.error(
+            doc,
+            "the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
+        );
+    }
+    t.finish(doc);
+    server
+}
+
+fn proxy(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> ProxyConfig {
+    let mut t = root.table(doc, "proxy");
+    let default_upstream = t.get(doc, "default_upstream").and_then(|e| {
+        e.parsed(doc, |s| {
+            known_upstream(s, upstreams).map(|()| s.to_string())
+        })
+    });
+    t.finish(doc);
+    ProxyConfig { default_upstream }
+}
+
+fn known_upstream(name: &str, upstreams: &[&str]) -> Result<(), String> {
+    if upstreams.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown upstream {name:?}; defined upstreams: {}",
+            upstreams.join(", ")
+        ))
+    }
+}
+
+/// The array of tables at `key` (empty when absent).
+fn tables<'n>(doc: &mut Doc<'_>, root: &mut Table<'n>, key: &'static str) -> Vec<Table<'n>> {
+    let Some(list) = root.get(doc, key).and_then(|e| e.list(doc)) else {
+        return Vec::new();
+    };
+    list.iter().filter_map(|e| e.table(doc)).collect()
+}
+
+fn upstreams(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<UpstreamConfig> {
+    let list = tables(doc, root, "upstreams");
+    if list.is_empty() {
+        doc.error("upstreams", None, "at least one [[upstreams]] is required");
+    }
+    let mut out: Vec<UpstreamConfig> = Vec::new();
+    for mut t in list {
+        let name = t.require(doc, "name").and_then(|e| {
+            let name = e.parsed(doc, |s| {
+                let ok = !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                ok.then(|| s.to_string()).ok_or_else(|| {
+                    format!("invalid upstream name {s:?}: use letters, digits, '-' and '_'")
+                })
+            })?;
+            if out.iter().any(|u| u.name == name) {
+                e.error(doc, format!("duplicate upstream name {name:?}"));
+                return None;
+            }
+            Some(name)
+        });
+        let address = t
+            .require(doc, "address")
+            .and_then(|e| e.parsed(doc, |s| check_host_port(s).map(|()| s.to_string())));
+        let mut timeout = |key, default| {
+            t.get(doc, key)
+                .and_then(|e| e.positive_duration(doc))
+                .unwrap_or(Duration::from_secs(default))
+        };
+        let upstream = UpstreamConfig {
+            name: name.unwrap_or_default(),
+            address: address.unwrap_or_default(),
+            connect_timeout: timeout("connect_timeout", 1),
+            read_timeout: timeout("read_timeout", 30),
+            write_timeout: timeout("write_timeout", 30),
+            idle_timeout: timeout("idle_timeout", 60),
+        };
+        t.finish(doc);
+        if !upstream.name.is_empty() {
+            out.push(upstream);
+        }
+    }
+    out
+}
+
+fn rewrites(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> Vec<RewriteConfig> {
+    let mut out = Vec::new();
+    for mut t in tables(doc, root, "rewrites") {
+        let source = t.require(doc, "source");
+        let pattern = source.as_ref().and_then(|e| e.parsed(doc, parse_pattern));
+        let destination = t.require(doc, "destination").and_then(|e| {
+            let dest = e.str(doc)?;
+            let (upstream, path) = match dest.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (dest, None),
+            };
+            if let Err(msg) = known_upstream(upstream, upstreams) {
+                e.error(doc, msg);
+                return None;
+            }
+            let Some(path) = path else {
+                return Some((upstream.to_string(), None));
+            };
+            let template = match parse_pattern(path) {
+                Ok(t) => t,
+                Err(msg) => {
+                    e.error(doc, format!("invalid destination path template: {msg}"));
+                    return None;
+                }
+            };
+            if template.has_anonymous_catch_all() {
+                e.error(
+                    doc,
+                    "destination cannot use an anonymous *; name it in the source, e.g. :path*",
+                );
+                return None;
+            }
+            if let Some(source) = &pattern {
+                let missing: Vec<&str> = template
+                    .param_names()
+                    .filter(|n| !source.param_names().any(|s| s == *n))
+                    .collect();
+                if !missing.is_empty() {
+                    e.error(
+                        doc,
+                        format!(
+                            "destination uses :{}, which the source {:?} does not define",
+                            missing.join(", :"),
+                            source.source()
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some((upstream.to_string(), Some(path.to_string())))
+        });
+        let strip_prefix = t
+            .get(doc, "strip_prefix")
+            .and_then(|e| e.parsed(doc, absolute_path));
+        let add_prefix = t
+            .get(doc, "add_prefix")
+            .and_then(|e| e.parsed(doc, absolute_path));
+        t.finish(doc);
+        if let (Some(p), Some((upstream, path))) = (pattern, destination) {
+            out.push(RewriteConfig {
+                source: p.source().to_string(),
+                upstream,
+                path,
+                strip_prefix,
+                add_prefix,
+            });
+        }
+    }
+    out
+}
+
+fn route_name(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "invalid route name {s:?}: use only a-z, 0-9 and '_'"
+        ));
+    }
+    if s == "default" || s == "health" {
+        return Err(format!("route name {s:?} is reserved"));
+    }
+    Ok(s.to_string())
+}
+
+fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
+    let mut out: Vec<RouteConfig> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for mut t in tables(doc, root, "routes") {
+        let name = t.require(doc, "name").and_then(|e| {
+            let name = e.parsed(doc, route_name)?;
+            if names.contains(&name) {
+                e.error(doc, format!("duplicate route name {name:?}"));
+                return None;
+            }
+            names.push(name.clone());
+            Some(name)
+        });
+        let matcher = t
+            .require(doc, "match")
+            .and_then(|e| e.parsed(doc, parse_method_pattern));
+        let cache_enabled = t
+            .get(doc, "cache")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(true);
+        let cache = if cache_enabled {
+            Some(route_cache(doc, &mut t, matcher.as_ref().map(|m| &m.1)))
+        } else {
+            for key in ROUTE_CACHE_KEYS {
+                if let Some(e) = t.get(doc, key) {
+                    e.error(doc, "not allowed with cache = false");
+                }
+            }
+            None
+        };
+        t.finish(doc);
+        if let (Some(name), Some((mp, _))) = (name, matcher) {
+            out.push(RouteConfig {
+                name,
+                methods: mp.methods,
+                pattern: mp.pattern,
+                cache,
+            });
+        }
+    }
+    out
+}
+
+fn route_cache(
+    doc: &mut Doc<'_>,
+    t: &mut Table<'_>,
+    pattern: Option<&Pattern>,
+) -> RouteCacheConfig {
+    let ttl_entry = t.get(doc, "ttl");
+    let ttl = ttl_entry.as_ref().and_then(|e| {
+        e.parsed(doc, |s| match s {
+            "until-invalidated" => Ok(Ttl::UntilInvalidated),
+            _ => match super::units::parse_duration(s) {
+                Ok(d) if d.is_zero() => Err("ttl must be greater than 0".to_string()),
+                Ok(d) => Ok(Ttl::Fixed(d)),
+                Err(e) => Err(e.to_string()),
+            },
+        })
+    });
+    let mode_entry = t.get(doc, "mode");
+    let mode = mode_entry.as_ref().and_then(|e| {
+        e.parsed(doc, |s| match s {
+            "override" => Ok(CacheMode::Override),
+            "origin" => Ok(CacheMode::Origin),
+            _ => Err(format!(
+                "invalid mode {s:?}: expected \"override\" or \"origin\""
+            )),
+        })
+    });
+    if let (Some(CacheMode::Override), None, Some(e)) = (mode, &ttl_entry, &mode_entry) {
+        e.error(doc, "mode = \"override\" needs a ttl");
+    }
+    let mode = mode.unwrap_or(if ttl_entry.is_some() {
+        CacheMode::Override
+    } else {
+        CacheMode::Origin
+    });
+    let max_ttl = match t.get(doc, "max_ttl") {
+        Some(e) => e.positive_duration(doc).inspect(|max| {
+            if let Some(Ttl::Fixed(ttl)) = ttl {
+                if *max < ttl {
+                    e.error(
+                        doc,
+                        format!(
+                            "max_ttl ({}) is shorter than ttl ({})",
+                            super::units::format_duration(*max),
+                            super::units::format_duration(ttl)
+                        ),
+                    );
+                }
+            }
+        }),
+        None if ttl == Some(Ttl::UntilInvalidated) => Some(Duration::from_secs(86_400)),
+        None => None,
+    };
+    let mut duration = |key, default| {
+        t.get(doc, key)
+            .and_then(|e| e.duration(doc))
+            .unwrap_or(default)
+    };
+    let stale_while_revalidate = duration("stale_while_revalidate", Duration::ZERO);
+    let stale_if_error = duration("stale_if_error", Duration::ZERO);
+    let negative_ttl = duration("negative_ttl", Duration::from_secs(30));
+    let key = key_config(doc, t);
+    let params: Vec<&str> = pattern
+        .map(|p| p.param_names().collect())
+        .unwrap_or_default();
+    let tags = t
+        .get(doc, "tags")
+        .and_then(|e| e.strings(doc))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(tag, e)| match brace_names(&tag) {
+            Err(err) => {
+                e.error(doc, err);
+                None
+            }
+            Ok(used) => {
+                let missing: Vec<&str> = used
+                    .into_iter()
+                    .filter(|n| pattern.is_some() && !params.contains(n))
+                    .collect();
+                if missing.is_empty() {
+                    Some(tag)
+                } else {
+                    e.error(
+                        doc,
+                        format!(
+                            "tag {tag:?} uses {{{}}}, which the route's pattern does not capture",
+                            missing.join("}, {")
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let statuses = match t.get(doc, "statuses").and_then(|e| e.list(doc)) {
+        Some(list) => list
+            .iter()
+            .filter_map(|e| e.int_in::<u16>(doc, 100, 599))
+            .collect(),
+        None => DEFAULT_STATUSES.to_vec(),
+    };
+    let invalidate_on = t
+        .get(doc, "invalidate_on")
+        .and_then(|e| e.strings(doc))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(s, e)| e.parsed(doc, |_| parse_method_pattern(&s)).map(|m| m.0))
+        .collect();
+    RouteCacheConfig {
+        mode,
+        ttl,
+        max_ttl,
+        stale_while_revalidate,
+        stale_if_error,
+        key,
+        tags,
+        statuses,
+        negative_ttl,
+        invalidate_on,
+    }
+}
+
+fn key_config(doc: &mut Doc<'_>, route: &mut Table<'_>) -> KeyConfig {
+    let Some(mut t) = route.get(doc, "key").and_then(|e| e.table(doc)) else {
+        return KeyConfig::default();
+    };
+    let query = t
+        .get(doc, "query")
+        .and_then(|e| e.strings(doc))
+        .map(|list| {
+            let mut names: Vec<String> = list.into_iter().map(|(s, _)| s).collect();
+            names.sort();
+            names.dedup();
+            names
+        });
+    let headers = t
+        .get(doc, "headers")
+        .and_then(|e| e.strings(doc))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(h, e)| {
+            e.parsed(doc, |_| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map(|n| n.as_str().to_string())
+                    .map_err(|_| format!("invalid header name {h:?}"))
+            })
+        })
+        .collect();
+    t.finish(doc);
+    KeyConfig { query, headers }
+}
+
+fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
+    let mut t = root.table(doc, "cache");
+    let default_mode = t
+        .get(doc, "default_mode")
+        .and_then(|e| {
+            e.parsed(doc, |s| match s {
+                "origin" => Ok(Some(CacheMode::Origin)),
+                "off" => Ok(None),
+                _ => Err(format!(
+                    "invalid default_mode {s:?}: expected \"origin\" or \"off\""
+                )),
+            })
+        })
+        .unwrap_or(Some(CacheMode::Origin));
+    let lock_timeout = t
+        .get(doc, "lock_timeout")
+        .and_then(|e| e.positive_duration(doc))
+        .unwrap_or(Duration::from_secs(5));
+
+    let mut l1t = t.table(doc, "l1");
+    let max_bytes = l1t.get(doc, "max_bytes").and_then(|e| e.size(doc));
+    let object = l1t.get(doc, "max_object_bytes");
+    let max_object_bytes = object.as_ref().and_then(|e| e.size(doc));
+    let l1 = L1Config {
+        max_bytes: max_bytes.unwrap_or(256 << 20),
+        max_object_bytes: max_object_bytes.unwrap_or(8 << 20),
+    };
+    if l1.max_object_bytes > l1.max_bytes {
+        let path = l1t.key_path("max_object_bytes");
+        let line = object.and_then(|e| e.line).or(l1t.line);
+        doc.error(path, line, "max_object_bytes must not exceed max_bytes");
+    }
+    l1t.finish(doc);
+
+    let mut pending = Pending {
+        l2_without_url: None,
+    };
+    let l2 = t.get(doc, "l2").and_then(|e| e.table(doc)).map(|mut l2t| {
+        let mut l2 = default_l2();
+        match l2t.get(doc, "url") {
+            Some(e) => {
+                if let Some(url) = e.parsed(doc, |s| check_redis_url(s).map(|()| s.to_string())) {
+                    l2.url = Secret::new(url);
+                }
+            }
+            None => pending.l2_without_url = Some(l2t.line),
+        }
+        let string = |t: &mut Table<'_>, doc: &mut Doc<'_>, key, default: String| {
+            t.get(doc, key)
+                .and_then(|e| e.str(doc).map(str::to_string))
+                .unwrap_or(default)
+        };
+        l2.prefix = string(&mut l2t, doc, "prefix", l2.prefix);
+        l2.channel = string(&mut l2t, doc, "channel", l2.channel);
+        let mut duration = |key, default| {
+            l2t.get(doc, key)
+                .and_then(|e| e.positive_duration(doc))
+                .unwrap_or(default)
+        };
+        l2.timeout = duration("timeout", l2.timeout);
+        l2.write_timeout = duration("write_timeout", l2.write_timeout);
+        l2.breaker_cooldown = duration("breaker_cooldown", l2.breaker_cooldown);
+        l2.breaker_failures = l2t
+            .get(doc, "breaker_failures")
+            .and_then(|e| e.int_in(doc, 1, 1_000_000))
+            .unwrap_or(l2.breaker_failures);
+        l2t.finish(doc);
+        l2
+    });
+    t.finish(doc);
+    let cache = CacheConfig {
+        default_mode,
+        lock_timeout,
+        l1,
+        l2,
+    };
+    (cache, pending)
+}
+
+fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmConfig {
+    let mut t = root.table(doc, "warm");
+    let on_start = t
+        .get(doc, "on_start")
+        .and_then(|e| e.bool(doc))
+        .unwrap_or(false);
+    let concurrency = t
+        .get(doc, "concurrency")
+        .and_then(|e| e.int_in(doc, 1, 1024))
+        .unwrap_or(4);
+    let rate_per_second = t
+        .get(doc, "rate_per_second")
+        .and_then(|e| e.int_in(doc, 1, 1_000_000))
+        .unwrap_or(50);
+    let max_ready_delay = t
+        .get(doc, "max_ready_delay")
+        .and_then(|e| e.duration(doc))
+        .unwrap_or(Duration::from_secs(30));
+    let urls = t
+        .get(doc, "urls")
+        .and_then(|e| e.strings(doc))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(u, e)| e.parsed(doc, |_| absolute_path(&u)))
+        .collect();
+    let base = source.and_then(Path::parent);
+    let mut templates = Vec::new();
+    for mut wt in tables(doc, &mut t, "templates") {
+        let template = wt.require(doc, "template").and_then(|e| {
+            e.parsed(doc, |s| {
+                let names = brace_names(s).map_err(|e| e.to_string())?;
+                if names != ["id"] {
+                    return Err(format!(
+                        "template {s:?} must use {{id}} exactly once and no other {{name}}"
+                    ));
+                }
+                absolute_path(s)
+            })
+        });
+        let ids: Vec<String> = wt
+            .get(doc, "ids")
+            .and_then(|e| e.strings(doc))
+            .map(|list| list.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        let ids_entry = wt.get(doc, "ids_file");
+        let ids_file = ids_entry
+            .as_ref()
+            .and_then(|e| e.str(doc))
+            .map(|f| match base {
+                Some(dir) => dir.join(f),
+                None => PathBuf::from(f),
+            });
+        if ids.is_empty() && ids_file.is_none() && ids_entry.is_none() {
+            doc.error(wt.path.clone(), wt.line, "needs ids or ids_file");
+        }
+        wt.finish(doc);
+        if let Some(template) = template {
+            templates.push(WarmTemplate {
+                template,
+                ids,
+                ids_file,
+            });
+        }
+    }
+    t.finish(doc);
+    WarmConfig {
+        on_start,
+        concurrency,
+        rate_per_second,
+        max_ready_delay,
+        urls,
+        templates,
+    }
+}
