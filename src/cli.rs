@@ -104,7 +104,7 @@ pub struct PurgeArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s).map_err(|e| e.to_string())
+    config::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Entry point of the binary.

@@ -157,10 +157,8 @@ impl ProxyHttp for SidecacheProxy {
         match policy::request_decision(session.req_header(), effective, route.is_some()) {
             Err(reason) => ctx.bypass = Some(reason),
             Ok(_) => {
-                let overrides = pingora_cache::CacheOptionOverrides {
-                    wait_timeout: Some(snapshot.config.cache.lock_timeout),
-                    ..Default::default()
-                };
+                let mut overrides = pingora_cache::CacheOptionOverrides::default();
+                overrides.wait_timeout = Some(snapshot.config.cache.lock_timeout);
                 session.cache.enable(
                     self.live.cache,
                     None,
