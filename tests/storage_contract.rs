@@ -438,4 +438,31 @@ async fn l1_stays_within_byte_budget() {
     assert!(n > 100 && n < 10_000, "entries {n}");
     let (urls, _) = c.l1().index_sizes();
     assert!(urls as u64 <= n + 16, "url index {urls} tracks entries {n}");
+    assert!(metrics().l1_evictions.with_label_values(&["size"]).get() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconfigure_rebuilds_l1_and_retunes_breaker() {
+    let redis = RedisServer::start();
+    let mut cfg = config(1 << 20, Some((&redis, "reconf:")));
+    let c = leak(&cfg);
+    let k = key("/r/1");
+    write(c, &k, &meta(60, "/r/1", &[]), b"r").await.expect("write");
+    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    wait_for("L2 write", || redis.exists(&rk)).await;
+    cfg.l1.max_bytes = 2 << 20;
+    if let Some(l2) = cfg.l2.as_mut() {
+        l2.breaker_failures = 1;
+        l2.timeout = Duration::from_millis(300);
+    }
+    c.reconfigure(&cfg);
+    assert_eq!(c.l1().max_bytes(), 2 << 20);
+    assert_eq!(c.l2().expect("l2").read_timeout(), Duration::from_millis(300));
+    // L1 was rebuilt empty: the next hit comes from L2
+    let (_, h) = lookup(c, &k).await.expect("hit");
+    assert_eq!(tier(&h), Tier::L2);
+    // one failure now opens the breaker
+    drop(redis);
+    let _ = lookup(c, &key("/r/miss")).await;
+    assert_eq!(c.l2_healthy(), Some(false));
 }
