@@ -1,0 +1,394 @@
+//! Caching behaviour on the wire (L1 only, no Redis): route policies, keys, freshness, stale
+//! serving, coalescing, the never-share-a-user's-response rules, Vary, invalidation and the
+//! object size bound.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::backend::{big_pattern_checksum, start_backend};
+use support::http::{get, get_digest, request};
+use support::sidecache::{Sidecache, SidecacheOptions};
+
+const CONFIG: &str = r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+threads = 2
+grace_period = "2s"
+
+[proxy]
+default_upstream = "backend"
+
+[[upstreams]]
+name = "backend"
+address = "{backend}"
+connect_timeout = "300ms"
+read_timeout = "5s"
+
+[[rewrites]]
+source = "/o/:path*"
+destination = "backend:/:path*"
+
+[[routes]]
+name = "special_event"
+match = "GET /api/events/special/context"
+ttl = "30s"
+
+[[routes]]
+name = "event_context"
+match = "GET /api/events/:id/context"
+ttl = "1s"
+
+[[routes]]
+name = "contractor_bundle"
+match = "GET /api/contractors/:id/bundle"
+ttl = "30s"
+key = { query = ["include", "lang"], headers = ["accept-language"] }
+tags = ["contractor:{id}"]
+
+[[routes]]
+name = "concierge_state"
+match = "GET /api/concierge/sessions/:id/state"
+ttl = "until-invalidated"
+max_ttl = "3s"
+invalidate_on = ["POST /api/concierge/sessions/:id/end"]
+
+[[routes]]
+name = "diagram"
+match = "GET /api/state-machine/diagram"
+ttl = "1s"
+stale_while_revalidate = "30s"
+
+[[routes]]
+name = "metadata"
+match = "GET /api/state-machine/metadata"
+ttl = "1s"
+stale_if_error = "60s"
+
+[[routes]]
+name = "respond"
+match = "GET /test/respond"
+ttl = "30s"
+
+[[routes]]
+name = "per_user"
+match = "GET /test/echo"
+ttl = "30s"
+key = { headers = ["authorization"] }
+
+[[routes]]
+name = "big"
+match = "GET /test/big"
+ttl = "30s"
+
+[[routes]]
+name = "no_cache_here"
+match = "GET /api/admin/*"
+cache = false
+
+[cache]
+default_mode = "origin"
+lock_timeout = "5s"
+
+[cache.l1]
+max_bytes = "4MiB"
+max_object_bytes = "1MiB"
+"#;
+
+async fn setup(delay_ms: u64) -> (sidecache::demo::Backend, Sidecache) {
+    let backend = start_backend(Duration::from_millis(delay_ms)).await;
+    let sc = Sidecache::start(SidecacheOptions::new(CONFIG).backend(backend.addr())).await;
+    (backend, sc)
+}
+
+fn x_cache(r: &support::http::Resp) -> &str {
+    r.header("x-cache").unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn miss_then_hit_l1_with_age_and_cache_status() {
+    let (backend, sc) = setup(20).await;
+    let url = sc.url("/api/contractors/42/bundle");
+    let first = get(&url, &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(x_cache(&first), "MISS");
+    assert_eq!(first.header("cache-status"), Some("sidecache; fwd=miss; stored"));
+    let second = get(&url, &[]).await;
+    assert_eq!(x_cache(&second), "HIT-L1");
+    assert_eq!(second.header("cache-status"), Some("sidecache; hit; detail=l1"));
+    assert_eq!(second.body, first.body, "the stored copy is served");
+    let age: u64 = second.header("age").expect("Age on a hit").parse().expect("numeric Age");
+    assert!(age <= 30);
+    assert_eq!(backend.stats().hits("/api/contractors/42/bundle"), 1);
+
+    let head = request("HEAD", &url, &[], Bytes::new()).await;
+    assert_eq!(x_cache(&head), "HIT-L1");
+    assert!(head.body.is_empty());
+    assert_eq!(backend.stats().hits("/api/contractors/42/bundle"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ttl_expiry_and_route_order() {
+    let (backend, sc) = setup(0).await;
+    let short = sc.url("/api/events/1/context");
+    let special = sc.url("/api/events/special/context");
+    assert_eq!(x_cache(&get(&short, &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&special, &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&short, &[]).await), "HIT-L1");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(x_cache(&get(&short, &[]).await), "MISS", "1s route expired");
+    assert_eq!(
+        x_cache(&get(&special, &[]).await),
+        "HIT-L1",
+        "the earlier, more specific route (30s) won"
+    );
+    assert_eq!(backend.stats().hits("/api/events/1/context"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rules_query_subset_sorted_and_header() {
+    let (backend, sc) = setup(0).await;
+    let path = "/api/contractors/7/bundle";
+    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x&utm=1")), &[]).await), "MISS");
+    // same listed params, other order, unlisted param changed -> same entry
+    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?utm=2&lang=x&include=a")), &[]).await), "HIT-L1");
+    // a listed param changed -> another entry
+    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=b&lang=x")), &[]).await), "MISS");
+    // key header changes the entry
+    let de = [("accept-language", "de")];
+    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x")), &de).await), "MISS");
+    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?lang=x&include=a")), &de).await), "HIT-L1");
+    assert_eq!(backend.stats().hits(path), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn until_invalidated_outlives_short_ttls_respects_max_ttl_and_ends_with_the_session() {
+    let (backend, sc) = setup(0).await;
+    let state = sc.url("/api/concierge/sessions/s1/state");
+    let first = get(&state, &[]).await;
+    assert_eq!(x_cache(&first), "MISS");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(x_cache(&get(&state, &[]).await), "HIT-L1", "alive past a 1s route's TTL");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(x_cache(&get(&state, &[]).await), "MISS", "max_ttl (3s) bounds it");
+    assert_eq!(x_cache(&get(&state, &[]).await), "HIT-L1");
+
+    // the session ends: invalidate_on purges this session's state, not another's
+    let other = sc.url("/api/concierge/sessions/s2/state");
+    assert_eq!(x_cache(&get(&other, &[]).await), "MISS");
+    let end = request("POST", &sc.url("/api/concierge/sessions/s1/end"), &[], Bytes::new()).await;
+    assert_eq!(end.status, 200);
+    let after = wait_for_x_cache(&state, "MISS").await;
+    assert_ne!(after.json()["generation"], first.json()["generation"]);
+    assert_eq!(x_cache(&get(&other, &[]).await), "HIT-L1");
+    assert_eq!(backend.stats().hits("/api/concierge/sessions/s1/state"), 3);
+}
+
+/// Invalidation runs in the background after the write's response: poll briefly.
+async fn wait_for_x_cache(url: &str, want: &str) -> support::http::Resp {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = get(url, &[]).await;
+        if x_cache(&r) == want || std::time::Instant::now() > deadline {
+            assert_eq!(x_cache(&r), want, "{url}");
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_serves_stale_once_then_refreshes() {
+    let (backend, sc) = setup(50).await;
+    let url = sc.url("/api/state-machine/diagram");
+    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stale = get(&url, &[]).await;
+    assert_eq!(x_cache(&stale), "STALE");
+    assert_eq!(stale.status, 200);
+    // the background refresh lands; the next request is a fresh hit
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = get(&url, &[]).await;
+        if x_cache(&r) == "HIT-L1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed: {}", x_cache(&r));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.stats().hits("/api/state-machine/diagram"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_serves_stale_while_the_backend_is_down() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/api/state-machine/metadata");
+    let fresh = get(&url, &[]).await;
+    assert_eq!(x_cache(&fresh), "MISS");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    backend.stop().await;
+    let stale = get(&url, &[]).await;
+    assert_eq!(stale.status, 200, "served stale, not an error");
+    assert_eq!(x_cache(&stale), "STALE");
+    assert_eq!(stale.body, fresh.body);
+    // an uncached route has nothing to fall back on
+    let uncached = get(&sc.url("/api/admin/users"), &[]).await;
+    assert_eq!(uncached.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_hundred_concurrent_misses_make_one_backend_request() {
+    let (backend, sc) = setup(300).await;
+    let url = sc.url("/api/contractors/99/bundle");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { get(&url, &[]).await }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(backend.stats().hits("/api/contractors/99/bundle"), 1);
+    let metrics = get(&sc.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("sidecache_coalesced_requests_total{route=\"contractor_bundle\"}"),
+        "coalesced requests are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_specific_responses_are_never_shared() {
+    let (backend, sc) = setup(0).await;
+    for (query, why) in [
+        ("set-cookie=session%3Dalice", "Set-Cookie"),
+        ("cache-control=private", "private"),
+        ("cache-control=no-store", "no-store"),
+    ] {
+        let url = sc.url(&format!("/test/respond?{query}"));
+        let a = get(&url, &[]).await;
+        let b = get(&url, &[]).await;
+        assert_eq!(x_cache(&a), "UNCACHEABLE", "{why}");
+        assert_eq!(x_cache(&b), "UNCACHEABLE", "{why}");
+        assert_ne!(a.json()["generation"], b.json()["generation"], "{why}: both from the origin");
+    }
+    // credentials bypass the cache unless the route keys on them
+    let url = sc.url("/test/respond?who=1");
+    let alice = get(&url, &[("authorization", "Bearer alice")]).await;
+    assert_eq!(x_cache(&alice), "BYPASS");
+    let anon = get(&url, &[]).await;
+    assert_eq!(x_cache(&anon), "MISS");
+    let bob = get(&url, &[("cookie", "sid=bob")]).await;
+    assert_eq!(x_cache(&bob), "BYPASS", "never the anonymous copy for a cookie holder");
+    assert_eq!(backend.stats().hits("/test/respond"), 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_keyed_on_authorization_caches_per_user() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/test/echo");
+    let alice = [("authorization", "Bearer alice")];
+    let bob = [("authorization", "Bearer bob")];
+    assert_eq!(x_cache(&get(&url, &alice).await), "MISS");
+    let a2 = get(&url, &alice).await;
+    assert_eq!(x_cache(&a2), "HIT-L1");
+    assert_eq!(a2.json()["headers"]["authorization"], "Bearer alice");
+    let b1 = get(&url, &bob).await;
+    assert_eq!(x_cache(&b1), "MISS");
+    assert_eq!(b1.json()["headers"]["authorization"], "Bearer bob");
+    assert_eq!(backend.stats().hits("/test/echo"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vary_is_honoured_in_override_and_origin_modes() {
+    let (_backend, sc) = setup(0).await;
+    for path in [
+        "/test/respond?vary=accept-language",
+        "/o/test/respond?vary=accept-language&cache-control=max-age%3D60",
+    ] {
+        let url = sc.url(path);
+        let en = [("accept-language", "en")];
+        let de = [("accept-language", "de")];
+        let en1 = get(&url, &en).await;
+        assert_eq!(x_cache(&en1), "MISS", "{path}");
+        assert_eq!(x_cache(&get(&url, &en).await), "HIT-L1", "{path}");
+        let de1 = get(&url, &de).await;
+        assert_eq!(x_cache(&de1), "MISS", "{path}: another variant");
+        assert_ne!(de1.json()["generation"], en1.json()["generation"]);
+        assert_eq!(x_cache(&get(&url, &de).await), "HIT-L1", "{path}");
+        let en2 = get(&url, &en).await;
+        assert_eq!(x_cache(&en2), "HIT-L1", "{path}");
+        assert_eq!(en2.json()["generation"], en1.json()["generation"]);
+    }
+    let star = sc.url("/test/respond?vary=*");
+    get(&star, &[]).await;
+    assert_eq!(x_cache(&get(&star, &[]).await), "UNCACHEABLE", "Vary: * is never stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_mode_follows_cache_control_for_unmatched_paths() {
+    let (backend, sc) = setup(0).await;
+    let cached = sc.url("/o/test/respond?cache-control=max-age%3D60&n=1");
+    assert_eq!(x_cache(&get(&cached, &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&cached, &[]).await), "HIT-L1");
+    let plain = sc.url("/o/test/respond?n=2");
+    assert_eq!(x_cache(&get(&plain, &[]).await), "UNCACHEABLE", "no freshness, no store");
+    assert_eq!(x_cache(&get(&plain, &[]).await), "UNCACHEABLE");
+    assert_eq!(backend.stats().hits("/test/respond"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successful_post_invalidates_the_url() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/test/echo");
+    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&url, &[]).await), "HIT-L1");
+    let post = request("POST", &url, &[], Bytes::from_static(b"{}")).await;
+    assert_eq!(post.status, 200);
+    assert_eq!(x_cache(&post), "BYPASS", "unsafe methods never come from the cache");
+    wait_for_x_cache(&url, "MISS").await;
+    assert_eq!(backend.stats().hits("/test/echo"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_over_the_size_limit_stream_through_uncached() {
+    let (backend, sc) = setup(0).await;
+    let n: u64 = 2 * 1024 * 1024;
+    let url = sc.url(&format!("/test/big?bytes={n}"));
+    for _ in 0..2 {
+        let d = get_digest(&url, &[]).await;
+        assert_eq!(d.status, 200);
+        assert_eq!(d.bytes, n);
+        assert_eq!(d.checksum, big_pattern_checksum(n));
+    }
+    assert_eq!(backend.stats().hits("/test/big"), 2, "never served from cache");
+    let small = sc.url("/test/big?bytes=1000");
+    get(&small, &[]).await;
+    assert_eq!(x_cache(&get(&small, &[]).await), "HIT-L1", "small objects are cached");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
+    let (_backend, sc) = setup(0).await;
+    let mut client = support::http::Client::new();
+    for id in 0..1200 {
+        let r = client.get(&sc.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = get(&sc.admin_url("/metrics"), &[]).await.text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let bytes = value("sidecache_l1_bytes");
+    let capacity = value("sidecache_l1_capacity_bytes");
+    assert_eq!(capacity, 4.0 * 1024.0 * 1024.0);
+    assert!(bytes > 0.0 && bytes <= capacity * 1.1, "{bytes} of {capacity}");
+}
