@@ -223,7 +223,9 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<DemoBody> 
         (Some(tag), Some(inm)) => etag_matches(tag, &String::from_utf8_lossy(inm.as_bytes())),
         _ => false,
     };
-    let has_body = !not_modified && status != StatusCode::NO_CONTENT;
+    // 204 and 304 never carry a body (RFC 9110), whatever the query asked for.
+    let has_body =
+        !not_modified && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED;
     let mut resp = if not_modified {
         let mut r = Response::new(DemoBody::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;

@@ -1,1 +1,447 @@
-//! probe
+//! `sidecache bench`: a latency probe in the style of the legacy team's
+//! `benchmarkProduction.js`, as a Rust HTTP/1.1 keep-alive client.
+//!
+//! Each URL is measured in turn with `iterations` GET requests spread over `concurrency`
+//! workers, each holding one keep-alive connection (reconnecting after an error). A
+//! request's latency runs from sending (including connecting, when a new connection is
+//! needed) to the last body byte. Percentiles use the nearest-rank method over the
+//! latencies of requests that got a complete response (any status); see
+//! [`percentile`]. 2xx and 3xx count as successes; other statuses, timeouts and
+//! transport errors count as errors. A URL fails when its p95 exceeds the budget or its
+//! error rate exceeds the maximum; the run fails when any URL fails.
+
+mod report;
+
+pub use report::{judge, percentile, BenchReport, UrlReport, Verdict};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use report::Tally;
+
+/// Why a bench run could not start (request failures are measured, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A URL is malformed or not `http://`.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request header name or value is not valid HTTP.
+    #[error("invalid header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Options out of range (no URLs, zero iterations or concurrency, rate outside 0..=1).
+    #[error("invalid bench options: {0}")]
+    InvalidOptions(String),
+    /// A percentage such as `1%` could not be parsed.
+    #[error("invalid percentage {0:?}: expected e.g. \"1%\", \"0.5%\" or \"0.01\"")]
+    InvalidPercent(String),
+    /// A duration such as `500ms` could not be parsed.
+    #[error("invalid duration {0:?}: expected e.g. \"500ms\", \"1.5s\" or \"500\" (ms)")]
+    InvalidDuration(String),
+}
+
+/// What to measure and the limits to judge it by.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// `http://` URLs to measure, in order.
+    pub urls: Vec<String>,
+    /// Requests per URL (default 50, as the legacy tool).
+    pub iterations: usize,
+    /// Concurrent keep-alive connections per URL (default 1).
+    pub concurrency: usize,
+    /// A URL fails if its p95 latency exceeds this (default 500 ms).
+    pub p95_budget: Duration,
+    /// A URL fails if its error rate exceeds this fraction (default 0.01 = 1%).
+    pub max_error_rate: f64,
+    /// Per-request timeout, counted as an error when hit (default 10 s).
+    pub timeout: Duration,
+    /// Extra request headers sent with every request.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            iterations: 50,
+            concurrency: 1,
+            p95_budget: Duration::from_millis(500),
+            max_error_rate: 0.01,
+            timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// One URL, parsed once: where to connect and what to send.
+#[derive(Debug, Clone)]
+struct Target {
+    url: String,
+    /// `host:port` to connect to.
+    connect: String,
+    /// Origin-form request target (`/path?query`).
+    path: String,
+    /// Host header value.
+    host: HeaderValue,
+}
+
+/// Runs the benchmark: every URL in turn, then judges each and the whole run.
+///
+/// Fails only for unusable options (bad URL, header or limits); unreachable servers are
+/// measured as errors and show up in the report.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ProbeError> {
+    validate(opts)?;
+    let targets = opts
+        .urls
+        .iter()
+        .map(|u| parse_target(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = Arc::new(parse_headers(&opts.headers)?);
+    let mut reports = Vec::with_capacity(targets.len());
+    for target in targets {
+        let tally = measure(Arc::new(target.clone()), Arc::clone(&headers), opts).await;
+        reports.push(tally.finish(&target.url, opts.p95_budget, opts.max_error_rate));
+    }
+    Ok(BenchReport::new(
+        reports,
+        opts.p95_budget,
+        opts.max_error_rate,
+    ))
+}
+
+/// Parses an error-rate limit: `"1%"` -> 0.01, `"0.5%"` -> 0.005, and a bare fraction
+/// `"0.01"` -> 0.01. The result must lie in `0.0..=1.0`.
+pub fn parse_percent(s: &str) -> Result<f64, ProbeError> {
+    let t = s.trim();
+    let value = match t.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| ProbeError::InvalidPercent(s.to_owned()))?;
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ProbeError::InvalidPercent(s.to_owned()))
+    }
+}
+
+/// Parses a latency budget or timeout: `"500ms"`, `"1.5s"`, or a bare number of ms.
+pub fn parse_duration(s: &str) -> Result<Duration, ProbeError> {
+    let t = s.trim();
+    let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (t, 1.0)
+    };
+    let ms = num
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| ProbeError::InvalidDuration(s.to_owned()))?
+        * scale_ms;
+    if ms.is_finite() && ms >= 0.0 {
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    } else {
+        Err(ProbeError::InvalidDuration(s.to_owned()))
+    }
+}
+
+fn validate(opts: &BenchOptions) -> Result<(), ProbeError> {
+    if opts.urls.is_empty() {
+        return Err(ProbeError::InvalidOptions("no URLs given".into()));
+    }
+    if opts.iterations == 0 {
+        return Err(ProbeError::InvalidOptions(
+            "iterations must be at least 1".into(),
+        ));
+    }
+    if opts.concurrency == 0 {
+        return Err(ProbeError::InvalidOptions(
+            "concurrency must be at least 1".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&opts.max_error_rate) {
+        return Err(ProbeError::InvalidOptions(format!(
+            "max error rate {} is outside 0..=1",
+            opts.max_error_rate
+        )));
+    }
+    if opts.timeout.is_zero() {
+        return Err(ProbeError::InvalidOptions(
+            "timeout must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_target(url: &str) -> Result<Target, ProbeError> {
+    let bad = |reason: &str| ProbeError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(bad(&format!("scheme {other:?} not supported, use http://"))),
+        None => return Err(bad("missing http:// scheme")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("missing host"))?;
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(&e.to_string()))?;
+    Ok(Target {
+        url: url.to_owned(),
+        connect: format!("{host}:{port}"),
+        path,
+        host: host_header,
+    })
+}
+
+fn parse_headers(headers: &[(String, String)]) -> Result<HeaderMap, ProbeError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let bad = |reason: String| ProbeError::InvalidHeader {
+            name: name.clone(),
+            reason,
+        };
+        let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let v = HeaderValue::from_str(value.trim()).map_err(|e| bad(e.to_string()))?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+/// Measures one URL with `concurrency` workers sharing the iteration budget.
+async fn measure(target: Arc<Target>, headers: Arc<HeaderMap>, opts: &BenchOptions) -> Tally {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..opts.concurrency.min(opts.iterations) {
+        workers.spawn(worker(
+            Arc::clone(&target),
+            Arc::clone(&headers),
+            Arc::clone(&next),
+            opts.iterations,
+            opts.timeout,
+        ));
+    }
+    let mut total = Tally::default();
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(err) => {
+                // A worker panicked or was cancelled; count it rather than lose it.
+                *total
+                    .errors_by_kind
+                    .entry(format!("worker: {err}"))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    total
+}
+
+async fn worker(
+    target: Arc<Target>,
+    headers: Arc<HeaderMap>,
+    next: Arc<AtomicUsize>,
+    iterations: usize,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    while next.fetch_add(1, Ordering::SeqCst) < iterations {
+        tally.requests += 1;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, one_request(&mut conn, &target, &headers))
+            .await
+            .unwrap_or_else(|_| Err("timeout".to_owned()));
+        match outcome {
+            Ok((status, x_cache)) => {
+                tally.latencies.push(started.elapsed());
+                *tally
+                    .x_cache
+                    .entry(x_cache.unwrap_or_else(|| "none".to_owned()))
+                    .or_insert(0) += 1;
+                if (200..400).contains(&status) {
+                    tally.successes += 1;
+                } else {
+                    *tally
+                        .errors_by_kind
+                        .entry(format!("status {status}"))
+                        .or_insert(0) += 1;
+                }
+            }
+            Err(kind) => {
+                // The connection may be mid-response; start afresh next time.
+                conn = None;
+                *tally.errors_by_kind.entry(kind).or_insert(0) += 1;
+            }
+        }
+    }
+    tally
+}
+
+/// Sends one GET on the worker's connection (connecting first if needed) and reads the
+/// whole body. Returns the status and the `X-Cache` value, or a short error kind.
+async fn one_request(
+    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    target: &Target,
+    headers: &HeaderMap,
+) -> Result<(u16, Option<String>), String> {
+    let reusable = match conn.as_mut() {
+        Some(sender) if !sender.is_closed() => sender.ready().await.is_ok(),
+        _ => false,
+    };
+    if !reusable {
+        *conn = Some(connect(&target.connect).await?);
+    }
+    let Some(sender) = conn.as_mut() else {
+        return Err("connect: no connection".to_owned());
+    };
+    let mut req = Request::get(target.path.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    *req.headers_mut() = headers.clone();
+    if !req.headers().contains_key(HOST) {
+        req.headers_mut().insert(HOST, target.host.clone());
+    }
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let status = resp.status().as_u16();
+    let x_cache = resp
+        .headers()
+        .get("x-cache")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        frame.map_err(|e| format!("body: {e}"))?;
+    }
+    Ok((status, x_cache))
+}
+
+async fn connect(addr: &str) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "bench connection ended with error");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_parsing() {
+        assert_eq!(parse_percent("1%").unwrap(), 0.01);
+        assert_eq!(parse_percent("0.5%").unwrap(), 0.005);
+        assert_eq!(parse_percent(" 100 % ").unwrap(), 1.0);
+        assert_eq!(parse_percent("0.01").unwrap(), 0.01);
+        assert_eq!(parse_percent("0").unwrap(), 0.0);
+        for bad in ["", "%", "abc", "5", "101%", "-1%", "NaN", "inf%"] {
+            assert!(
+                matches!(parse_percent(bad), Err(ProbeError::InvalidPercent(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duration_parsing() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1ms").is_err());
+    }
+
+    #[test]
+    fn url_parsing() {
+        let t = parse_target("http://localhost:8080/api/x?y=1").unwrap();
+        assert_eq!(
+            (t.connect.as_str(), t.path.as_str()),
+            ("localhost:8080", "/api/x?y=1")
+        );
+        assert_eq!(t.host, "localhost:8080");
+        let t = parse_target("http://example.com").unwrap();
+        assert_eq!(
+            (t.connect.as_str(), t.path.as_str()),
+            ("example.com:80", "/")
+        );
+        for bad in ["https://x/", "x/y", "/path", "http://", "not a url"] {
+            assert!(
+                matches!(parse_target(bad), Err(ProbeError::InvalidUrl { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let base = BenchOptions {
+            urls: vec!["http://127.0.0.1:1/".into()],
+            ..BenchOptions::default()
+        };
+        assert!(validate(&base).is_ok());
+        for opts in [
+            BenchOptions {
+                urls: vec![],
+                ..base.clone()
+            },
+            BenchOptions {
+                iterations: 0,
+                ..base.clone()
+            },
+            BenchOptions {
+                concurrency: 0,
+                ..base.clone()
+            },
+            BenchOptions {
+                max_error_rate: 2.0,
+                ..base.clone()
+            },
+        ] {
+            assert!(matches!(
+                validate(&opts),
+                Err(ProbeError::InvalidOptions(_))
+            ));
+        }
+        assert!(parse_headers(&[("bad name".into(), "v".into())]).is_err());
+    }
+}
