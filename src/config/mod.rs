@@ -8,6 +8,9 @@ mod model;
 mod raw;
 pub mod units;
 mod validate;
+
+#[cfg(test)]
+mod tests;
 pub use env::upstream_var;
 pub use json::redact_url;
 pub use model::*;

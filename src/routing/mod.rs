@@ -164,3 +164,6 @@ impl Router {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,668 @@
+//! Unit tests of loading, validation, env overrides, reload checks and JSON redaction.
+
+use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const UPSTREAM: &str = "[[upstreams]]\nname = \"backend\"\naddress = \"127.0.0.1:5000\"\n";
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ok(text: &str) -> Config {
+    match parse(text, None, &no_env()) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors:\n{}", e.report()),
+    }
+}
+
+/// The report lines for a config that must fail.
+fn errors(text: &str) -> Vec<String> {
+    errors_with(text, &no_env())
+}
+
+fn errors_with(text: &str, env: &dyn EnvSource) -> Vec<String> {
+    match parse(text, None, env) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_error(text: &str, expected: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|e| e == expected),
+        "expected {expected:?} in:\n{}",
+        errs.join("\n")
+    );
+}
+
+fn route(body: &str) -> String {
+    format!("{UPSTREAM}[[routes]]\nname = \"r\"\nmatch = \"GET /c/:id\"\n{body}")
+}
+
+#[test]
+fn defaults_are_exactly_the_documented_ones() {
+    let c = ok(UPSTREAM);
+    let s = &c.server;
+    assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(
+        s.threads,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    assert_eq!(s.grace_period, Duration::from_secs(10));
+    assert!(!s.access_log);
+    assert_eq!(s.max_request_body_bytes, 64 << 20);
+    assert_eq!(s.admin_token, None);
+    assert!(!s.watch);
+    assert_eq!(c.proxy.default_upstream, None);
+    let u = &c.upstreams[0];
+    assert_eq!(
+        (u.name.as_str(), u.address.as_str()),
+        ("backend", "127.0.0.1:5000")
+    );
+    assert_eq!(u.connect_timeout, Duration::from_secs(1));
+    assert_eq!(u.read_timeout, Duration::from_secs(30));
+    assert_eq!(u.write_timeout, Duration::from_secs(30));
+    assert_eq!(u.idle_timeout, Duration::from_secs(60));
+    assert!(c.rewrites.is_empty() && c.routes.is_empty());
+    assert_eq!(c.cache.default_mode, Some(CacheMode::Origin));
+    assert_eq!(c.cache.lock_timeout, Duration::from_secs(5));
+    assert_eq!(c.cache.l1.max_bytes, 256 << 20);
+    assert_eq!(c.cache.l1.max_object_bytes, 8 << 20);
+    assert_eq!(c.cache.l2, None);
+    let w = &c.warm;
+    assert!(!w.on_start);
+    assert_eq!((w.concurrency, w.rate_per_second), (4, 50));
+    assert_eq!(w.max_ready_delay, Duration::from_secs(30));
+    assert!(w.urls.is_empty() && w.templates.is_empty());
+    assert_eq!(c.source, None);
+}
+
+#[test]
+fn route_defaults() {
+    let c = ok(&route("ttl = \"5m\"\n"));
+    let r = &c.routes[0];
+    assert_eq!(r.methods, ["GET"]);
+    assert_eq!(r.pattern, "/c/:id");
+    let cache = r.cache.as_ref().unwrap();
+    assert_eq!(cache.mode, CacheMode::Override);
+    assert_eq!(cache.ttl, Some(Ttl::Fixed(Duration::from_secs(300))));
+    assert_eq!(cache.max_ttl, None);
+    assert_eq!(cache.stale_while_revalidate, Duration::ZERO);
+    assert_eq!(cache.stale_if_error, Duration::ZERO);
+    assert_eq!(cache.key, KeyConfig::default());
+    assert!(cache.tags.is_empty() && cache.invalidate_on.is_empty());
+    assert_eq!(cache.statuses, [200, 203, 204, 301, 404]);
+    assert_eq!(cache.negative_ttl, Duration::from_secs(30));
+
+    let origin = ok(&route(""));
+    let cache = origin.routes[0].cache.as_ref().unwrap();
+    assert_eq!((cache.mode, cache.ttl), (CacheMode::Origin, None));
+}
+
+#[test]
+fn until_invalidated_defaults_max_ttl_to_a_day() {
+    let c = ok(&route("ttl = \"until-invalidated\"\n"));
+    let cache = c.routes[0].cache.as_ref().unwrap();
+    assert_eq!(cache.ttl, Some(Ttl::UntilInvalidated));
+    assert_eq!(cache.max_ttl, Some(Duration::from_secs(86_400)));
+}
+
+#[test]
+fn full_route_is_parsed() {
+    let c = ok(&route(
+        r#"mode = "override"
+ttl = "5m"
+max_ttl = "1h"
+stale_while_revalidate = "30s"
+stale_if_error = "10m"
+key = { query = ["z", "include"], headers = ["Accept-Language"] }
+tags = ["contractor:{id}"]
+statuses = [200, 404]
+negative_ttl = "10s"
+invalidate_on = ["post,PUT /c/:id/end"]
+"#,
+    ));
+    let cache = c.routes[0].cache.as_ref().unwrap();
+    assert_eq!(cache.max_ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(cache.stale_if_error, Duration::from_secs(600));
+    assert_eq!(cache.key.query, Some(vec!["include".into(), "z".into()]));
+    assert_eq!(cache.key.headers, ["accept-language"]);
+    assert_eq!(cache.tags, ["contractor:{id}"]);
+    assert_eq!(cache.statuses, [200, 404]);
+    assert_eq!(cache.negative_ttl, Duration::from_secs(10));
+    assert_eq!(
+        cache.invalidate_on,
+        [MethodPattern {
+            methods: vec!["POST".into(), "PUT".into()],
+            pattern: "/c/:id/end".into()
+        }]
+    );
+}
+
+#[test]
+fn rewrites_and_default_upstream_are_parsed() {
+    let c = ok(&format!(
+        "{UPSTREAM}[proxy]\ndefault_upstream = \"backend\"\n\
+         [[rewrites]]\nsource = \"/api/:path*\"\ndestination = \"backend:/v2/:path*\"\n\
+         strip_prefix = \"/api\"\nadd_prefix = \"/v1\"\n\
+         [[rewrites]]\nsource = \"/x\"\ndestination = \"backend\"\n"
+    ));
+    assert_eq!(c.proxy.default_upstream.as_deref(), Some("backend"));
+    assert_eq!(
+        c.rewrites[0],
+        RewriteConfig {
+            source: "/api/:path*".into(),
+            upstream: "backend".into(),
+            path: Some("/v2/:path*".into()),
+            strip_prefix: Some("/api".into()),
+            add_prefix: Some("/v1".into()),
+        }
+    );
+    assert_eq!(c.rewrites[1].path, None);
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let errs = errors("[server]\nlisten = \n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("line 2: TOML syntax error"), "{errs:?}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_everywhere_with_lines() {
+    let text = format!(
+        "[server]\nlisten = \"0.0.0.0:1\"\nlisen = 1\n{UPSTREAM}retries = 3\n\
+         [[routes]]\nname = \"r\"\nmatch = \"GET /\"\nkey = {{ quer = [] }}\n\
+         [cache.l1]\nsize = 1\n[extra]\n"
+    );
+    let errs = errors(&text);
+    let expect = [
+        "server.lisen (line 3): unknown key",
+        "upstreams[0].retries (line 7): unknown key",
+        "routes[0].key.quer (line 11): unknown key",
+        "cache.l1.size (line 13): unknown key",
+        "extra (line 14): unknown key",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "{e} not in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn missing_required_keys() {
+    assert_error("", "upstreams: at least one [[upstreams]] is required");
+    assert_error(
+        "upstreams = []",
+        "upstreams: at least one [[upstreams]] is required",
+    );
+    let errs = errors("[[upstreams]]\n[[rewrites]]\n[[routes]]\n");
+    for path in [
+        "upstreams[0].name",
+        "upstreams[0].address",
+        "rewrites[0].source",
+        "rewrites[0].destination",
+        "routes[0].name",
+        "routes[0].match",
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(path) && e.ends_with("missing required key")),
+            "{path} not in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_names() {
+    assert_error(
+        &format!("{UPSTREAM}{UPSTREAM}"),
+        "upstreams[1].name (line 5): duplicate upstream name \"backend\"",
+    );
+    let text = format!(
+        "{UPSTREAM}[[routes]]\nname = \"a\"\nmatch = \"GET /a\"\n[[routes]]\nname = \"a\"\nmatch = \"GET /b\"\n"
+    );
+    assert_error(&text, "routes[1].name (line 8): duplicate route name \"a\"");
+}
+
+#[test]
+fn route_names_are_checked() {
+    for (name, msg) in [
+        (
+            "Bad-Name",
+            "invalid route name \"Bad-Name\": use only a-z, 0-9 and '_'",
+        ),
+        ("default", "route name \"default\" is reserved"),
+        ("health", "route name \"health\" is reserved"),
+    ] {
+        let text = format!("{UPSTREAM}[[routes]]\nname = \"{name}\"\nmatch = \"GET /\"\n");
+        assert_error(&text, &format!("routes[0].name (line 5): {msg}"));
+    }
+}
+
+#[test]
+fn unknown_upstreams_are_rejected() {
+    assert_error(
+        &format!("{UPSTREAM}[proxy]\ndefault_upstream = \"nope\"\n"),
+        "proxy.default_upstream (line 5): unknown upstream \"nope\"; defined upstreams: backend",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[[rewrites]]\nsource = \"/a\"\ndestination = \"nope:/b\"\n"),
+        "rewrites[0].destination (line 6): unknown upstream \"nope\"; defined upstreams: backend",
+    );
+}
+
+#[test]
+fn bad_patterns_are_rejected() {
+    let rw = |src: &str, dst: &str| {
+        format!("{UPSTREAM}[[rewrites]]\nsource = \"{src}\"\ndestination = \"{dst}\"\n")
+    };
+    assert_error(
+        &rw("/a/:", "backend"),
+        "rewrites[0].source (line 5): invalid pattern \"/a/:\": segment ':' has no name",
+    );
+    assert_error(
+        &rw("/a/:id", "backend:/b/:other"),
+        "rewrites[0].destination (line 6): destination uses :other, which the source \"/a/:id\" does not define",
+    );
+    assert_error(
+        &rw("/a/*", "backend:/b/*"),
+        "rewrites[0].destination (line 6): destination cannot use an anonymous *; name it in the source, e.g. :path*",
+    );
+    assert_error(
+        &route("invalidate_on = [\"POST c/:id\"]\n"),
+        "routes[0].invalidate_on[0] (line 7): invalid pattern \"c/:id\": pattern must start with '/'",
+    );
+    let text = format!("{UPSTREAM}[[routes]]\nname = \"r\"\nmatch = \"/c\"\n");
+    assert!(errors(&text)[0].starts_with("routes[0].match (line 6): invalid match \"/c\""));
+}
+
+#[test]
+fn unknown_methods_are_rejected() {
+    let text = format!("{UPSTREAM}[[routes]]\nname = \"r\"\nmatch = \"GET,FETCH /c\"\n");
+    assert_error(
+        &text,
+        "routes[0].match (line 6): unknown method \"FETCH\" in \"GET,FETCH /c\": expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+    );
+}
+
+#[test]
+fn cache_false_forbids_cache_keys() {
+    let errs = errors(&route("cache = false\nttl = \"5m\"\ntags = []\n"));
+    assert_eq!(
+        errs,
+        [
+            "routes[0].ttl (line 8): not allowed with cache = false",
+            "routes[0].tags (line 9): not allowed with cache = false",
+        ]
+    );
+    assert_eq!(ok(&route("cache = false\n")).routes[0].cache, None);
+}
+
+#[test]
+fn ttl_rules() {
+    assert_error(
+        &route("mode = \"override\"\n"),
+        "routes[0].mode (line 7): mode = \"override\" needs a ttl",
+    );
+    assert_error(
+        &route("ttl = \"5m\"\nmax_ttl = \"1m\"\n"),
+        "routes[0].max_ttl (line 8): max_ttl (1m) is shorter than ttl (5m)",
+    );
+    assert_error(
+        &route("ttl = \"5 minutes\"\n"),
+        "routes[0].ttl (line 7): invalid duration \"5 minutes\": expected a number followed by ms, s, m, h or d",
+    );
+    assert_error(
+        &route("ttl = \"0s\"\n"),
+        "routes[0].ttl (line 7): ttl must be greater than 0",
+    );
+    assert_error(
+        &route("mode = \"lazy\"\n"),
+        "routes[0].mode (line 7): invalid mode \"lazy\": expected \"override\" or \"origin\"",
+    );
+    assert_eq!(
+        ok(&route("mode = \"origin\"\nttl = \"1m\"\n")).routes[0]
+            .cache
+            .as_ref()
+            .unwrap()
+            .mode,
+        CacheMode::Origin
+    );
+}
+
+#[test]
+fn tags_must_use_params_of_the_pattern() {
+    assert_error(
+        &route("tags = [\"c:{id}\", \"x:{other}\"]\n"),
+        "routes[0].tags[1] (line 7): tag \"x:{other}\" uses {other}, which the route's pattern does not capture",
+    );
+    assert_error(
+        &route("tags = [\"c:{id\"]\n"),
+        "routes[0].tags[0] (line 7): unbalanced braces in template \"c:{id\"",
+    );
+    // invalidate_on needs no particular params: only shared names are used.
+    ok(&route(
+        "invalidate_on = [\"POST /other/:x\"]\ntags = [\"c:{id}\"]\n",
+    ));
+}
+
+#[test]
+fn statuses_must_be_http_statuses() {
+    assert_error(
+        &route("statuses = [200, 99, 600]\n"),
+        "routes[0].statuses[1] (line 7): 99 is out of range: expected 100..=599",
+    );
+    assert_error(
+        &route("statuses = [200, 99, 600]\n"),
+        "routes[0].statuses[2] (line 7): 600 is out of range: expected 100..=599",
+    );
+}
+
+#[test]
+fn key_headers_are_lower_cased_and_checked() {
+    let c = ok(&route("key = { headers = [\"X-Tenant\", \"Cookie\"] }\n"));
+    let key = &c.routes[0].cache.as_ref().unwrap().key;
+    assert_eq!(key.headers, ["x-tenant", "cookie"]);
+    assert_eq!(key.query, None);
+    assert_error(
+        &route("key = { headers = [\"bad header\"] }\n"),
+        "routes[0].key.headers[0] (line 7): invalid header name \"bad header\"",
+    );
+}
+
+#[test]
+fn server_values_are_checked() {
+    let text = format!(
+        "[server]\nthreads = 0\nlisten = \"localhost\"\nadmin_listen = \"1.2.3.4\"\n\
+         grace_period = \"soon\"\nmax_request_body = \"1MB\"\nadmin_token = \"x\"\naccess_log = \"yes\"\n{UPSTREAM}"
+    );
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        [
+            "server.threads (line 2): 0 is out of range: expected 1..=1024",
+            "server.listen (line 3): invalid socket address \"localhost\": expected ip:port like \"0.0.0.0:8080\"",
+            "server.admin_listen (line 4): invalid socket address \"1.2.3.4\": expected ip:port like \"0.0.0.0:8080\"",
+            "server.grace_period (line 5): invalid duration \"soon\": expected a number followed by ms, s, m, h or d",
+            "server.max_request_body (line 6): invalid size \"1MB\": expected a number of bytes or a number followed by B, KiB, MiB or GiB",
+            "server.admin_token (line 7): the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
+            "server.access_log (line 8): expected a boolean, found a string",
+        ]
+    );
+}
+
+#[test]
+fn upstream_addresses_are_host_port() {
+    for good in ["127.0.0.1:5000", "backend.internal:80", "[::1]:5000"] {
+        ok(&format!(
+            "[[upstreams]]\nname = \"b\"\naddress = \"{good}\"\n"
+        ));
+    }
+    for bad in [
+        "127.0.0.1",
+        ":80",
+        "host:0",
+        "host:x",
+        "::1:80",
+        "http://h:80",
+    ] {
+        let text = format!("[[upstreams]]\nname = \"b\"\naddress = \"{bad}\"\n");
+        assert_error(
+            &text,
+            &format!(
+                "upstreams[0].address (line 3): invalid address {bad:?}: expected host:port like \"127.0.0.1:5000\""
+            ),
+        );
+    }
+}
+
+#[test]
+fn sizes_accept_integers() {
+    let c = ok(&format!(
+        "[server]\nmax_request_body = 1024\n[cache.l1]\nmax_bytes = \"1GiB\"\n{UPSTREAM}"
+    ));
+    assert_eq!(c.server.max_request_body_bytes, 1024);
+    assert_eq!(c.cache.l1.max_bytes, 1 << 30);
+    assert_error(
+        &format!("[cache.l1]\nmax_bytes = \"1MiB\"\nmax_object_bytes = \"2MiB\"\n{UPSTREAM}"),
+        "cache.l1.max_object_bytes (line 3): max_object_bytes must not exceed max_bytes",
+    );
+}
+
+#[test]
+fn cache_and_l2_are_parsed() {
+    let c = ok(&format!(
+        "{UPSTREAM}[cache]\ndefault_mode = \"off\"\nlock_timeout = \"2s\"\n\
+         [cache.l2]\nurl = \"redis://:pw@r:6379/0\"\ntimeout = \"20ms\"\nbreaker_failures = 5\n"
+    ));
+    assert_eq!(c.cache.default_mode, None);
+    assert_eq!(c.cache.lock_timeout, Duration::from_secs(2));
+    let l2 = c.cache.l2.unwrap();
+    assert_eq!(l2.url.expose(), "redis://:pw@r:6379/0");
+    assert_eq!(l2.timeout, Duration::from_millis(20));
+    assert_eq!(l2.breaker_failures, 5);
+    assert_eq!(l2.prefix, "sidecache:");
+    assert_eq!(l2.write_timeout, Duration::from_secs(1));
+    assert_eq!(l2.breaker_cooldown, Duration::from_secs(5));
+    assert_eq!(l2.channel, "sidecache:purge");
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nprefix = \"x\"\n"),
+        "cache.l2.url (line 4): missing required key (or set SIDECACHE_REDIS_URL)",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nurl = \"http://x\"\n"),
+        "cache.l2.url (line 5): invalid Redis URL: expected redis://[:password@]host:port[/db]",
+    );
+}
+
+#[test]
+fn warm_templates_are_checked_and_ids_file_is_relative_to_the_config() {
+    let text = format!(
+        "{UPSTREAM}[warm]\non_start = true\nurls = [\"/a\"]\n\
+         [[warm.templates]]\ntemplate = \"/c/{{id}}\"\nids_file = \"warm/ids.txt\"\n\
+         [[warm.templates]]\ntemplate = \"/c/x\"\nids = [\"1\"]\n\
+         [[warm.templates]]\ntemplate = \"/d/{{id}}\"\n"
+    );
+    let err = parse(
+        &text,
+        Some(std::path::Path::new("/etc/sc/sidecache.toml")),
+        &no_env(),
+    )
+    .unwrap_err();
+    let report = err.report();
+    assert!(
+        report.contains("warm.templates[1].template (line 11): template \"/c/x\" must use {id}"),
+        "{report}"
+    );
+    assert!(
+        report.contains("warm.templates[2] (line 13): needs ids or ids_file"),
+        "{report}"
+    );
+    assert_eq!(err.0.len(), 2, "{report}");
+
+    let good = format!(
+        "{UPSTREAM}[[warm.templates]]\ntemplate = \"/c/{{id}}\"\nids_file = \"warm/ids.txt\"\nids = [\"7\"]\n"
+    );
+    let c = parse(
+        &good,
+        Some(std::path::Path::new("/etc/sc/sidecache.toml")),
+        &no_env(),
+    )
+    .unwrap();
+    let t = &c.warm.templates[0];
+    assert_eq!(
+        t.ids_file.as_deref(),
+        Some(std::path::Path::new("/etc/sc/warm/ids.txt"))
+    );
+    assert_eq!(t.ids, ["7"]);
+    assert_error(
+        &format!("{UPSTREAM}[warm]\nurls = [\"a\"]\n"),
+        "warm.urls[0] (line 5): \"a\" must start with '/'",
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported_in_line_order() {
+    let text = "[server]\nthreads = 0\n\
+        [[upstreams]]\nname = \"a\"\naddress = \"nope\"\n\
+        [[upstreams]]\nname = \"a\"\naddress = \"h:1\"\n\
+        [[routes]]\nname = \"X\"\nmatch = \"GET /x\"\nttl = \"5 minutes\"\n\
+        [[routes]]\nname = \"ok\"\nmatch = \"GET /y/:id\"\ntags = [\"{nope}\"]\n";
+    let err = parse(text, None, &no_env()).unwrap_err();
+    let lines: Vec<Option<usize>> = err.0.iter().map(|e| e.line).collect();
+    assert_eq!(
+        lines,
+        [Some(2), Some(5), Some(7), Some(10), Some(12), Some(16)],
+        "{}",
+        err.report()
+    );
+    assert_eq!(err.report().lines().count(), 6);
+}
+
+#[test]
+fn env_overrides_apply() {
+    let e = env(&[
+        ("SIDECACHE_LISTEN", "127.0.0.1:1"),
+        ("SIDECACHE_ADMIN_LISTEN", "127.0.0.1:2"),
+        ("SIDECACHE_UPSTREAM_MY_API", "10.0.0.1:81"),
+        ("SIDECACHE_REDIS_URL", "redis://r:6379"),
+        ("SIDECACHE_ADMIN_TOKEN", "s3cret"),
+    ]);
+    let text = "[[upstreams]]\nname = \"my-api\"\naddress = \"h:1\"\n";
+    let c = parse(text, None, &e).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:1");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:2");
+    assert_eq!(c.upstreams[0].address, "10.0.0.1:81");
+    let l2 = c.cache.l2.as_ref().unwrap();
+    assert_eq!(l2.url.expose(), "redis://r:6379");
+    assert_eq!(l2.timeout, Duration::from_millis(50));
+    assert_eq!(c.server.admin_token.as_ref().unwrap().expose(), "s3cret");
+    // The env also fills a [cache.l2] table that has no url.
+    let text = format!("{UPSTREAM}[cache.l2]\nprefix = \"p:\"\n");
+    let c = parse(&text, None, &env(&[("SIDECACHE_REDIS_URL", "redis://r:1")])).unwrap();
+    assert_eq!(c.cache.l2.unwrap().prefix, "p:");
+    assert_eq!(upstream_var("my-api"), "SIDECACHE_UPSTREAM_MY_API");
+}
+
+#[test]
+fn bad_env_values_name_the_variable() {
+    let e = env(&[
+        ("SIDECACHE_LISTEN", "nope"),
+        ("SIDECACHE_UPSTREAM_BACKEND", "nohost"),
+        ("SIDECACHE_REDIS_URL", "http://x"),
+        ("SIDECACHE_ADMIN_TOKEN", " "),
+    ]);
+    let errs = errors_with(UPSTREAM, &e);
+    for prefix in [
+        "SIDECACHE_LISTEN: invalid socket address \"nope\"",
+        "SIDECACHE_UPSTREAM_BACKEND: invalid address \"nohost\"",
+        "SIDECACHE_REDIS_URL: invalid Redis URL",
+        "SIDECACHE_ADMIN_TOKEN: must not be empty",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(prefix)),
+            "{prefix} not in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn load_reads_files_and_reports_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, UPSTREAM).unwrap();
+    let c = load(&path, &no_env()).unwrap();
+    assert_eq!(c.source.as_deref(), Some(path.as_path()));
+    let err = load(&dir.path().join("missing.toml"), &no_env()).unwrap_err();
+    assert!(err.report().starts_with("cannot read "), "{}", err.report());
+}
+
+#[test]
+fn error_display_formats() {
+    let e = |path: &str, line| ConfigError {
+        path: path.into(),
+        line,
+        message: "m".into(),
+    };
+    assert_eq!(e("a.b", Some(3)).to_string(), "a.b (line 3): m");
+    assert_eq!(e("a.b", None).to_string(), "a.b: m");
+    assert_eq!(e("", Some(3)).to_string(), "line 3: m");
+    assert_eq!(
+        ConfigErrors(vec![e("a", None), e("b", None)]).report(),
+        "a: m\nb: m"
+    );
+    assert_eq!(ConfigErrors(vec![]).to_string(), "invalid config");
+}
+
+#[test]
+fn reload_rejects_listener_and_thread_changes() {
+    let old = ok(UPSTREAM);
+    let mut new = old.clone();
+    new.routes.clear();
+    new.server.grace_period = Duration::from_secs(1);
+    assert_eq!(check_reloadable(&old, &new), Ok(()));
+    new.server.listen = "127.0.0.1:1".parse().unwrap();
+    new.server.admin_listen = "127.0.0.1:2".parse().unwrap();
+    new.server.threads += 1;
+    let report = check_reloadable(&old, &new).unwrap_err().report();
+    assert_eq!(
+        report,
+        "server.listen: changing the listen address needs a restart\n\
+         server.admin_listen: changing the admin listen address needs a restart\n\
+         server.threads: changing the number of threads needs a restart"
+    );
+}
+
+#[test]
+fn redis_urls_are_redacted() {
+    assert_eq!(
+        redact_url("redis://:pw@host:6379/0"),
+        "redis://:[redacted]@host:6379/0"
+    );
+    assert_eq!(
+        redact_url("redis://user:pw@host:6379"),
+        "redis://user:[redacted]@host:6379"
+    );
+    assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+    assert_eq!(
+        redact_url("redis://user@host:6379"),
+        "redis://user@host:6379"
+    );
+}
+
+#[test]
+fn redacted_json_hides_secrets_and_shows_everything_else() {
+    let e = env(&[
+        ("SIDECACHE_REDIS_URL", "redis://:pw@host:6379/0"),
+        ("SIDECACHE_ADMIN_TOKEN", "tok"),
+    ]);
+    let c = parse(&route("ttl = \"5m\"\n"), None, &e).unwrap();
+    let json = c.redacted_json();
+    let text = json.to_string();
+    assert!(!text.contains("pw@") && !text.contains("\"tok\""), "{text}");
+    assert_eq!(
+        json["cache"]["l2"]["url"],
+        "redis://:[redacted]@host:6379/0"
+    );
+    assert_eq!(json["server"]["admin_token"], "[redacted]");
+    assert_eq!(json["server"]["listen"], "0.0.0.0:8080");
+    assert_eq!(json["routes"][0]["match"], "GET /c/:id");
+    assert_eq!(json["routes"][0]["cache"]["ttl"], "5m");
+    assert_eq!(json["upstreams"][0]["address"], "127.0.0.1:5000");
+    assert_eq!(json["cache"]["default_mode"], "origin");
+}
