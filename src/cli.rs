@@ -25,10 +25,21 @@ pub const EXIT_CONFIG: u8 = 64;
 #[command(name = "sidecache", version, about, long_about = None)]
 pub struct Cli {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "SIDECACHE_CONFIG", default_value = "config/sidecache.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIDECACHE_CONFIG",
+        default_value = "config/sidecache.toml"
+    )]
     pub config: PathBuf,
     /// Log format.
-    #[arg(long, global = true, env = "SIDECACHE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIDECACHE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Take over the listening sockets of a running sidecache (zero-downtime upgrade).
     #[arg(long)]
@@ -216,7 +227,10 @@ pub fn summary(path: &Path, c: &Config) -> String {
                 let ttl = match rc.ttl {
                     Some(config::Ttl::Fixed(d)) => format!("ttl {d:?}"),
                     Some(config::Ttl::UntilInvalidated) => {
-                        format!("until-invalidated (max {:?})", rc.max_ttl.unwrap_or_default())
+                        format!(
+                            "until-invalidated (max {:?})",
+                            rc.max_ttl.unwrap_or_default()
+                        )
                     }
                     None => "origin headers".to_owned(),
                 };
@@ -231,11 +245,10 @@ pub fn summary(path: &Path, c: &Config) -> String {
             r.pattern
         );
     }
-    let l2 = c
-        .cache
-        .l2
-        .as_ref()
-        .map_or_else(|| "off (L1 only)".to_owned(), |l2| format!("redis, timeout {:?}", l2.timeout));
+    let l2 = c.cache.l2.as_ref().map_or_else(
+        || "off (L1 only)".to_owned(),
+        |l2| format!("redis, timeout {:?}", l2.timeout),
+    );
     let _ = writeln!(
         s,
         "\ncache: default mode {:?}, L1 {} MiB (objects <= {} KiB), L2 {l2}",

@@ -52,10 +52,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         threads: config.server.threads,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: options
-            .upgrade_sock
-            .as_deref()
-            .map_or_else(|| DEFAULT_UPGRADE_SOCK.to_owned(), |p| p.display().to_string()),
+        upgrade_sock: options.upgrade_sock.as_deref().map_or_else(
+            || DEFAULT_UPGRADE_SOCK.to_owned(),
+            |p| p.display().to_string(),
+        ),
         max_retries: 1,
         ..ServerConf::default()
     };

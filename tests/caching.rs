@@ -114,12 +114,22 @@ async fn miss_then_hit_l1_with_age_and_cache_status() {
     let first = get(&url, &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(x_cache(&first), "MISS");
-    assert_eq!(first.header("cache-status"), Some("sidecache; fwd=miss; stored"));
+    assert_eq!(
+        first.header("cache-status"),
+        Some("sidecache; fwd=miss; stored")
+    );
     let second = get(&url, &[]).await;
     assert_eq!(x_cache(&second), "HIT-L1");
-    assert_eq!(second.header("cache-status"), Some("sidecache; hit; detail=l1"));
+    assert_eq!(
+        second.header("cache-status"),
+        Some("sidecache; hit; detail=l1")
+    );
     assert_eq!(second.body, first.body, "the stored copy is served");
-    let age: u64 = second.header("age").expect("Age on a hit").parse().expect("numeric Age");
+    let age: u64 = second
+        .header("age")
+        .expect("Age on a hit")
+        .parse()
+        .expect("numeric Age");
     assert!(age <= 30);
     assert_eq!(backend.stats().hits("/api/contractors/42/bundle"), 1);
 
@@ -151,15 +161,30 @@ async fn ttl_expiry_and_route_order() {
 async fn key_rules_query_subset_sorted_and_header() {
     let (backend, sc) = setup(0).await;
     let path = "/api/contractors/7/bundle";
-    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x&utm=1")), &[]).await), "MISS");
+    assert_eq!(
+        x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x&utm=1")), &[]).await),
+        "MISS"
+    );
     // same listed params, other order, unlisted param changed -> same entry
-    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?utm=2&lang=x&include=a")), &[]).await), "HIT-L1");
+    assert_eq!(
+        x_cache(&get(&sc.url(&format!("{path}?utm=2&lang=x&include=a")), &[]).await),
+        "HIT-L1"
+    );
     // a listed param changed -> another entry
-    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=b&lang=x")), &[]).await), "MISS");
+    assert_eq!(
+        x_cache(&get(&sc.url(&format!("{path}?include=b&lang=x")), &[]).await),
+        "MISS"
+    );
     // key header changes the entry
     let de = [("accept-language", "de")];
-    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x")), &de).await), "MISS");
-    assert_eq!(x_cache(&get(&sc.url(&format!("{path}?lang=x&include=a")), &de).await), "HIT-L1");
+    assert_eq!(
+        x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x")), &de).await),
+        "MISS"
+    );
+    assert_eq!(
+        x_cache(&get(&sc.url(&format!("{path}?lang=x&include=a")), &de).await),
+        "HIT-L1"
+    );
     assert_eq!(backend.stats().hits(path), 3);
 }
 
@@ -170,15 +195,29 @@ async fn until_invalidated_outlives_short_ttls_respects_max_ttl_and_ends_with_th
     let first = get(&state, &[]).await;
     assert_eq!(x_cache(&first), "MISS");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(x_cache(&get(&state, &[]).await), "HIT-L1", "alive past a 1s route's TTL");
+    assert_eq!(
+        x_cache(&get(&state, &[]).await),
+        "HIT-L1",
+        "alive past a 1s route's TTL"
+    );
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(x_cache(&get(&state, &[]).await), "MISS", "max_ttl (3s) bounds it");
+    assert_eq!(
+        x_cache(&get(&state, &[]).await),
+        "MISS",
+        "max_ttl (3s) bounds it"
+    );
     assert_eq!(x_cache(&get(&state, &[]).await), "HIT-L1");
 
     // the session ends: invalidate_on purges this session's state, not another's
     let other = sc.url("/api/concierge/sessions/s2/state");
     assert_eq!(x_cache(&get(&other, &[]).await), "MISS");
-    let end = request("POST", &sc.url("/api/concierge/sessions/s1/end"), &[], Bytes::new()).await;
+    let end = request(
+        "POST",
+        &sc.url("/api/concierge/sessions/s1/end"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(end.status, 200);
     let after = wait_for_x_cache(&state, "MISS").await;
     assert_ne!(after.json()["generation"], first.json()["generation"]);
@@ -215,7 +254,11 @@ async fn stale_while_revalidate_serves_stale_once_then_refreshes() {
         if x_cache(&r) == "HIT-L1" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never refreshed: {}", x_cache(&r));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refreshed: {}",
+            x_cache(&r)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(backend.stats().hits("/api/state-machine/diagram"), 2);
@@ -272,7 +315,11 @@ async fn user_specific_responses_are_never_shared() {
         let b = get(&url, &[]).await;
         assert_eq!(x_cache(&a), "UNCACHEABLE", "{why}");
         assert_eq!(x_cache(&b), "UNCACHEABLE", "{why}");
-        assert_ne!(a.json()["generation"], b.json()["generation"], "{why}: both from the origin");
+        assert_ne!(
+            a.json()["generation"],
+            b.json()["generation"],
+            "{why}: both from the origin"
+        );
     }
     // credentials bypass the cache unless the route keys on them
     let url = sc.url("/test/respond?who=1");
@@ -281,8 +328,16 @@ async fn user_specific_responses_are_never_shared() {
     let anon = get(&url, &[]).await;
     assert_eq!(x_cache(&anon), "MISS");
     let bob = get(&url, &[("cookie", "sid=bob")]).await;
-    assert_eq!(x_cache(&bob), "BYPASS", "never the anonymous copy for a cookie holder");
-    assert_eq!(backend.stats().hits("/test/respond"), 9, "3 x 2 uncacheable + alice + anon + bob");
+    assert_eq!(
+        x_cache(&bob),
+        "BYPASS",
+        "never the anonymous copy for a cookie holder"
+    );
+    assert_eq!(
+        backend.stats().hits("/test/respond"),
+        9,
+        "3 x 2 uncacheable + alice + anon + bob"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -324,7 +379,11 @@ async fn vary_is_honoured_in_override_and_origin_modes() {
     }
     let star = sc.url("/test/respond?vary=*");
     get(&star, &[]).await;
-    assert_eq!(x_cache(&get(&star, &[]).await), "UNCACHEABLE", "Vary: * is never stored");
+    assert_eq!(
+        x_cache(&get(&star, &[]).await),
+        "UNCACHEABLE",
+        "Vary: * is never stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,7 +393,11 @@ async fn origin_mode_follows_cache_control_for_unmatched_paths() {
     assert_eq!(x_cache(&get(&cached, &[]).await), "MISS");
     assert_eq!(x_cache(&get(&cached, &[]).await), "HIT-L1");
     let plain = sc.url("/o/test/respond?n=2");
-    assert_eq!(x_cache(&get(&plain, &[]).await), "UNCACHEABLE", "no freshness, no store");
+    assert_eq!(
+        x_cache(&get(&plain, &[]).await),
+        "UNCACHEABLE",
+        "no freshness, no store"
+    );
     assert_eq!(x_cache(&get(&plain, &[]).await), "UNCACHEABLE");
     assert_eq!(backend.stats().hits("/test/respond"), 3);
 }
@@ -347,7 +410,11 @@ async fn a_successful_post_invalidates_the_url() {
     assert_eq!(x_cache(&get(&url, &[]).await), "HIT-L1");
     let post = request("POST", &url, &[], Bytes::from_static(b"{}")).await;
     assert_eq!(post.status, 200);
-    assert_eq!(x_cache(&post), "BYPASS", "unsafe methods never come from the cache");
+    assert_eq!(
+        x_cache(&post),
+        "BYPASS",
+        "unsafe methods never come from the cache"
+    );
     wait_for_x_cache(&url, "MISS").await;
     assert_eq!(backend.stats().hits("/test/echo"), 3);
 }
@@ -363,10 +430,18 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
         assert_eq!(d.bytes, n);
         assert_eq!(d.checksum, big_pattern_checksum(n));
     }
-    assert_eq!(backend.stats().hits("/test/big"), 2, "never served from cache");
+    assert_eq!(
+        backend.stats().hits("/test/big"),
+        2,
+        "never served from cache"
+    );
     let small = sc.url("/test/big?bytes=1000");
     get(&small, &[]).await;
-    assert_eq!(x_cache(&get(&small, &[]).await), "HIT-L1", "small objects are cached");
+    assert_eq!(
+        x_cache(&get(&small, &[]).await),
+        "HIT-L1",
+        "small objects are cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,7 +449,9 @@ async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
     let (_backend, sc) = setup(0).await;
     let mut client = support::http::Client::new();
     for id in 0..1200 {
-        let r = client.get(&sc.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
+        let r = client
+            .get(&sc.url(&format!("/api/contractors/{id}/bundle")), &[])
+            .await;
         assert_eq!(r.status, 200);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -390,5 +467,8 @@ async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
     let bytes = value("sidecache_l1_bytes");
     let capacity = value("sidecache_l1_capacity_bytes");
     assert_eq!(capacity, 4.0 * 1024.0 * 1024.0);
-    assert!(bytes > 0.0 && bytes <= capacity * 1.1, "{bytes} of {capacity}");
+    assert!(
+        bytes > 0.0 && bytes <= capacity * 1.1,
+        "{bytes} of {capacity}"
+    );
 }

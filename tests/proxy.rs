@@ -122,12 +122,19 @@ async fn health_is_answered_locally_on_both_paths_with_head() {
         assert_eq!(body["status"], "ok");
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
         assert!(body["uptime_seconds"].is_u64());
-        assert!(r.header("x-cache").is_none(), "local answers carry no X-Cache");
+        assert!(
+            r.header("x-cache").is_none(),
+            "local answers carry no X-Cache"
+        );
         let head = request("HEAD", &sc.url(path), &[], Bytes::new()).await;
         assert_eq!(head.status, 200);
         assert!(head.body.is_empty());
     }
-    assert_eq!(backend.stats().total(), 0, "health never reaches the backend");
+    assert_eq!(
+        backend.stats().total(),
+        0,
+        "health never reaches the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,14 +159,24 @@ async fn ready_follows_the_default_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarded_headers_and_request_id_reach_the_backend() {
     let (_backend, sc) = proxy().await;
-    let r = get(&sc.url("/test/echo"), &[("host", "api.example"), ("x-forwarded-for", "10.1.2.3")]).await;
+    let r = get(
+        &sc.url("/test/echo"),
+        &[("host", "api.example"), ("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
     let seen = &r.json()["headers"];
     assert_eq!(seen["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "api.example");
-    let generated = seen["x-request-id"].as_str().expect("request id sent upstream");
+    let generated = seen["x-request-id"]
+        .as_str()
+        .expect("request id sent upstream");
     assert_eq!(generated.len(), 32);
-    assert_eq!(r.header("x-request-id"), Some(generated), "echoed to the client");
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(generated),
+        "echoed to the client"
+    );
 
     let r = get(&sc.url("/test/echo"), &[("x-request-id", "trace-abc-1")]).await;
     assert_eq!(r.json()["headers"]["x-request-id"], "trace-abc-1");
@@ -176,15 +193,24 @@ async fn upstream_down_is_a_502_json_within_the_connect_timeout() {
     assert_eq!(body["error"], "upstream_unavailable");
     assert_eq!(body["upstream"], "nowhere");
     assert_eq!(body["request_id"], "rid-502");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered, not hung");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered, not hung"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_a_504_json_after_the_read_timeout() {
     let (_backend, sc) = proxy().await;
-    let r = try_request_timeout("GET", &sc.url("/test/slow?ms=3000"), &[], Bytes::new(), Duration::from_secs(10))
-        .await
-        .expect("an answer, not a hang");
+    let r = try_request_timeout(
+        "GET",
+        &sc.url("/test/slow?ms=3000"),
+        &[],
+        Bytes::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an answer, not a hang");
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "upstream_timeout");
     assert_eq!(r.json()["upstream"], "backend");
@@ -209,9 +235,18 @@ async fn large_bodies_stream_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_request_bodies_get_413() {
     let backend = start_backend(Duration::ZERO).await;
-    let config = CONFIG.replace("grace_period = \"3s\"", "grace_period = \"3s\"\nmax_request_body = \"1KiB\"");
+    let config = CONFIG.replace(
+        "grace_period = \"3s\"",
+        "grace_period = \"3s\"\nmax_request_body = \"1KiB\"",
+    );
     let sc = Sidecache::start(SidecacheOptions::new(config).backend(backend.addr())).await;
-    let r = request("POST", &sc.url("/test/upload"), &[], Bytes::from(vec![b'x'; 4096])).await;
+    let r = request(
+        "POST",
+        &sc.url("/test/upload"),
+        &[],
+        Bytes::from(vec![b'x'; 4096]),
+    )
+    .await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "request_body_too_large");
     assert_eq!(backend.stats().hits("/test/upload"), 0);
@@ -226,7 +261,10 @@ async fn sigterm_drains_an_in_flight_request_then_exits() {
     sc.sigterm();
     let r = in_flight.await.expect("request task");
     assert_eq!(r.status, 200, "the in-flight request completes");
-    let status = sc.wait_exit(Duration::from_secs(5)).await.expect("exits within the grace period");
+    let status = sc
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits within the grace period");
     assert!(status.success(), "{status:?}");
 }
 

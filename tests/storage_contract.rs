@@ -51,7 +51,8 @@ fn key(path: &str) -> CacheKey {
 
 fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&str]) -> CacheMeta {
     let mut h = ResponseHeader::build(200, None).expect("header");
-    h.append_header("Content-Type", "application/json").expect("ct");
+    h.append_header("Content-Type", "application/json")
+        .expect("ct");
     h.append_header("X-Test-Case", "MixedCase").expect("x");
     let created = SystemTime::now();
     let mut m = CacheMeta::new(fresh_until, created, swr, sie, h);
@@ -64,7 +65,13 @@ fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&str]
 }
 
 fn meta(ttl: u64, url: &str, tags: &[&str]) -> CacheMeta {
-    meta_at(SystemTime::now() + Duration::from_secs(ttl), 10, 20, url, tags)
+    meta_at(
+        SystemTime::now() + Duration::from_secs(ttl),
+        10,
+        20,
+        url,
+        tags,
+    )
 }
 
 async fn write(
@@ -85,7 +92,9 @@ async fn write(
 
 async fn lookup(c: &'static TieredCache, k: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
     let span = Span::inactive();
-    c.lookup(k, &span.handle()).await.expect("lookup never errors")
+    c.lookup(k, &span.handle())
+        .await
+        .expect("lookup never errors")
 }
 
 async fn body(mut h: HitHandler) -> Vec<u8> {
@@ -104,7 +113,11 @@ fn tier(h: &HitHandler) -> Tier {
 }
 
 /// Poll until `f` holds (L2 writes are spawned, so visibility is eventual).
-async fn lookup_until<F>(c: &'static TieredCache, k: &CacheKey, f: F) -> Option<(CacheMeta, HitHandler)>
+async fn lookup_until<F>(
+    c: &'static TieredCache,
+    k: &CacheKey,
+    f: F,
+) -> Option<(CacheMeta, HitHandler)>
 where
     F: Fn(&Option<(CacheMeta, HitHandler)>) -> bool,
 {
@@ -170,7 +183,13 @@ async fn contract(s: Setup) {
 
     // expiry: deadline = fresh_until + max(swr,sie) + 5s; put fresh_until 4s in the past
     let ke = key("/c/expiring");
-    let me = meta_at(SystemTime::now() - Duration::from_secs(4), 0, 0, "/c/expiring", &[]);
+    let me = meta_at(
+        SystemTime::now() - Duration::from_secs(4),
+        0,
+        0,
+        "/c/expiring",
+        &[],
+    );
     write(c, &ke, &me, b"short").await.expect("write");
     let r = lookup_until(c, &ke, |r| r.is_none()).await;
     assert!(r.is_none(), "entry past its deadline must be gone");
@@ -194,7 +213,10 @@ async fn contract(s: Setup) {
     found(c, &kb).await;
     let later = SystemTime::now() + Duration::from_secs(600);
     let newer = meta_at(later, 1, 2, "/c/b", &[]);
-    assert!(c.update_meta(&kb, &newer, &span.handle()).await.expect("update"));
+    assert!(c
+        .update_meta(&kb, &newer, &span.handle())
+        .await
+        .expect("update"));
     let (m, h) = lookup_until(c, &kb, |r| {
         r.as_ref().map(|(m, _)| m.fresh_until()) == Some(later)
     })
@@ -227,12 +249,23 @@ async fn contract(s: Setup) {
 
     // size limit: larger bodies are not stored; exactly the limit is
     let kbig = key("/c/big");
-    let r = write(c, &kbig, &meta(60, "/c/big", &[]), &vec![b'x'; MAX_OBJECT as usize + 1]).await;
+    let r = write(
+        c,
+        &kbig,
+        &meta(60, "/c/big", &[]),
+        &vec![b'x'; MAX_OBJECT as usize + 1],
+    )
+    .await;
     assert!(r.is_err(), "finish reports the oversize body");
     let kfit = key("/c/fit");
-    write(c, &kfit, &meta(60, "/c/fit", &[]), &vec![b'y'; MAX_OBJECT as usize])
-        .await
-        .expect("fits");
+    write(
+        c,
+        &kfit,
+        &meta(60, "/c/fit", &[]),
+        &vec![b'y'; MAX_OBJECT as usize],
+    )
+    .await
+    .expect("fits");
     let (_, h) = found(c, &kfit).await;
     assert_eq!(body(h).await.len(), MAX_OBJECT as usize);
     assert!(lookup(c, &kbig).await.is_none());
@@ -298,7 +331,9 @@ async fn l2_hit_is_promoted_and_ttl_is_set() {
     let redis = RedisServer::start();
     let c = leak(&config(8 << 20, Some((&redis, "promo:"))));
     let k = key("/p/1");
-    write(c, &k, &meta(60, "/p/1", &["x"]), b"promote me").await.expect("write");
+    write(c, &k, &meta(60, "/p/1", &["x"]), b"promote me")
+        .await
+        .expect("write");
     let (_, h) = found(c, &k).await;
     assert_eq!(tier(&h), Tier::L1);
     let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
@@ -324,7 +359,9 @@ async fn second_instance_sees_l2_entries() {
     let a = leak(&config(8 << 20, Some((&redis, "shared:"))));
     let b = leak(&config(8 << 20, Some((&redis, "shared:"))));
     let k = key("/shared/1");
-    write(a, &k, &meta(60, "/shared/1", &[]), b"from a").await.expect("write");
+    write(a, &k, &meta(60, "/shared/1", &[]), b"from a")
+        .await
+        .expect("write");
     let (m, h) = found(b, &k).await;
     assert_eq!(tier(&h), Tier::L2);
     assert_eq!(m.response_header().status, 200);
@@ -383,7 +420,9 @@ async fn redis_outage_opens_breaker_and_recovers() {
     let cfg = config(8 << 20, Some((&redis, "outage:")));
     let c = leak(&cfg);
     let k = key("/o/1");
-    write(c, &k, &meta(60, "/o/1", &[]), b"before").await.expect("write");
+    write(c, &k, &meta(60, "/o/1", &[]), b"before")
+        .await
+        .expect("write");
     let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
     wait_for("L2 write", || redis.exists(&rk)).await;
     assert_eq!(c.l2_healthy(), Some(true));
@@ -417,7 +456,9 @@ async fn redis_outage_opens_breaker_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let k2 = key("/o/after");
-    write(c, &k2, &meta(60, "/o/after", &[]), b"after").await.expect("write");
+    write(c, &k2, &meta(60, "/o/after", &[]), b"after")
+        .await
+        .expect("write");
     let rk2 = c.l2().expect("l2").entry_key(&k2.combined_bin());
     wait_for("L2 write after recovery", || redis.exists(&rk2)).await;
 }
@@ -429,7 +470,9 @@ async fn l1_stays_within_byte_budget() {
     let body = vec![b'z'; 900];
     for i in 0..10_000 {
         let p = format!("/budget/{i}");
-        write(c, &key(&p), &meta(60, &p, &["b"]), &body).await.expect("write");
+        write(c, &key(&p), &meta(60, &p, &["b"]), &body)
+            .await
+            .expect("write");
     }
     c.l1().sync();
     let used = c.l1().weighted_bytes();
@@ -447,7 +490,9 @@ async fn reconfigure_rebuilds_l1_and_retunes_breaker() {
     let mut cfg = config(1 << 20, Some((&redis, "reconf:")));
     let c = leak(&cfg);
     let k = key("/r/1");
-    write(c, &k, &meta(60, "/r/1", &[]), b"r").await.expect("write");
+    write(c, &k, &meta(60, "/r/1", &[]), b"r")
+        .await
+        .expect("write");
     let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
     wait_for("L2 write", || redis.exists(&rk)).await;
     cfg.l1.max_bytes = 2 << 20;
@@ -457,7 +502,10 @@ async fn reconfigure_rebuilds_l1_and_retunes_breaker() {
     }
     c.reconfigure(&cfg);
     assert_eq!(c.l1().max_bytes(), 2 << 20);
-    assert_eq!(c.l2().expect("l2").read_timeout(), Duration::from_millis(300));
+    assert_eq!(
+        c.l2().expect("l2").read_timeout(),
+        Duration::from_millis(300)
+    );
     // L1 was rebuilt empty: the next hit comes from L2
     let (_, h) = lookup(c, &k).await.expect("hit");
     assert_eq!(tier(&h), Tier::L2);

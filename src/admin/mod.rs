@@ -135,10 +135,7 @@ async fn handle(
                     }
                     (Method::POST, "/admin/purge") => purge(req, live).await,
                     (Method::POST, "/admin/reload") => reload(live),
-                    _ => json_value(
-                        405,
-                        json!({"error": "method_not_allowed", "path": path}),
-                    ),
+                    _ => json_value(405, json!({"error": "method_not_allowed", "path": path})),
                 }
             }
         }
@@ -186,24 +183,39 @@ fn metrics_response() -> AdminResponse {
             .header(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
             .body(Full::new(Bytes::from(buf)))
             .unwrap_or_else(|_| internal_error()),
-        Err(e) => json_value(500, json!({"error": "metrics_encoding", "detail": e.to_string()})),
+        Err(e) => json_value(
+            500,
+            json!({"error": "metrics_encoding", "detail": e.to_string()}),
+        ),
     }
 }
 
 async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
-    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_value(413, json!({"error": "body_too_large"})),
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return json_value(400, json!({"error": "invalid_json", "detail": e.to_string()})),
+        Err(e) => {
+            return json_value(
+                400,
+                json!({"error": "invalid_json", "detail": e.to_string()}),
+            )
+        }
     };
     let field = |name: &str| parsed.get(name).and_then(Value::as_str).map(str::to_owned);
     let (kind, target, report) = if let Some(url) = field("url") {
         ("url", url.clone(), live.cache.purge_url(&url).await)
     } else if let Some(prefix) = field("prefix") {
-        ("prefix", prefix.clone(), live.cache.purge_prefix(&prefix).await)
+        (
+            "prefix",
+            prefix.clone(),
+            live.cache.purge_prefix(&prefix).await,
+        )
     } else if let Some(tag) = field("tag") {
         ("tag", tag.clone(), live.cache.purge_tag(&tag).await)
     } else {

@@ -112,7 +112,10 @@ mod tests {
             primary("/a?utm=1&include=x&b=2", &[], Some(&k)),
             primary("/a?b=2&include=x&utm=9", &[], Some(&k))
         );
-        assert_eq!(primary("/a?utm=1&include=x&b=2", &[], Some(&k)), "/a?b=2&include=x");
+        assert_eq!(
+            primary("/a?utm=1&include=x&b=2", &[], Some(&k)),
+            "/a?b=2&include=x"
+        );
         assert_ne!(
             primary("/a?include=x", &[], Some(&k)),
             primary("/a?include=y", &[], Some(&k))

@@ -156,8 +156,7 @@ pub fn response_decision(
                             return Ok(meta);
                         }
                     }
-                    if swr > meta.stale_while_revalidate_sec() || sie > meta.stale_if_error_sec()
-                    {
+                    if swr > meta.stale_while_revalidate_sec() || sie > meta.stale_if_error_sec() {
                         meta = CacheMeta::new(
                             meta.fresh_until(),
                             now,
@@ -309,7 +308,11 @@ mod tests {
         let now = SystemTime::now();
         for (h, v, why) in [
             ("cache-control", "no-store", NoStoreReason::NoStore),
-            ("cache-control", "private, max-age=60", NoStoreReason::Private),
+            (
+                "cache-control",
+                "private, max-age=60",
+                NoStoreReason::Private,
+            ),
             ("set-cookie", "a=b", NoStoreReason::SetCookie),
             ("vary", "accept, *", NoStoreReason::VaryStar),
         ] {
@@ -357,9 +360,12 @@ mod tests {
         let meta = response_decision(&resp(200, &[("cache-control", "max-age=60")]), origin, now)
             .expect("stored");
         assert!(meta.fresh_until() > now + Duration::from_secs(50));
-        let shared =
-            response_decision(&resp(200, &[("cache-control", "max-age=5, s-maxage=90")]), origin, now)
-                .expect("stored");
+        let shared = response_decision(
+            &resp(200, &[("cache-control", "max-age=5, s-maxage=90")]),
+            origin,
+            now,
+        )
+        .expect("stored");
         assert!(shared.fresh_until() > now + Duration::from_secs(80));
     }
 

@@ -22,7 +22,9 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::HashBinary;
-use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora_cache::{
+    CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
+};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -65,7 +67,11 @@ impl ProxyHttp for SidecacheProxy {
     }
 
     /// Runs first, once the request header is read: fixes the request id.
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.request_id = forwarded::request_id(session.req_header());
         Ok(())
     }
@@ -149,10 +155,11 @@ impl ProxyHttp for SidecacheProxy {
                 mode: c.mode,
                 route: Some(c),
             }),
-            None => snapshot.config.cache.default_mode.map(|mode| EffectivePolicy {
-                mode,
-                route: None,
-            }),
+            None => snapshot
+                .config
+                .cache
+                .default_mode
+                .map(|mode| EffectivePolicy { mode, route: None }),
         };
         match policy::request_decision(session.req_header(), effective, route.is_some()) {
             Err(reason) => ctx.bypass = Some(reason),
@@ -202,7 +209,11 @@ impl ProxyHttp for SidecacheProxy {
     }
 
     /// The upstream chosen by the rewrites, with its connect/read/write/idle timeouts.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let upstream = ctx
             .upstream
             .and_then(|i| ctx.snapshot.router.upstreams().get(i))
@@ -278,7 +289,11 @@ impl ProxyHttp for SidecacheProxy {
                 route: Some(c),
             },
             None => EffectivePolicy {
-                mode: snapshot.config.cache.default_mode.unwrap_or(CacheMode::Origin),
+                mode: snapshot
+                    .config
+                    .cache
+                    .default_mode
+                    .unwrap_or(CacheMode::Origin),
                 route: None,
             },
         };
@@ -304,7 +319,9 @@ impl ProxyHttp for SidecacheProxy {
             }
             Err(reason) => {
                 ctx.no_store = Some(reason);
-                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())))
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                    reason.as_str(),
+                )))
             }
         }
     }
@@ -374,7 +391,12 @@ impl ProxyHttp for SidecacheProxy {
 
     /// Answers upstream failures with a small JSON body: 504 for timeouts, 502 otherwise,
     /// and 413/4xx for client errors. Never hangs the client.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let upstream_name = ctx
             .upstream
             .and_then(|i| ctx.snapshot.router.upstreams().get(i))
@@ -396,8 +418,13 @@ impl ProxyHttp for SidecacheProxy {
             let body = json!({"error": error, "upstream": upstream_name,
                 "request_id": ctx.request_id.to_str().unwrap_or("")});
             ctx.status = code;
-            if let Err(write_err) =
-                respond_json(session, code, Bytes::from(body.to_string()), &ctx.request_id).await
+            if let Err(write_err) = respond_json(
+                session,
+                code,
+                Bytes::from(body.to_string()),
+                &ctx.request_id,
+            )
+            .await
             {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
@@ -417,11 +444,12 @@ impl ProxyHttp for SidecacheProxy {
         let outcome = outcome(session, ctx);
         let method = &session.req_header().method;
         let elapsed = ctx.started.elapsed();
-        let route_metrics = if ctx.local && ctx.upstream.is_none() && ctx.status != 404 && ctx.status != 413 {
-            ctx.snapshot.health_metrics()
-        } else {
-            ctx.snapshot.route_metrics(ctx.route)
-        };
+        let route_metrics =
+            if ctx.local && ctx.upstream.is_none() && ctx.status != 404 && ctx.status != 413 {
+                ctx.snapshot.health_metrics()
+            } else {
+                ctx.snapshot.route_metrics(ctx.route)
+            };
         route_metrics.record_request(MethodLabel::from_method(method), status, outcome, elapsed);
         if let Some(waited) = session.cache.lock_duration() {
             route_metrics.record_coalesced();

@@ -316,7 +316,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         .set(1);
     // Pre-create the bounded label sets so dashboards see zeros, not gaps.
     for op in [L2Op::Get, L2Op::Set, L2Op::Del, L2Op::Publish] {
-        for r in [L2Result::Ok, L2Result::Error, L2Result::Timeout, L2Result::Skipped] {
+        for r in [
+            L2Result::Ok,
+            L2Result::Error,
+            L2Result::Timeout,
+            L2Result::Skipped,
+        ] {
             m.l2_operations.with_label_values(&[op.label(), r.label()]);
         }
     }
@@ -349,7 +354,9 @@ impl Metrics {
 
     /// Count one corrupt entry found in `tier`.
     pub fn corrupt_entry(&self, tier: TierLabel) {
-        self.corrupt_entries.with_label_values(&[tier.label()]).inc();
+        self.corrupt_entries
+            .with_label_values(&[tier.label()])
+            .inc();
     }
 
     /// Count one L1 eviction.
@@ -366,7 +373,9 @@ impl Metrics {
 
     /// Count one config reload.
     pub fn config_reload(&self, result: ReloadResult) {
-        self.config_reloads.with_label_values(&[result.label()]).inc();
+        self.config_reloads
+            .with_label_values(&[result.label()])
+            .inc();
     }
 }
 
@@ -475,9 +484,12 @@ mod tests {
             CacheOutcome::HitL1,
             Duration::from_micros(50),
         );
-        let c = metrics()
-            .requests_total
-            .with_label_values(&["unit_test_route", "GET", "2xx", "hit_l1"]);
+        let c = metrics().requests_total.with_label_values(&[
+            "unit_test_route",
+            "GET",
+            "2xx",
+            "hit_l1",
+        ]);
         assert_eq!(c.get(), 2);
         let h = metrics()
             .request_duration

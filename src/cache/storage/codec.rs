@@ -326,7 +326,8 @@ mod tests {
 
     fn sample() -> StoredEntry {
         let mut h = ResponseHeader::build(200, None).expect("header");
-        h.append_header("Content-Type", "application/json").expect("h");
+        h.append_header("Content-Type", "application/json")
+            .expect("h");
         h.append_header("x-Mixed-Case", "a").expect("h");
         h.append_header("x-Mixed-Case", "b").expect("h");
         let now = SystemTime::now();
@@ -361,11 +362,20 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         let e = encode(&sample());
-        assert_eq!(decode(Bytes::from_static(b"")).err(), Some(DecodeError::BadMagic));
-        assert_eq!(decode(Bytes::from_static(b"garbage!")).err(), Some(DecodeError::BadMagic));
+        assert_eq!(
+            decode(Bytes::from_static(b"")).err(),
+            Some(DecodeError::BadMagic)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"garbage!")).err(),
+            Some(DecodeError::BadMagic)
+        );
         let mut v = e.clone();
         v[4] = 9;
-        assert_eq!(decode(Bytes::from(v)).err(), Some(DecodeError::UnknownVersion(9)));
+        assert_eq!(
+            decode(Bytes::from(v)).err(),
+            Some(DecodeError::UnknownVersion(9))
+        );
         for cut in [5, 20, 40, e.len() - 1] {
             assert!(decode(Bytes::from(e[..cut].to_vec())).is_err(), "cut {cut}");
         }

@@ -52,7 +52,10 @@ impl Index {
                 .insert(key, e.generation);
         }
         for t in &e.entry.ctx.tags {
-            self.tags.entry(t.clone()).or_default().insert(key, e.generation);
+            self.tags
+                .entry(t.clone())
+                .or_default()
+                .insert(key, e.generation);
         }
     }
 
@@ -151,22 +154,24 @@ fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
         .max_capacity(max_bytes)
         .weigher(|_k: &EntryKey, v: &Arc<L1Entry>| v.weight)
         .expire_after(EntryExpiry)
-        .eviction_listener(move |k: Arc<EntryKey>, v: Arc<L1Entry>, cause: RemovalCause| {
-            let c = match cause {
-                RemovalCause::Size => EvictionCause::Size,
-                RemovalCause::Expired => EvictionCause::Expired,
-                RemovalCause::Replaced => EvictionCause::Replaced,
-                RemovalCause::Explicit => EvictionCause::Explicit,
-            };
-            metrics().l1_eviction(c);
-            listener_counters.entries.fetch_sub(1, Ordering::Relaxed);
-            listener_counters
-                .bytes
-                .fetch_sub(u64::from(v.weight), Ordering::Relaxed);
-            metrics().l1_entries.dec();
-            metrics().l1_bytes.sub(i64::from(v.weight));
-            lock(&listener_index).remove(&k, &v);
-        })
+        .eviction_listener(
+            move |k: Arc<EntryKey>, v: Arc<L1Entry>, cause: RemovalCause| {
+                let c = match cause {
+                    RemovalCause::Size => EvictionCause::Size,
+                    RemovalCause::Expired => EvictionCause::Expired,
+                    RemovalCause::Replaced => EvictionCause::Replaced,
+                    RemovalCause::Explicit => EvictionCause::Explicit,
+                };
+                metrics().l1_eviction(c);
+                listener_counters.entries.fetch_sub(1, Ordering::Relaxed);
+                listener_counters
+                    .bytes
+                    .fetch_sub(u64::from(v.weight), Ordering::Relaxed);
+                metrics().l1_entries.dec();
+                metrics().l1_bytes.sub(i64::from(v.weight));
+                lock(&listener_index).remove(&k, &v);
+            },
+        )
         .build();
     Inner {
         cache: Some(cache),
@@ -287,7 +292,10 @@ impl L1Store {
             let inner = self.inner.load();
             let idx = lock(&inner.index);
             idx.urls
-                .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take_while(|(u, _)| u.starts_with(prefix))
                 .flat_map(|(_, m)| m.keys().copied())
                 .collect()

@@ -208,7 +208,12 @@ impl L2Store {
         let ek = self.entry_key(key);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut p = redis::pipe();
-        p.cmd("SET").arg(&ek).arg(value).arg("PX").arg(ttl_ms).ignore();
+        p.cmd("SET")
+            .arg(&ek)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
         let index_key = |p: &mut redis::Pipeline, set: String| {
             p.cmd("SADD").arg(&set).arg(&ek).ignore();
             p.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
@@ -306,7 +311,10 @@ impl L2Store {
         match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("redis error: {e}")),
-            Err(_) => Err(format!("redis ping timed out after {:?}", self.read_timeout())),
+            Err(_) => Err(format!(
+                "redis ping timed out after {:?}",
+                self.read_timeout()
+            )),
         }
     }
 }
@@ -324,7 +332,11 @@ async fn purge_urls(
             n += d;
         }
         let _: u64 = redis::cmd("DEL").arg(&uk).query_async(c).await?;
-        let _: u64 = redis::cmd("ZREM").arg(urls_key).arg(&url).query_async(c).await?;
+        let _: u64 = redis::cmd("ZREM")
+            .arg(urls_key)
+            .arg(&url)
+            .query_async(c)
+            .await?;
     }
     Ok(n)
 }

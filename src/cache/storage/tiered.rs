@@ -97,7 +97,10 @@ impl TieredCache {
         self.max_object_bytes.load(Ordering::Relaxed)
     }
 
-    fn report(l1_removed: u64, l2: Option<Result<u64, crate::telemetry::metrics::L2Result>>) -> PurgeReport {
+    fn report(
+        l1_removed: u64,
+        l2: Option<Result<u64, crate::telemetry::metrics::L2Result>>,
+    ) -> PurgeReport {
         match l2 {
             None => PurgeReport {
                 l1_removed,
