@@ -1,0 +1,146 @@
+//! The L1/L2 tiers end to end: several sidecache processes sharing one real `redis-server`,
+//! Redis killed and restarted under traffic, and a corrupt value planted in Redis.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::backend::start_backend;
+use support::http::{get, Resp};
+use support::redis::RedisServer;
+use support::sidecache::{Sidecache, SidecacheOptions};
+
+fn config(redis_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "{{admin}}"
+threads = 2
+grace_period = "2s"
+
+[proxy]
+default_upstream = "backend"
+
+[[upstreams]]
+name = "backend"
+address = "{{backend}}"
+
+[[routes]]
+name = "contractor_bundle"
+match = "GET /api/contractors/:id/bundle"
+ttl = "60s"
+
+[cache.l2]
+url = "{redis_url}"
+timeout = "50ms"
+breaker_failures = 2
+breaker_cooldown = "500ms"
+"#
+    )
+}
+
+fn x_cache(r: &Resp) -> &str {
+    r.header("x-cache").unwrap_or("<none>")
+}
+
+/// L2 writes are asynchronous: wait until Redis holds `n` entries.
+fn wait_for_l2_entries(redis: &RedisServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("*v1:e:*").len() < n {
+        assert!(Instant::now() < deadline, "L2 never received the entry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
+    let redis = RedisServer::start();
+    let backend = start_backend(Duration::from_millis(10)).await;
+    let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
+    let a = Sidecache::start(opts.clone()).await;
+    let url = "/api/contractors/1/bundle";
+    assert_eq!(x_cache(&get(&a.url(url), &[]).await), "MISS");
+    wait_for_l2_entries(&redis, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let b = Sidecache::start(opts).await;
+    let from_l2 = get(&b.url(url), &[]).await;
+    assert_eq!(x_cache(&from_l2), "HIT-L2");
+    assert_eq!(from_l2.header("cache-status"), Some("sidecache; hit; detail=l2"));
+    let age: u64 = from_l2.header("age").expect("Age").parse().expect("numeric");
+    assert!((1..=60).contains(&age), "age {age} counts from the original store");
+    assert_eq!(x_cache(&get(&b.url(url), &[]).await), "HIT-L1", "promoted into B's L1");
+    assert_eq!(backend.stats().hits(url), 1, "one origin fetch for both instances");
+
+    let ttl = redis.pttl(&redis.keys("*v1:e:*")[0]);
+    assert!(ttl > 0 && ttl <= 66_000, "Redis TTL is the entry's lifetime: {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
+    let mut redis = RedisServer::start();
+    let backend = start_backend(Duration::ZERO).await;
+    let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
+    let a = Sidecache::start(opts.clone()).await;
+    assert_eq!(x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await), "MISS");
+    wait_for_l2_entries(&redis, 1);
+
+    redis.kill();
+    for id in 10..40 {
+        let r = get(&a.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
+        assert_eq!(r.status, 200, "no client-visible error while Redis is down");
+    }
+    assert_eq!(x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await), "HIT-L1");
+    let m = get(&a.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "sidecache_l2_up"), 0.0, "breaker open");
+    assert!(metric(&m, "sidecache_l2_operations_total{op=\"get\",result=\"skipped\"}") > 0.0);
+    let ready = get(&a.url("/ready"), &[]).await;
+    assert_eq!(ready.status, 200, "Redis down never makes sidecache unready");
+    assert_eq!(ready.json()["l2"], "down");
+
+    redis.restart();
+    // after the cooldown a probe closes the breaker; new entries reach L2 again
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 100;
+    while redis.keys("*v1:e:*").is_empty() {
+        assert!(Instant::now() < deadline, "L2 writes never resumed");
+        get(&a.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Sidecache::start(opts).await;
+    let r = get(&b.url(&format!("/api/contractors/{}/bundle", id - 1)), &[]).await;
+    assert_eq!(x_cache(&r), "HIT-L2", "L2 hits resume");
+    let m = get(&a.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "sidecache_l2_up"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
+    let redis = RedisServer::start();
+    let backend = start_backend(Duration::ZERO).await;
+    let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
+    let a = Sidecache::start(opts.clone()).await;
+    let url = "/api/contractors/5/bundle";
+    assert_eq!(x_cache(&get(&a.url(url), &[]).await), "MISS");
+    wait_for_l2_entries(&redis, 1);
+    let key = redis.keys("*v1:e:*").remove(0);
+    redis.set_raw(&key, b"\x00garbage that is not an entry");
+
+    let b = Sidecache::start(opts).await;
+    let r = get(&b.url(url), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(x_cache(&r), "MISS");
+    let m = get(&b.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "sidecache_corrupt_entries_total{tier=\"l2\"}"), 1.0);
+    assert_eq!(backend.stats().hits(url), 2);
+}
