@@ -435,9 +435,15 @@ impl ProxyHttp for SidecacheProxy {
         }
     }
 
-    /// Last: metrics, the optional access log line, and invalidation after successful writes.
+    /// Last, for every client request: metrics, the optional access log line, and
+    /// invalidation after successful writes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.live.request_finished();
+        if session.subrequest_ctx.is_some() {
+            // A background refresh (stale-while-revalidate) pingora ran on its own: not a
+            // client request, so no request metrics or access log line.
+            return;
+        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
