@@ -1,0 +1,181 @@
+//! The command line and the admin plane: `check` and exit 64, env overrides, `--version`,
+//! `bench` verdicts, the admin token rules and `/admin/config` redaction.
+
+mod support;
+
+use std::time::Duration;
+
+use support::backend::start_backend;
+use support::http::{get, request};
+use support::sidecache::{free_addr, run_cli, Sidecache, SidecacheOptions};
+
+const MINIMAL: &str = r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+threads = 1
+grace_period = "1s"
+
+[proxy]
+default_upstream = "backend"
+
+[[upstreams]]
+name = "backend"
+address = "{backend}"
+"#;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_the_example_configs_and_prints_a_summary() {
+    for path in ["config/sidecache.toml", "config/demo.toml"] {
+        let out = run_cli(&["check", "--config", path], &[]);
+        assert!(out.status.success(), "{path}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("upstreams:"), "{text}");
+        assert!(text.contains("contractor_bundle"), "{text}");
+    }
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_every_field_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n\n[[upstreams]]\nname = \"backend\"\naddress = \"127.0.0.1:2\"\n\n[[rewrites]]\nsource = \"/a/:x\"\ndestination = \"ghost:/b\"\n\n[[routes]]\nname = \"r\"\nmatch = \"GET /c\"\nttl = \"5 minutes\"\n",
+    )
+    .expect("write");
+    let out = run_cli(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(err.contains("server.bogus"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("ghost"), "{err}");
+    assert!(err.contains("routes[0].ttl"), "{err}");
+
+    // running (not just checking) a bad config exits 64 too, without binding anything
+    let out = run_cli(&["--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn version_and_help() {
+    let out = run_cli(&["--version"], &[]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains(env!("CARGO_PKG_VERSION")));
+    let help = stdout(&run_cli(&["--help"], &[]));
+    for word in ["check", "demo", "bench", "purge", "--config"] {
+        assert!(help.contains(word), "help mentions {word}: {help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_overrides_the_upstream_address() {
+    let backend = start_backend(Duration::ZERO).await;
+    let config = MINIMAL.replace("{backend}", "127.0.0.1:1");
+    let sc = Sidecache::start(
+        SidecacheOptions::new(config).env("SIDECACHE_UPSTREAM_BACKEND", backend.addr().to_string()),
+    )
+    .await;
+    let r = get(&sc.url("/api/events/1/context"), &[]).await;
+    assert_eq!(r.status, 200, "the env address won: {}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_overrides_the_listen_address() {
+    let backend = start_backend(Duration::ZERO).await;
+    let listen = free_addr();
+    let mut sc = Sidecache::spawn(
+        SidecacheOptions::new(MINIMAL)
+            .backend(backend.addr())
+            .env("SIDECACHE_LISTEN", listen.to_string()),
+    );
+    let url = format!("http://{listen}/health");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = support::http::try_get(&url, &[]).await {
+            assert_eq!(r.status, 200);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", sc.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sc.sigint();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_admin_listener_needs_a_token() {
+    let backend = start_backend(Duration::ZERO).await;
+    let public = format!("0.0.0.0:{}", free_addr().port());
+    let config = MINIMAL.replace("{admin}", &public);
+    let mut sc = Sidecache::spawn(SidecacheOptions::new(config.clone()).backend(backend.addr()));
+    let status = sc.wait_exit(Duration::from_secs(10)).await.expect("refuses to start");
+    assert_eq!(status.code(), Some(64));
+    assert!(sc.stderr_text().contains("SIDECACHE_ADMIN_TOKEN"), "{}", sc.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_token_guards_admin_but_not_metrics_or_health() {
+    let backend = start_backend(Duration::ZERO).await;
+    let port = free_addr().port();
+    let config = MINIMAL.replace("{admin}", &format!("0.0.0.0:{port}"))
+        + "\n[cache.l2]\nurl = \"redis://:s3cret@127.0.0.1:1/0\"\n";
+    let sc = Sidecache::start(
+        SidecacheOptions::new(config)
+            .backend(backend.addr())
+            .env("SIDECACHE_ADMIN_TOKEN", "tok-123"),
+    )
+    .await;
+    let admin = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert_eq!(get(&admin("/metrics"), &[]).await.status, 200);
+    assert_eq!(get(&admin("/health"), &[]).await.status, 200);
+    assert_eq!(get(&admin("/ready"), &[]).await.status, 200);
+    assert_eq!(get(&admin("/admin/config"), &[]).await.status, 401);
+    assert_eq!(
+        get(&admin("/admin/config"), &[("authorization", "Bearer wrong")]).await.status,
+        401
+    );
+    let purge = request("POST", &admin("/admin/purge"), &[], bytes::Bytes::from_static(b"{\"url\":\"/x\"}")).await;
+    assert_eq!(purge.status, 401);
+    let ok = get(&admin("/admin/config"), &[("authorization", "Bearer tok-123")]).await;
+    assert_eq!(ok.status, 200);
+    let text = ok.text();
+    assert!(!text.contains("s3cret"), "Redis password redacted: {text}");
+    assert!(!text.contains("tok-123"), "token redacted: {text}");
+    assert!(text.contains("[redacted]"));
+    assert_eq!(ok.json()["upstreams"][0]["name"], "backend");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_admin_listener_needs_no_token() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc = Sidecache::start(SidecacheOptions::new(MINIMAL).backend(backend.addr())).await;
+    assert_eq!(get(&sc.admin_url("/admin/config"), &[]).await.status, 200);
+    let bad = request("POST", &sc.admin_url("/admin/purge"), &[], bytes::Bytes::from_static(b"not json")).await;
+    assert_eq!(bad.status, 400, "a malformed request is a 4xx");
+    assert_eq!(get(&sc.admin_url("/nope"), &[]).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_gives_the_verdict_budgets_call_for() {
+    let backend = start_backend(Duration::from_millis(30)).await;
+    let url = backend.url("/api/state-machine/metadata");
+    let pass = run_cli(&["bench", "--url", &url, "--iterations", "5", "--p95-budget", "5s"], &[]);
+    assert_eq!(pass.status.code(), Some(0), "{}{}", stdout(&pass), stderr(&pass));
+    assert!(stdout(&pass).contains("PASS"));
+    let fail = run_cli(&["bench", "--url", &url, "--iterations", "5", "--p95-budget", "1ms"], &[]);
+    assert_eq!(fail.status.code(), Some(1));
+    assert!(stdout(&fail).contains("FAIL"));
+    let json = run_cli(
+        &["bench", "--url", &url, "--iterations", "3", "--p95-budget", "5s", "--json"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
+    assert!(v.is_object(), "{v}");
+}
