@@ -25,6 +25,9 @@ pub struct RunOptions {
     pub upgrade_sock: Option<PathBuf>,
 }
 
+/// How long a process started with `--upgrade` waits for the old one to free the admin port.
+const UPGRADE_ADMIN_BIND_WAIT: Duration = Duration::from_secs(120);
+
 /// Default socket for graceful upgrades.
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/sidecache_upgrade.sock";
 
@@ -38,14 +41,14 @@ pub enum StartError {
 /// Run sidecache until it is told to stop. Returns after a graceful or fast shutdown.
 pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     admin::check_auth_rules(&config)?;
-    let admin_listener = admin::bind(
-        config.server.admin_listen,
-        if options.upgrade {
-            Duration::from_secs(30)
-        } else {
-            Duration::ZERO
-        },
-    )?;
+    // A normal start binds the admin port now, so a taken port fails start-up clearly. During
+    // a graceful upgrade the old process keeps that port until it exits, and the new one must
+    // first receive the data-plane sockets: the admin service binds it later, retrying.
+    let admin_listener = if options.upgrade {
+        None
+    } else {
+        Some(admin::bind(config.server.admin_listen, Duration::ZERO)?)
+    };
     let listen = config.server.listen.to_string();
     let grace = config.server.grace_period;
     let conf = ServerConf {
@@ -72,7 +75,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         "admin",
         AdminService {
             live,
-            listener: std::sync::Mutex::new(Some(admin_listener)),
+            listener: std::sync::Mutex::new(admin_listener),
         },
     ));
     server.add_service(background_service("config reload", ReloadService { live }));
@@ -92,10 +95,27 @@ struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
-        if let Some(listener) = listener {
-            admin::serve(listener, self.live, shutdown).await;
-        }
+        let bound = self.listener.lock().ok().and_then(|mut l| l.take());
+        let listener = match bound {
+            Some(l) => l,
+            None => {
+                let addr = self.live.snapshot().config.server.admin_listen;
+                let bind =
+                    tokio::task::spawn_blocking(move || admin::bind(addr, UPGRADE_ADMIN_BIND_WAIT));
+                match bind.await {
+                    Ok(Ok(l)) => l,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "admin listener not started");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin bind task failed");
+                        return;
+                    }
+                }
+            }
+        };
+        admin::serve(listener, self.live, shutdown).await;
     }
 }
 

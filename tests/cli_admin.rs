@@ -115,9 +115,16 @@ async fn a_public_admin_listener_needs_a_token() {
     let public = format!("0.0.0.0:{}", free_addr().port());
     let config = MINIMAL.replace("{admin}", &public);
     let mut sc = Sidecache::spawn(SidecacheOptions::new(config.clone()).backend(backend.addr()));
-    let status = sc.wait_exit(Duration::from_secs(10)).await.expect("refuses to start");
+    let status = sc
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("refuses to start");
     assert_eq!(status.code(), Some(64));
-    assert!(sc.stderr_text().contains("SIDECACHE_ADMIN_TOKEN"), "{}", sc.stderr_text());
+    assert!(
+        sc.stderr_text().contains("SIDECACHE_ADMIN_TOKEN"),
+        "{}",
+        sc.stderr_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,12 +145,27 @@ async fn admin_token_guards_admin_but_not_metrics_or_health() {
     assert_eq!(get(&admin("/ready"), &[]).await.status, 200);
     assert_eq!(get(&admin("/admin/config"), &[]).await.status, 401);
     assert_eq!(
-        get(&admin("/admin/config"), &[("authorization", "Bearer wrong")]).await.status,
+        get(
+            &admin("/admin/config"),
+            &[("authorization", "Bearer wrong")]
+        )
+        .await
+        .status,
         401
     );
-    let purge = request("POST", &admin("/admin/purge"), &[], bytes::Bytes::from_static(b"{\"url\":\"/x\"}")).await;
+    let purge = request(
+        "POST",
+        &admin("/admin/purge"),
+        &[],
+        bytes::Bytes::from_static(b"{\"url\":\"/x\"}"),
+    )
+    .await;
     assert_eq!(purge.status, 401);
-    let ok = get(&admin("/admin/config"), &[("authorization", "Bearer tok-123")]).await;
+    let ok = get(
+        &admin("/admin/config"),
+        &[("authorization", "Bearer tok-123")],
+    )
+    .await;
     assert_eq!(ok.status, 200);
     let text = ok.text();
     assert!(!text.contains("s3cret"), "Redis password redacted: {text}");
@@ -157,7 +179,13 @@ async fn a_loopback_admin_listener_needs_no_token() {
     let backend = start_backend(Duration::ZERO).await;
     let sc = Sidecache::start(SidecacheOptions::new(MINIMAL).backend(backend.addr())).await;
     assert_eq!(get(&sc.admin_url("/admin/config"), &[]).await.status, 200);
-    let bad = request("POST", &sc.admin_url("/admin/purge"), &[], bytes::Bytes::from_static(b"not json")).await;
+    let bad = request(
+        "POST",
+        &sc.admin_url("/admin/purge"),
+        &[],
+        bytes::Bytes::from_static(b"not json"),
+    )
+    .await;
     assert_eq!(bad.status, 400, "a malformed request is a 4xx");
     assert_eq!(get(&sc.admin_url("/nope"), &[]).await.status, 404);
 }
@@ -166,14 +194,51 @@ async fn a_loopback_admin_listener_needs_no_token() {
 async fn bench_gives_the_verdict_budgets_call_for() {
     let backend = start_backend(Duration::from_millis(30)).await;
     let url = backend.url("/api/state-machine/metadata");
-    let pass = run_cli(&["bench", "--url", &url, "--iterations", "5", "--p95-budget", "5s"], &[]);
-    assert_eq!(pass.status.code(), Some(0), "{}{}", stdout(&pass), stderr(&pass));
+    let pass = run_cli(
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--iterations",
+            "5",
+            "--p95-budget",
+            "5s",
+        ],
+        &[],
+    );
+    assert_eq!(
+        pass.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&pass),
+        stderr(&pass)
+    );
     assert!(stdout(&pass).contains("PASS"));
-    let fail = run_cli(&["bench", "--url", &url, "--iterations", "5", "--p95-budget", "1ms"], &[]);
+    let fail = run_cli(
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--iterations",
+            "5",
+            "--p95-budget",
+            "1ms",
+        ],
+        &[],
+    );
     assert_eq!(fail.status.code(), Some(1));
     assert!(stdout(&fail).contains("FAIL"));
     let json = run_cli(
-        &["bench", "--url", &url, "--iterations", "3", "--p95-budget", "5s", "--json"],
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--iterations",
+            "3",
+            "--p95-budget",
+            "5s",
+            "--json",
+        ],
         &[],
     );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");

@@ -95,12 +95,27 @@ async fn a_known_sequence_gives_exact_counts() {
     }
     let b = Sidecache::start(opts).await;
     let x = |r: &support::http::Resp| r.header("x-cache").unwrap_or("").to_owned();
-    assert_eq!(x(&get(&b.url("/api/contractors/1/bundle"), &[]).await), "HIT-L2");
-    assert_eq!(x(&get(&b.url("/api/contractors/1/bundle"), &[]).await), "HIT-L1");
-    assert_eq!(x(&get(&b.url("/api/contractors/2/bundle"), &[]).await), "MISS");
-    assert_eq!(x(&get(&b.url("/api/state-machine/diagram"), &[]).await), "MISS");
+    assert_eq!(
+        x(&get(&b.url("/api/contractors/1/bundle"), &[]).await),
+        "HIT-L2"
+    );
+    assert_eq!(
+        x(&get(&b.url("/api/contractors/1/bundle"), &[]).await),
+        "HIT-L1"
+    );
+    assert_eq!(
+        x(&get(&b.url("/api/contractors/2/bundle"), &[]).await),
+        "MISS"
+    );
+    assert_eq!(
+        x(&get(&b.url("/api/state-machine/diagram"), &[]).await),
+        "MISS"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(x(&get(&b.url("/api/state-machine/diagram"), &[]).await), "STALE");
+    assert_eq!(
+        x(&get(&b.url("/api/state-machine/diagram"), &[]).await),
+        "STALE"
+    );
     assert_eq!(x(&get(&b.url("/api/admin/users"), &[]).await), "BYPASS");
     assert_eq!(get(&b.url("/down/x"), &[]).await.status, 502);
     assert_eq!(get(&b.url("/health"), &[]).await.status, 200);
@@ -120,7 +135,10 @@ async fn a_known_sequence_gives_exact_counts() {
         .sum();
     assert_eq!(default_5xx, 1.0, "the failed request is counted once");
     assert_eq!(
-        value(&m, "sidecache_upstream_errors_total{kind=\"connect\",upstream=\"nowhere\"}"),
+        value(
+            &m,
+            "sidecache_upstream_errors_total{kind=\"connect\",upstream=\"nowhere\"}"
+        ),
         1.0
     );
     assert_eq!(value(&m, &duration_count(route, "hit_l2")), 1.0);
@@ -130,17 +148,26 @@ async fn a_known_sequence_gives_exact_counts() {
         value(&m, "sidecache_upstream_duration_seconds_count{route=\"contractor_bundle\",upstream=\"backend\"}"),
         1.0
     );
-    assert!(value(&m, "sidecache_l2_operations_total{op=\"get\",result=\"ok\"}") >= 1.0);
+    assert!(
+        value(
+            &m,
+            "sidecache_l2_operations_total{op=\"get\",result=\"ok\"}"
+        ) >= 1.0
+    );
     assert_eq!(value(&m, "sidecache_l2_up"), 1.0);
     assert_eq!(value(&m, "sidecache_build_info{version=\"0.1.0\"}"), 1.0);
-    assert!(m.contains("process_resident_memory_bytes"), "process metrics exported");
+    assert!(
+        m.contains("process_resident_memory_bytes"),
+        "process metrics exported"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn label_cardinality_stays_fixed_under_ten_thousand_paths() {
     let backend = start_backend(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let sc = Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
     let series = |scrape: &str| -> BTreeSet<String> {
         scrape
             .lines()
@@ -154,7 +181,9 @@ async fn label_cardinality_stays_fixed_under_ten_thousand_paths() {
     }
     let before = series(&get(&sc.admin_url("/metrics"), &[]).await.text());
     for i in 100..10_000 {
-        let r = client.get(&sc.url(&format!("/unknown/{i}?q={i}")), &[]).await;
+        let r = client
+            .get(&sc.url(&format!("/unknown/{i}?q={i}")), &[])
+            .await;
         assert_eq!(r.status, 404);
     }
     let after = series(&get(&sc.admin_url("/metrics"), &[]).await.text());
@@ -170,7 +199,8 @@ fn promtool() -> &'static str {
 async fn a_live_scrape_passes_promtool_check_metrics() {
     let backend = start_backend(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let sc = Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
     get(&sc.url("/api/contractors/1/bundle"), &[]).await;
     let scrape = get(&sc.admin_url("/metrics"), &[]).await.text();
     let mut child = Command::new(promtool())
@@ -214,7 +244,8 @@ impl Drop for Prometheus {
 async fn prometheus_scrapes_sidecache_and_computes_the_hit_ratio() {
     let backend = start_backend(Duration::ZERO).await;
     let redis = RedisServer::start();
-    let sc = Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config(&redis.url())).backend(backend.addr())).await;
     for _ in 0..4 {
         get(&sc.url("/api/contractors/1/bundle"), &[]).await; // 1 miss, 3 hits
     }
@@ -231,7 +262,10 @@ async fn prometheus_scrapes_sidecache_and_computes_the_hit_ratio() {
     let addr = free_addr();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -264,7 +298,10 @@ async fn prometheus_scrapes_sidecache_and_computes_the_hit_ratio() {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus never scraped sidecache");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped sidecache"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

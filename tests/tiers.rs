@@ -75,14 +75,35 @@ async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
     let b = Sidecache::start(opts).await;
     let from_l2 = get(&b.url(url), &[]).await;
     assert_eq!(x_cache(&from_l2), "HIT-L2");
-    assert_eq!(from_l2.header("cache-status"), Some("sidecache; hit; detail=l2"));
-    let age: u64 = from_l2.header("age").expect("Age").parse().expect("numeric");
-    assert!((1..=60).contains(&age), "age {age} counts from the original store");
-    assert_eq!(x_cache(&get(&b.url(url), &[]).await), "HIT-L1", "promoted into B's L1");
-    assert_eq!(backend.stats().hits(url), 1, "one origin fetch for both instances");
+    assert_eq!(
+        from_l2.header("cache-status"),
+        Some("sidecache; hit; detail=l2")
+    );
+    let age: u64 = from_l2
+        .header("age")
+        .expect("Age")
+        .parse()
+        .expect("numeric");
+    assert!(
+        (1..=60).contains(&age),
+        "age {age} counts from the original store"
+    );
+    assert_eq!(
+        x_cache(&get(&b.url(url), &[]).await),
+        "HIT-L1",
+        "promoted into B's L1"
+    );
+    assert_eq!(
+        backend.stats().hits(url),
+        1,
+        "one origin fetch for both instances"
+    );
 
     let ttl = redis.pttl(&redis.keys("*v1:e:*")[0]);
-    assert!(ttl > 0 && ttl <= 66_000, "Redis TTL is the entry's lifetime: {ttl}");
+    assert!(
+        ttl > 0 && ttl <= 66_000,
+        "Redis TTL is the entry's lifetime: {ttl}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,7 +112,10 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
     let backend = start_backend(Duration::ZERO).await;
     let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
-    assert_eq!(x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await), "MISS");
+    assert_eq!(
+        x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await),
+        "MISS"
+    );
     wait_for_l2_entries(&redis, 1);
 
     redis.kill();
@@ -99,12 +123,23 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
         let r = get(&a.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
         assert_eq!(r.status, 200, "no client-visible error while Redis is down");
     }
-    assert_eq!(x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await), "HIT-L1");
+    assert_eq!(
+        x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await),
+        "HIT-L1"
+    );
     let m = get(&a.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, "sidecache_l2_up"), 0.0, "breaker open");
-    assert!(metric(&m, "sidecache_l2_operations_total{op=\"get\",result=\"skipped\"}") > 0.0);
+    assert!(
+        metric(
+            &m,
+            "sidecache_l2_operations_total{op=\"get\",result=\"skipped\"}"
+        ) > 0.0
+    );
     let ready = get(&a.url("/ready"), &[]).await;
-    assert_eq!(ready.status, 200, "Redis down never makes sidecache unready");
+    assert_eq!(
+        ready.status, 200,
+        "Redis down never makes sidecache unready"
+    );
     assert_eq!(ready.json()["l2"], "down");
 
     redis.restart();
@@ -141,6 +176,9 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
     assert_eq!(r.status, 200);
     assert_eq!(x_cache(&r), "MISS");
     let m = get(&b.admin_url("/metrics"), &[]).await.text();
-    assert_eq!(metric(&m, "sidecache_corrupt_entries_total{tier=\"l2\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "sidecache_corrupt_entries_total{tier=\"l2\"}"),
+        1.0
+    );
     assert_eq!(backend.stats().hits(url), 2);
 }

@@ -1,0 +1,253 @@
+//! Hot config reload (SIGHUP, `POST /admin/reload`, the file watcher) and the zero-downtime
+//! binary upgrade (listening sockets handed to a new process) under steady load.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::backend::start_backend;
+use support::http::{get, request, try_get, Resp};
+use support::sidecache::{Sidecache, SidecacheOptions};
+
+fn config(ttl: &str, watch: bool) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+admin_listen = "{{admin}}"
+threads = 2
+grace_period = "2s"
+watch = {watch}
+
+[proxy]
+default_upstream = "backend"
+
+[[upstreams]]
+name = "backend"
+address = "{{backend}}"
+
+[[routes]]
+name = "event_context"
+match = "GET /api/events/:id/context"
+ttl = "{ttl}"
+"#
+    )
+}
+
+fn x_cache(r: &Resp) -> &str {
+    r.header("x-cache").unwrap_or("<none>")
+}
+
+fn reloads(scrape: &str, result: &str) -> f64 {
+    let series = format!("sidecache_config_reloads_total{{result=\"{result}\"}}");
+    scrape
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Write the config with the real ports substituted (the harness substitutes on start).
+fn rewrite(sc: &Sidecache, text: &str, backend: std::net::SocketAddr) {
+    let text = text
+        .replace("{listen}", &sc.listen_addr().to_string())
+        .replace("{admin}", &sc.admin_addr().to_string())
+        .replace("{backend}", &backend.to_string());
+    sc.rewrite_config(&text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_new_ttl_without_dropping_an_in_flight_request() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config("1h", false)).backend(backend.addr())).await;
+    let slow_url = sc.url("/test/slow?ms=1500");
+    let in_flight = tokio::spawn(async move { get(&slow_url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    rewrite(&sc, &config("1s", false), backend.addr());
+    sc.sighup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads(&get(&sc.admin_url("/metrics"), &[]).await.text(), "ok") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "reload never happened: {}",
+            sc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = sc.url("/api/events/9/context");
+    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        x_cache(&get(&url, &[]).await),
+        "MISS",
+        "the new 1s TTL applies"
+    );
+    assert_eq!(
+        in_flight.await.expect("task").status,
+        200,
+        "in-flight request finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config("1h", false)).backend(backend.addr())).await;
+    let url = sc.url("/api/events/1/context");
+    get(&url, &[]).await;
+
+    rewrite(&sc, &config("soon", false), backend.addr());
+    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 422);
+    let body = r.json();
+    assert_eq!(body["result"], "error");
+    assert_eq!(body["errors"][0]["path"], "routes[0].ttl");
+    assert!(body["errors"][0]["line"].is_u64());
+    assert_eq!(
+        x_cache(&get(&url, &[]).await),
+        "HIT-L1",
+        "old config keeps serving"
+    );
+    let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(reloads(&m, "error"), 1.0);
+    assert!(
+        sc.stderr_text().contains("routes[0].ttl"),
+        "logged with the field path"
+    );
+
+    // a change that needs a restart is rejected with a message that says so
+    let moved = config("1h", false).replace("{listen}", "127.0.0.1:1");
+    sc.rewrite_config(
+        &moved
+            .replace("{admin}", &sc.admin_addr().to_string())
+            .replace("{backend}", &backend.addr().to_string()),
+    );
+    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("restart"), "{}", r.text());
+
+    rewrite(&sc, &config("1h", false), backend.addr());
+    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_watcher_picks_up_an_edit() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(config("1h", true)).backend(backend.addr())).await;
+    let url = sc.url("/api/events/3/context");
+    get(&url, &[]).await;
+    assert_eq!(x_cache(&get(&url, &[]).await), "HIT-L1");
+    // disable caching for the route by editing the file: no signal, no API call
+    let edited = config("1h", true).replace("ttl = \"1h\"", "cache = false");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
+    rewrite(&sc, &edited, backend.addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if x_cache(&get(&url, &[]).await) == "BYPASS" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watcher never reloaded: {}",
+            sc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_upgrade_under_load_loses_no_request() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let sock = sock_dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().expect("utf8").to_owned();
+    let old = Sidecache::start(
+        SidecacheOptions::new(config("1h", false))
+            .backend(backend.addr())
+            .arg("--upgrade-sock")
+            .arg(sock_arg.clone()),
+    )
+    .await;
+    let (listen, admin) = (old.listen_addr(), old.admin_addr());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let url = format!(
+                    "http://{listen}/api/events/{}/context",
+                    (worker * 1000 + i) % 50
+                );
+                match try_get(&url, &[]).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failed
+                        .lock()
+                        .expect("lock")
+                        .push(format!("status {}", r.status)),
+                    Err(e) => failed.lock().expect("lock").push(e),
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // the new process, same config (same ports), takes the sockets over
+    let config_text = std::fs::read_to_string(old.config_path()).expect("config");
+    let mut new = Sidecache::spawn(
+        SidecacheOptions::new(config_text)
+            .arg("--upgrade")
+            .arg("--upgrade-sock")
+            .arg(sock_arg),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut old = old;
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &old.pid().to_string()])
+        .status()
+        .expect("kill -QUIT");
+    assert!(quit.success());
+    let exited = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(exited.is_some(), "old process exits after handing over");
+    let served_before = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    let failures = failed.lock().expect("lock").clone();
+    assert!(
+        failures.is_empty(),
+        "failed requests during the upgrade: {failures:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > served_before,
+        "the new process serves after the old one left"
+    );
+    // the new process also takes over the admin port once the old one released it
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_get(&format!("http://{admin}/health"), &[])
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{}", new.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    new.sigint();
+}
