@@ -1,6 +1,7 @@
-//! Process assembly: the pingora `Server` with the proxy service, the admin listener and the
-//! config reloader, and the signal rules (SIGTERM drains within the grace period, SIGINT exits
-//! at once, SIGQUIT hands the listening sockets to a new process, SIGHUP reloads).
+//! Process assembly: the pingora `Server` with the proxy service, the admin listener, the
+//! config reloader and the purge subscriber, and the signal rules (SIGTERM drains within the
+//! grace period, SIGINT exits at once, SIGQUIT hands the listening sockets to a new process,
+//! SIGHUP reloads).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};

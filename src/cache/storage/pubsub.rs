@@ -3,8 +3,8 @@
 //! from its own L1.
 //!
 //! **Publishing.** [`TieredCache`]'s `purge_url/purge_prefix/purge_tag` (admin API,
-//! invalidate-on-write, RFC 9111 unsafe-method invalidation) purge the local L1, delete from L2
-//! once, then `PUBLISH` a [`PurgeMessage`] (`PurgeReport::broadcast` says whether that worked).
+//! invalidate-on-write, RFC 9111 unsafe-method invalidation) delete from L2 once, purge the
+//! local L1, then `PUBLISH` a [`PurgeMessage`] (`PurgeReport::broadcast` says whether that worked).
 //! While Redis is unreachable purges still reach the local L1 (and L2 as soon as it is back);
 //! only the broadcast is lost, which the gap rule below covers on the other instances.
 //!

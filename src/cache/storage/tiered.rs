@@ -125,28 +125,26 @@ impl TieredCache {
         self.max_object_bytes.load(Ordering::Relaxed)
     }
 
-    /// Purge the local L1, delete from L2 once, then broadcast the purge so other instances
-    /// drop it from their L1 (see [`super::pubsub`]). L2 is tried even when the broadcast
-    /// cannot be, and the broadcast is tried even when the L2 delete failed.
+    /// Delete from L2 once, then purge the local L1, then broadcast the purge so other
+    /// instances drop it from their L1 (see [`super::pubsub`]). L2 goes first so that an L1
+    /// miss right after the L1 purge (here or on a receiving instance) cannot promote the old
+    /// copy back from L2. The L1 purge and the broadcast happen even when the L2 delete failed.
     async fn purge(&self, kind: PurgeKind, target: &str) -> PurgeReport {
         metrics().purges.with_label_values(&[kind.label()]).inc();
-        let l1_removed = match kind {
-            PurgeKind::Url => self.l1.purge_url(target).await,
-            PurgeKind::Prefix => self.l1.purge_prefix(target).await,
-            PurgeKind::Tag => self.l1.purge_tag(target).await,
+        let deleted = match (&self.l2, kind) {
+            (None, _) => None,
+            (Some(l2), PurgeKind::Url) => Some(l2.purge_url(target).await),
+            (Some(l2), PurgeKind::Prefix) => Some(l2.purge_prefix(target).await),
+            (Some(l2), PurgeKind::Tag) => Some(l2.purge_tag(target).await),
         };
-        let Some(l2) = &self.l2 else {
+        let l1_removed = self.purge_l1(kind, target).await;
+        let (Some(l2), Some(deleted)) = (&self.l2, deleted) else {
             return PurgeReport {
                 l1_removed,
                 l2_removed: 0,
                 l2_ok: true,
                 broadcast: false,
             };
-        };
-        let deleted = match kind {
-            PurgeKind::Url => l2.purge_url(target).await,
-            PurgeKind::Prefix => l2.purge_prefix(target).await,
-            PurgeKind::Tag => l2.purge_tag(target).await,
         };
         let broadcast = match PurgeMessage::new(&self.instance_id, kind, target).encode() {
             Ok(payload) => l2.publish(&self.channel, payload).await.is_ok(),
@@ -160,6 +158,14 @@ impl TieredCache {
             l2_removed: *deleted.as_ref().unwrap_or(&0),
             l2_ok: deleted.is_ok(),
             broadcast,
+        }
+    }
+
+    async fn purge_l1(&self, kind: PurgeKind, target: &str) -> u64 {
+        match kind {
+            PurgeKind::Url => self.l1.purge_url(target).await,
+            PurgeKind::Prefix => self.l1.purge_prefix(target).await,
+            PurgeKind::Tag => self.l1.purge_tag(target).await,
         }
     }
 
@@ -183,11 +189,7 @@ impl TieredCache {
     /// `purges{kind="remote"}`; returns the entries removed.
     pub async fn purge_l1_remote(&self, kind: PurgeKind, target: &str) -> u64 {
         metrics().purges.with_label_values(&["remote"]).inc();
-        match kind {
-            PurgeKind::Url => self.l1.purge_url(target).await,
-            PurgeKind::Prefix => self.l1.purge_prefix(target).await,
-            PurgeKind::Tag => self.l1.purge_tag(target).await,
-        }
+        self.purge_l1(kind, target).await
     }
 
     /// Drop everything from L1 only (used after a pub/sub gap).
