@@ -1,6 +1,7 @@
-//! Process assembly: the pingora `Server` with the proxy service, the admin listener and the
-//! config reloader, and the signal rules (SIGTERM drains within the grace period, SIGINT exits
-//! at once, SIGQUIT hands the listening sockets to a new process, SIGHUP reloads).
+//! Process assembly: the pingora `Server` with the proxy service, the admin listener, the
+//! config reloader and the purge subscriber, and the signal rules (SIGTERM drains within the
+//! grace period, SIGINT exits at once, SIGQUIT hands the listening sockets to a new process,
+//! SIGHUP reloads).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -79,6 +80,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         },
     ));
     server.add_service(background_service("config reload", ReloadService { live }));
+    server.add_service(background_service(
+        "purge subscriber",
+        PurgeSubscriberService { live },
+    ));
     tracing::info!(listen = %listen, admin = %live.snapshot().config.server.admin_listen,
         version = env!("CARGO_PKG_VERSION"), "sidecache started");
     server.run(RunArgs {
@@ -157,6 +162,19 @@ impl BackgroundService for ReloadService {
                 }
             }
         }
+    }
+}
+
+/// Receives purges broadcast by other instances over Redis pub/sub and applies them to L1
+/// (see `cache::storage::pubsub`). Does nothing without L2.
+struct PurgeSubscriberService {
+    live: &'static Live,
+}
+
+#[async_trait]
+impl BackgroundService for PurgeSubscriberService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.live.cache.run_purge_subscriber(shutdown).await;
     }
 }
 

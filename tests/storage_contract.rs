@@ -12,6 +12,7 @@ use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, S
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_http::ResponseHeader;
+use sidecache::cache::storage::codec::StoredEntry;
 use sidecache::cache::storage::{EntryContext, Tier, TieredCache, TieredHit};
 use sidecache::config::{CacheConfig, L1Config, L2Config, Secret};
 use sidecache::telemetry::metrics::{metrics, TierLabel};
@@ -513,4 +514,133 @@ async fn reconfigure_rebuilds_l1_and_retunes_breaker() {
     drop(redis);
     let _ = lookup(c, &key("/r/miss")).await;
     assert_eq!(c.l2_healthy(), Some(false));
+}
+
+fn entry_key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&i.to_be_bytes());
+    k[8] = 0xa5;
+    k
+}
+
+/// A prefix purge of 100,000 L1 entries removes them all, leaves neighbours alone and yields
+/// to the runtime while it works: on this single-threaded runtime the ticker task only runs
+/// when the purge yields (no wall-clock assertion).
+#[tokio::test]
+async fn big_prefix_purge_removes_everything_and_yields() {
+    let c = leak(&config(512 << 20, None));
+    let template = StoredEntry::from_meta(
+        &meta(300, "/big/", &[]),
+        EntryContext::default(),
+        Bytes::from_static(b"x"),
+    );
+    const N: u64 = 100_000;
+    for i in 0..N {
+        let mut e = template.clone();
+        e.ctx.url = format!("/big/{i}");
+        assert!(c.l1().insert(entry_key(i), e));
+    }
+    for (i, url) in [(N, "/bif/1"), (N + 1, "/bih/1"), (N + 2, "/big")] {
+        let mut e = template.clone();
+        e.ctx.url = url.to_owned();
+        assert!(c.l1().insert(entry_key(i), e));
+    }
+    c.l1().sync();
+    assert_eq!(c.l1().entry_count(), N + 3);
+
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::task::yield_now().await;
+    let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    let r = c.purge_prefix("/big/").await;
+    let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+    ticker.abort();
+
+    assert_eq!(r.l1_removed, N);
+    assert!(!r.broadcast, "no L2, nothing to broadcast");
+    assert!(
+        during >= N / 1024,
+        "the purge yielded only {during} times for {N} removals"
+    );
+    c.l1().sync();
+    assert_eq!(c.l1().entry_count(), 3, "only the neighbours are left");
+    assert_eq!(c.l1().index_sizes().0, 3);
+    for i in [N, N + 1, N + 2] {
+        assert!(c.l1().get(&entry_key(i)).is_some());
+    }
+}
+
+/// Two caches on one Redis: a purge on A is broadcast and drops B's L1 copy (B keeps nothing
+/// from L1), while A's report says it was broadcast.
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_broadcast_reaches_the_other_instance_l1() {
+    let redis = RedisServer::start();
+    let cfg = config(8 << 20, Some((&redis, "bcast:")));
+    let a = leak(&cfg);
+    let b = leak(&cfg);
+    assert_ne!(a.instance_id(), b.instance_id());
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(a.run_purge_subscriber(stop.clone()));
+    tokio::spawn(b.run_purge_subscriber(stop));
+
+    // handshake: wait until B's subscriber is up (a purge on A empties B's L1 copy)
+    let template = StoredEntry::from_meta(
+        &meta(300, "/hs", &[]),
+        EntryContext {
+            url: "/hs".into(),
+            route: "test".into(),
+            tags: vec![],
+        },
+        Bytes::from_static(b"h"),
+    );
+    b.l1().insert(entry_key(1), template);
+    let deadline = Instant::now() + POLL;
+    while b.l1().get(&entry_key(1)).is_some() {
+        assert!(Instant::now() < deadline, "B never received a broadcast");
+        let r = a.purge_url("/hs").await;
+        assert!(r.l2_ok);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (kind, url, tag) in [
+        ("url", "/bc/1", "t:1"),
+        ("prefix", "/bc/2", "t:2"),
+        ("tag", "/bc/3", "t:3"),
+    ] {
+        let k = key(url);
+        write(a, &k, &meta(60, url, &[tag]), b"v")
+            .await
+            .expect("write");
+        let (_, h) = found(b, &k).await; // from L2, promoted into B's L1
+        assert_eq!(tier(&h), Tier::L2);
+        let (_, h) = lookup(b, &k).await.expect("L1 hit on B");
+        assert_eq!(tier(&h), Tier::L1);
+
+        let t = Instant::now();
+        let r = match kind {
+            "url" => a.purge_url(url).await,
+            "prefix" => a.purge_prefix("/bc/").await,
+            _ => a.purge_tag(tag).await,
+        };
+        assert!(r.l2_ok && r.broadcast, "{kind}: {r:?}");
+        assert_eq!((r.l1_removed, r.l2_removed), (1, 1), "{kind}");
+        while b.l1().get(&k.combined_bin()).is_some() {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{kind} purge did not reach B"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        eprintln!("{kind} purge reached B's L1 after {:?}", t.elapsed());
+        assert!(
+            lookup(b, &k).await.is_none(),
+            "{kind}: gone from both tiers"
+        );
+    }
 }

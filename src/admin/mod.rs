@@ -234,6 +234,7 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
             "removed_local": report.l1_removed,
             "removed_l2": report.l2_removed,
             "l2_ok": report.l2_ok,
+            "broadcast": report.broadcast,
         }),
     )
 }

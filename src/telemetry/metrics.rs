@@ -209,6 +209,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub purges: IntCounterVec,
+    pub pubsub_gaps: IntCounter,
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -310,6 +311,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &["kind"]
         )
         .expect("register sidecache_purges_total"),
+        pubsub_gaps: register_int_counter!(
+            "sidecache_pubsub_gaps_total",
+            "Purge subscriptions re-established after a period without one (each clears L1)."
+        )
+        .expect("register sidecache_pubsub_gaps_total"),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])

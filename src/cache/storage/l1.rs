@@ -12,6 +12,7 @@
 //! newer entry under the same key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +24,12 @@ use moka::Expiry;
 
 use super::codec::StoredEntry;
 use crate::telemetry::metrics::{metrics, EvictionCause};
+
+/// Removals between two `yield_now()` calls in a purge.
+pub const YIELD_EVERY: usize = 512;
+
+/// Urls taken from the index per lock in a prefix purge.
+pub const URL_BATCH: usize = 256;
 
 /// Storage key: `CacheHashKey::combined_bin()` (primary hash + variance).
 pub type EntryKey = [u8; 16];
@@ -269,12 +276,25 @@ impl L1Store {
         }
     }
 
-    fn remove_all(&self, keys: Vec<EntryKey>) -> u64 {
-        keys.iter().filter(|k| self.remove(k)).count() as u64
+    /// Remove `keys`, yielding to the runtime every [`YIELD_EVERY`] removals so a big purge
+    /// never holds a worker thread for long.
+    async fn remove_keys(&self, keys: Vec<EntryKey>, since_yield: &mut usize) -> u64 {
+        let mut n = 0;
+        for k in &keys {
+            if self.remove(k) {
+                n += 1;
+            }
+            *since_yield += 1;
+            if *since_yield >= YIELD_EVERY {
+                *since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+        n
     }
 
     /// Remove every variant stored for exactly `url`. Returns how many entries were removed.
-    pub fn purge_url(&self, url: &str) -> u64 {
+    pub async fn purge_url(&self, url: &str) -> u64 {
         let keys: Vec<EntryKey> = {
             let inner = self.inner.load();
             let idx = lock(&inner.index);
@@ -283,28 +303,43 @@ impl L1Store {
                 .map(|m| m.keys().copied().collect())
                 .unwrap_or_default()
         };
-        self.remove_all(keys)
+        self.remove_keys(keys, &mut 0).await
     }
 
-    /// Remove every entry whose url starts with `prefix` (a `BTreeMap` range, not a scan).
-    pub fn purge_prefix(&self, prefix: &str) -> u64 {
-        let keys: Vec<EntryKey> = {
-            let inner = self.inner.load();
-            let idx = lock(&inner.index);
-            idx.urls
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(u, _)| u.starts_with(prefix))
-                .flat_map(|(_, m)| m.keys().copied())
-                .collect()
-        };
-        self.remove_all(keys)
+    /// Remove every entry whose url starts with `prefix`. Walks the sorted url index range
+    /// starting at `prefix` (never all entries), [`URL_BATCH`] urls per index lock, and yields
+    /// between batches, so a purge of 100,000 entries does not stall requests or inserts.
+    pub async fn purge_prefix(&self, prefix: &str) -> u64 {
+        let mut cursor: Bound<String> = Bound::Included(prefix.to_owned());
+        let mut removed = 0;
+        let mut since_yield = 0;
+        loop {
+            let (keys, last) = {
+                let inner = self.inner.load();
+                let idx = lock(&inner.index);
+                let mut keys = Vec::new();
+                let mut last = None;
+                let range = idx
+                    .urls
+                    .range::<str, _>((cursor.as_ref().map(String::as_str), Bound::Unbounded))
+                    .take_while(|(u, _)| u.starts_with(prefix))
+                    .take(URL_BATCH);
+                for (u, m) in range {
+                    keys.extend(m.keys().copied());
+                    last = Some(u.clone());
+                }
+                (keys, last)
+            };
+            let Some(last) = last else { break };
+            removed += self.remove_keys(keys, &mut since_yield).await;
+            cursor = Bound::Excluded(last);
+            tokio::task::yield_now().await;
+        }
+        removed
     }
 
     /// Remove every entry carrying `tag`.
-    pub fn purge_tag(&self, tag: &str) -> u64 {
+    pub async fn purge_tag(&self, tag: &str) -> u64 {
         let keys: Vec<EntryKey> = {
             let inner = self.inner.load();
             let idx = lock(&inner.index);
@@ -313,7 +348,7 @@ impl L1Store {
                 .map(|m| m.keys().copied().collect())
                 .unwrap_or_default()
         };
-        self.remove_all(keys)
+        self.remove_keys(keys, &mut 0).await
     }
 
     /// Drop everything (e.g. after a pub/sub gap). Runs moka's maintenance once so the

@@ -299,6 +299,27 @@ impl L2Store {
         .await
     }
 
+    /// PUBLISH `payload` on `channel` under the write timeout (through the breaker, counted as
+    /// `op="publish"`). Returns how many subscribers received it.
+    pub async fn publish(&self, channel: &str, payload: String) -> Result<u64, L2Result> {
+        let channel = channel.to_owned();
+        self.run(L2Op::Publish, self.write_timeout(), |mut c| async move {
+            let n: u64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload)
+                .query_async(&mut c)
+                .await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// The parsed Redis client (`None` when the url was invalid), for dedicated connections
+    /// such as the purge subscriber's.
+    pub fn client(&self) -> Option<&redis::Client> {
+        self.client.as_ref()
+    }
+
     /// PING under the read timeout (readiness). Bypasses the breaker but reports to it on
     /// success, so a recovered Redis is noticed.
     pub async fn ping(&self) -> Result<(), String> {

@@ -6,6 +6,7 @@
 //!   guarded by a [`breaker::CircuitBreaker`].
 //! - [`codec`]: the versioned binary entry format stored in Redis.
 //! - [`tiered`]: the `Storage` implementation, hit/miss handlers and purges.
+//! - [`pubsub`]: purges across instances (Redis pub/sub broadcast, subscriber, gap rule).
 //!
 //! Entries are addressed by `CacheHashKey::combined_bin()` (primary hash + variance), exactly
 //! like pingora's `MemCache`, so Vary variants are separate entries and the primary variant sits
@@ -15,6 +16,7 @@ pub mod breaker;
 pub mod codec;
 pub mod l1;
 pub mod l2;
+pub mod pubsub;
 pub mod tiered;
 
 pub use l1::{EntryKey, L1Store};
@@ -51,4 +53,6 @@ pub struct PurgeReport {
     /// False when L2 is configured but the purge could not reach it (error, timeout, breaker
     /// open). True without L2.
     pub l2_ok: bool,
+    /// True when the purge was published to the other instances (false without L2).
+    pub broadcast: bool,
 }

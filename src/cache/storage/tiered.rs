@@ -24,6 +24,7 @@ use pingora_error::{Error, ErrorType, Result};
 use super::codec::{self, StoredEntry};
 use super::l1::{EntryKey, L1Store};
 use super::l2::L2Store;
+use super::pubsub::{self, PurgeKind, PurgeMessage};
 use super::{EntryContext, PurgeReport, Tier};
 use crate::config::CacheConfig;
 use crate::telemetry::metrics::{metrics, TierLabel};
@@ -33,6 +34,10 @@ pub struct TieredCache {
     l1: L1Store,
     l2: Option<L2Store>,
     max_object_bytes: AtomicU64,
+    /// This process's id in purge broadcasts (see [`super::pubsub`]).
+    instance_id: String,
+    /// Pub/sub channel of purge broadcasts (`cache.l2.channel`; empty without L2).
+    channel: String,
 }
 
 /// Spawn a background task on the current runtime; silently skipped outside a runtime.
@@ -53,7 +58,30 @@ impl TieredCache {
             l1: L1Store::new(cfg.l1.max_bytes),
             l2: cfg.l2.as_ref().map(L2Store::new),
             max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
+            instance_id: pubsub::new_instance_id(),
+            channel: cfg
+                .l2
+                .as_ref()
+                .map(|l2| l2.channel.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// This process's id in purge broadcasts; messages carrying it are skipped on receipt.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The pub/sub channel purges are broadcast on (empty without L2; changes need a restart).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Receive purges from other instances until `shutdown` flips: see [`super::pubsub`].
+    /// Returns at once without L2. Run it once per process, inside a runtime that lives as
+    /// long as the process (sidecache runs it as a pingora background service).
+    pub async fn run_purge_subscriber(&'static self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        pubsub::run(self, shutdown).await;
     }
 
     /// Live-adjust L2 timeouts/breaker, the object size limit and the L1 budget (a different
@@ -97,60 +125,71 @@ impl TieredCache {
         self.max_object_bytes.load(Ordering::Relaxed)
     }
 
-    fn report(
-        l1_removed: u64,
-        l2: Option<Result<u64, crate::telemetry::metrics::L2Result>>,
-    ) -> PurgeReport {
-        match l2 {
-            None => PurgeReport {
+    /// Delete from L2 once, then purge the local L1, then broadcast the purge so other
+    /// instances drop it from their L1 (see [`super::pubsub`]). L2 goes first so that an L1
+    /// miss right after the L1 purge (here or on a receiving instance) cannot promote the old
+    /// copy back from L2. The L1 purge and the broadcast happen even when the L2 delete failed.
+    async fn purge(&self, kind: PurgeKind, target: &str) -> PurgeReport {
+        metrics().purges.with_label_values(&[kind.label()]).inc();
+        let deleted = match (&self.l2, kind) {
+            (None, _) => None,
+            (Some(l2), PurgeKind::Url) => Some(l2.purge_url(target).await),
+            (Some(l2), PurgeKind::Prefix) => Some(l2.purge_prefix(target).await),
+            (Some(l2), PurgeKind::Tag) => Some(l2.purge_tag(target).await),
+        };
+        let l1_removed = self.purge_l1(kind, target).await;
+        let (Some(l2), Some(deleted)) = (&self.l2, deleted) else {
+            return PurgeReport {
                 l1_removed,
                 l2_removed: 0,
                 l2_ok: true,
-            },
-            Some(Ok(n)) => PurgeReport {
-                l1_removed,
-                l2_removed: n,
-                l2_ok: true,
-            },
-            Some(Err(_)) => PurgeReport {
-                l1_removed,
-                l2_removed: 0,
-                l2_ok: false,
-            },
+                broadcast: false,
+            };
+        };
+        let broadcast = match PurgeMessage::new(&self.instance_id, kind, target).encode() {
+            Ok(payload) => l2.publish(&self.channel, payload).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode purge message");
+                false
+            }
+        };
+        PurgeReport {
+            l1_removed,
+            l2_removed: *deleted.as_ref().unwrap_or(&0),
+            l2_ok: deleted.is_ok(),
+            broadcast,
         }
     }
 
-    /// Remove every variant of exactly `url` (as stored in `EntryContext::url`) from L1 and L2.
+    async fn purge_l1(&self, kind: PurgeKind, target: &str) -> u64 {
+        match kind {
+            PurgeKind::Url => self.l1.purge_url(target).await,
+            PurgeKind::Prefix => self.l1.purge_prefix(target).await,
+            PurgeKind::Tag => self.l1.purge_tag(target).await,
+        }
+    }
+
+    /// Remove every variant of exactly `url` (as stored in `EntryContext::url`) from L1 and L2,
+    /// and broadcast it to the other instances.
     pub async fn purge_url(&self, url: &str) -> PurgeReport {
-        metrics().purges.with_label_values(&["url"]).inc();
-        let n = self.l1.purge_url(url);
-        let l2 = match &self.l2 {
-            Some(l2) => Some(l2.purge_url(url).await),
-            None => None,
-        };
-        Self::report(n, l2)
+        self.purge(PurgeKind::Url, url).await
     }
 
-    /// Remove every entry whose url starts with `prefix` from L1 and L2.
+    /// Remove every entry whose url starts with `prefix` from L1 and L2, and broadcast it.
     pub async fn purge_prefix(&self, prefix: &str) -> PurgeReport {
-        metrics().purges.with_label_values(&["prefix"]).inc();
-        let n = self.l1.purge_prefix(prefix);
-        let l2 = match &self.l2 {
-            Some(l2) => Some(l2.purge_prefix(prefix).await),
-            None => None,
-        };
-        Self::report(n, l2)
+        self.purge(PurgeKind::Prefix, prefix).await
     }
 
-    /// Remove every entry tagged `tag` from L1 and L2.
+    /// Remove every entry tagged `tag` from L1 and L2, and broadcast it.
     pub async fn purge_tag(&self, tag: &str) -> PurgeReport {
-        metrics().purges.with_label_values(&["tag"]).inc();
-        let n = self.l1.purge_tag(tag);
-        let l2 = match &self.l2 {
-            Some(l2) => Some(l2.purge_tag(tag).await),
-            None => None,
-        };
-        Self::report(n, l2)
+        self.purge(PurgeKind::Tag, tag).await
+    }
+
+    /// Apply another instance's purge to L1 only (it already purged L2). Counts
+    /// `purges{kind="remote"}`; returns the entries removed.
+    pub async fn purge_l1_remote(&self, kind: PurgeKind, target: &str) -> u64 {
+        metrics().purges.with_label_values(&["remote"]).inc();
+        self.purge_l1(kind, target).await
     }
 
     /// Drop everything from L1 only (used after a pub/sub gap).

@@ -1,0 +1,271 @@
+//! Purges across instances, end to end: one real `redis-server`, the stand-in backend and two
+//! real `sidecache` processes (A and B) with the same config. A purge issued on A (admin API
+//! by url, prefix and tag, invalidate-on-write, the `sidecache purge` CLI) must drop B's L1
+//! copy; after a Redis restart B resubscribes and clears its L1 (the gap rule).
+//!
+//! Propagation times are printed (`--nocapture`), asserted only against a generous bound.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::backend::start_backend;
+use support::http::{get, request, Resp};
+use support::redis::RedisServer;
+use support::sidecache::{run_cli, Sidecache, SidecacheOptions};
+
+/// How long a purge may take to reach the other instance before the test fails (the target
+/// is 100 ms; this is a shared, noisy box).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
+/// Bound for warming, resubscribing and other polls.
+const POLL: Duration = Duration::from_secs(15);
+
+const CONFIG: &str = r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+threads = 2
+grace_period = "1s"
+
+[proxy]
+default_upstream = "backend"
+
+[[upstreams]]
+name = "backend"
+address = "{backend}"
+connect_timeout = "300ms"
+read_timeout = "5s"
+
+[[routes]]
+name = "contractor_bundle"
+match = "GET /api/contractors/:id/bundle"
+ttl = "5m"
+tags = ["contractor:{id}"]
+
+[[routes]]
+name = "concierge_state"
+match = "GET /api/concierge/sessions/:id/state"
+ttl = "until-invalidated"
+invalidate_on = ["POST /api/concierge/sessions/:id/end"]
+
+[cache.l1]
+max_bytes = "8MiB"
+
+[cache.l2]
+url = "{redis}"
+prefix = "purgetest:"
+timeout = "250ms"
+write_timeout = "1s"
+breaker_failures = 3
+breaker_cooldown = "300ms"
+"#;
+
+struct Pair {
+    _backend: sidecache::demo::Backend,
+    a: Sidecache,
+    b: Sidecache,
+}
+
+async fn start_pair(redis: &RedisServer) -> Pair {
+    let backend = start_backend(Duration::ZERO).await;
+    let config = CONFIG.replace("{redis}", &redis.url());
+    let opts = SidecacheOptions::new(config).backend(backend.addr());
+    let a = Sidecache::start(opts.clone()).await;
+    let b = Sidecache::start(opts).await;
+    Pair {
+        _backend: backend,
+        a,
+        b,
+    }
+}
+
+fn x_cache(r: &Resp) -> &str {
+    r.header("x-cache").unwrap_or("<none>")
+}
+
+/// GET `path` on `sc` until it is served from L1.
+async fn warm(sc: &Sidecache, path: &str) {
+    let deadline = Instant::now() + POLL;
+    loop {
+        let r = get(&sc.url(path), &[]).await;
+        assert_eq!(r.status, 200, "GET {path}");
+        if x_cache(&r) == "HIT-L1" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never became HIT-L1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Warm `paths` on both instances (A first, so B may get them from L2).
+async fn warm_both(p: &Pair, paths: &[&str]) {
+    for path in paths {
+        warm(&p.a, path).await;
+        warm(&p.b, path).await;
+    }
+}
+
+/// Poll `path` on `sc` until it is no longer served from L1; returns how long that took.
+async fn gone_from_l1(sc: &Sidecache, path: &str, since: Instant, what: &str) -> Duration {
+    loop {
+        let r = get(&sc.url(path), &[]).await;
+        if x_cache(&r) != "HIT-L1" {
+            let took = since.elapsed();
+            eprintln!(
+                "{what}: {path} left the other instance's L1 after {took:?} (now {})",
+                x_cache(&r)
+            );
+            return took;
+        }
+        assert!(
+            since.elapsed() < PROPAGATION_BOUND,
+            "{what}: {path} still HIT-L1 on B after {PROPAGATION_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn admin_purge(sc: &Sidecache, body: Value) -> Value {
+    let r = request(
+        "POST",
+        &sc.admin_url("/admin/purge"),
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "purge {body}: {}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purges_on_one_instance_reach_the_other() {
+    let redis = RedisServer::start();
+    let p = start_pair(&redis).await;
+
+    for (what, body, path) in [
+        (
+            "admin purge by url",
+            json!({"url": "/api/contractors/1/bundle"}),
+            "/api/contractors/1/bundle",
+        ),
+        (
+            "admin purge by prefix",
+            json!({"prefix": "/api/contractors/2/"}),
+            "/api/contractors/2/bundle",
+        ),
+        (
+            "admin purge by tag",
+            json!({"tag": "contractor:3"}),
+            "/api/contractors/3/bundle",
+        ),
+    ] {
+        warm_both(&p, &[path, "/api/contractors/99/bundle"]).await;
+        let t = Instant::now();
+        let report = admin_purge(&p.a, body.clone()).await;
+        assert_eq!(report["broadcast"], true, "{what}: {report}");
+        assert_eq!(report["l2_ok"], true, "{what}: {report}");
+        assert_eq!(report["removed_local"], 1, "{what}: {report}");
+        gone_from_l1(&p.b, path, t, what).await;
+        let a_after = get(&p.a.url(path), &[]).await;
+        assert_ne!(x_cache(&a_after), "HIT-L1", "{what}: purged on A too");
+    }
+    // unrelated entries stay in B's L1
+    assert_eq!(
+        x_cache(&get(&p.b.url("/api/contractors/99/bundle"), &[]).await),
+        "HIT-L1"
+    );
+
+    // invalidate-on-write: ending the session on A ends its cached state on B
+    let state = "/api/concierge/sessions/s1/state";
+    warm_both(&p, &[state]).await;
+    let t = Instant::now();
+    let end = request(
+        "POST",
+        &p.a.url("/api/concierge/sessions/s1/end"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(end.status, 200);
+    gone_from_l1(&p.b, state, t, "invalidate-on-write").await;
+
+    // the CLI against A's admin
+    let path = "/api/contractors/4/bundle";
+    warm_both(&p, &[path]).await;
+    let admin = format!("http://{}", p.a.admin_addr());
+    let t = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["purge", "--admin", &admin, "--tag", "contractor:4"], &[])
+    })
+    .await
+    .expect("cli task");
+    assert!(
+        out.status.success(),
+        "sidecache purge: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"broadcast\":true"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    gone_from_l1(&p.b, path, t, "sidecache purge CLI").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_redis_restart_the_subscription_returns_and_l1_is_cleared() {
+    let mut redis = RedisServer::start();
+    let p = start_pair(&redis).await;
+    let before = "/api/contractors/10/bundle";
+    warm_both(&p, &[before]).await;
+
+    redis.kill();
+    // B keeps serving what it has from L1 while Redis is away
+    assert_eq!(x_cache(&get(&p.b.url(before), &[]).await), "HIT-L1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+
+    // B notices the gap once it resubscribes
+    let deadline = Instant::now() + POLL;
+    while gaps(&p.b).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "B did not resubscribe after the Redis restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get(&p.b.url(before), &[]).await;
+    assert_ne!(
+        x_cache(&r),
+        "HIT-L1",
+        "an entry B held before the outage is not served from L1 after the gap"
+    );
+    eprintln!("after the gap B served {before} as {}", x_cache(&r));
+
+    // and purges on A reach B again (A's breaker may need a moment: retry until broadcast)
+    let path = "/api/contractors/11/bundle";
+    warm_both(&p, &[path]).await;
+    let deadline = Instant::now() + POLL;
+    let t = loop {
+        let t = Instant::now();
+        let report = admin_purge(&p.a, json!({"url": path})).await;
+        if report["broadcast"] == true {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "A never broadcast: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    gone_from_l1(&p.b, path, t, "purge after the Redis restart").await;
+}
+
+/// `sidecache_pubsub_gaps_total` as B's admin reports it.
+async fn gaps(sc: &Sidecache) -> f64 {
+    let text = get(&sc.admin_url("/metrics"), &[]).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sidecache_pubsub_gaps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
