@@ -1,4 +1,4 @@
-//! The command line: `sidecache [run]`, `check`, `demo`, `bench`, `purge`.
+//! The command line: `sidecache [run]`, `check`, `demo`, `bench`, `warm`, `purge`.
 //!
 //! Exit codes: 0 success, 1 runtime failure (or a failed bench verdict), 64 bad config or
 //! usage (EX_USAGE).
@@ -62,8 +62,33 @@ pub enum Command {
     /// Measure URLs like the legacy benchmarkProduction.js: latency percentiles, X-Cache mix,
     /// PASS/FAIL against budgets (exit 1 on FAIL).
     Bench(BenchArgs),
+    /// Pre-fill the cache: request the `[warm]` URLs through a running sidecache (exit 1 if
+    /// any request failed).
+    Warm(WarmArgs),
     /// Purge cached entries through a running sidecache's admin API.
     Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Data-plane base URL of the sidecache to warm (default: `server.listen` of --config).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Parallel requests (default: `warm.concurrency`).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Requests per second at most (default: `warm.rate_per_second`).
+    #[arg(long)]
+    pub rate_per_second: Option<u32>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print progress every this many requests (and at least every second).
+    #[arg(long, default_value_t = 100)]
+    pub progress_every: usize,
+    /// Machine-readable summary on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +152,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Demo(ref args)) => demo(args, &cli),
         Some(Command::Bench(ref args)) => bench(args),
+        Some(Command::Warm(ref args)) => warm(&cli.config, args),
         Some(Command::Purge(ref args)) => purge(args),
     }
 }
@@ -383,6 +409,66 @@ fn bench(args: &BenchArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("sidecache bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn warm(path: &Path, args: &WarmArgs) -> ExitCode {
+    let config = match load_or_report(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let target = match &args.target {
+        Some(t) => match crate::warm::parse_target(t) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sidecache warm: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => crate::warm::local_target(config.server.listen),
+    };
+    let paths = match crate::warm::expand(&config.warm) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sidecache warm: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut opts = crate::warm::WarmOptions::from_config(&config.warm, target);
+    opts.concurrency = args.concurrency.unwrap_or(opts.concurrency).max(1);
+    opts.rate_per_second = args.rate_per_second.unwrap_or(opts.rate_per_second).max(1);
+    opts.timeout = args.timeout;
+    eprintln!(
+        "sidecache warm: {} URL(s) via http://{} (concurrency {}, {}/s)",
+        paths.len(),
+        opts.target,
+        opts.concurrency,
+        opts.rate_per_second
+    );
+    let gate = std::sync::Mutex::new(crate::warm::ProgressGate::new(
+        args.progress_every,
+        Duration::from_secs(1),
+        std::time::Instant::now(),
+    ));
+    let progress = move |r: &crate::warm::WarmReport, total: usize| {
+        let now = std::time::Instant::now();
+        if gate.lock().is_ok_and(|mut g| g.should_print(r.done(), now)) {
+            eprintln!("{}", r.progress_line(total));
+        }
+    };
+    match block_on(crate::warm::run(paths, &opts, progress)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render_text());
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("sidecache warm: {e}");
             ExitCode::FAILURE
         }
     }

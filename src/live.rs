@@ -5,7 +5,7 @@
 //! changes the rules under an in-flight request.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -70,6 +70,19 @@ pub struct Live {
     in_flight: AtomicUsize,
     /// Where reloads read from.
     config_path: Option<PathBuf>,
+    /// Start-up warming state, see [`WarmState`].
+    warm: AtomicU8,
+}
+
+/// Start-up warming as readiness sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmState {
+    /// Not warming (never started, or finished).
+    Idle = 0,
+    /// Warming and holding readiness (`/ready` answers 503).
+    Holding = 1,
+    /// Still warming, but `max_ready_delay` has passed: ready anyway.
+    Background = 2,
 }
 
 impl Live {
@@ -87,6 +100,7 @@ impl Live {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             config_path,
+            warm: AtomicU8::new(WarmState::Idle as u8),
         }))
     }
 
@@ -113,6 +127,31 @@ impl Live {
     /// Requests in progress now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The start-up warming state (for `/ready`).
+    pub fn warm_state(&self) -> WarmState {
+        match self.warm.load(Ordering::Acquire) {
+            1 => WarmState::Holding,
+            2 => WarmState::Background,
+            _ => WarmState::Idle,
+        }
+    }
+
+    /// Sets the start-up warming state.
+    pub fn set_warm_state(&self, state: WarmState) {
+        self.warm.store(state as u8, Ordering::Release);
+    }
+
+    /// Moves `Holding` to `Background` (the readiness delay ran out); no-op otherwise, so a
+    /// warming pass that already finished stays `Idle`.
+    pub fn release_warm_hold(&self) {
+        let _ = self.warm.compare_exchange(
+            WarmState::Holding as u8,
+            WarmState::Background as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Validate `new` against the running config and swap it in; on error the old config keeps

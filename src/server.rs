@@ -1,9 +1,10 @@
 //! Process assembly: the pingora `Server` with the proxy service, the admin listener, the
-//! config reloader and the purge subscriber, and the signal rules (SIGTERM drains within the
-//! grace period, SIGINT exits at once, SIGQUIT hands the listening sockets to a new process,
-//! SIGHUP reloads).
+//! config reloader, the purge subscriber and start-up cache warming (`[warm] on_start`), and
+//! the signal rules (SIGTERM drains within the grace period, SIGINT exits at once, SIGQUIT
+//! hands the listening sockets to a new process, SIGHUP reloads).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -14,8 +15,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin;
 use crate::config::{Config, ProcessEnv};
-use crate::live::Live;
+use crate::live::{Live, WarmState};
 use crate::proxy;
+use crate::warm;
 
 /// How the process was asked to start.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,18 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         "purge subscriber",
         PurgeSubscriberService { live },
     ));
+    let warm = &live.snapshot().config.warm;
+    if warm.on_start && (!warm.urls.is_empty() || !warm.templates.is_empty()) {
+        // Hold readiness from here; the service releases it when done or at the deadline.
+        live.set_warm_state(WarmState::Holding);
+        server.add_service(background_service(
+            "warm",
+            WarmService {
+                live,
+                hold_until: std::time::Instant::now() + warm.max_ready_delay,
+            },
+        ));
+    }
     tracing::info!(listen = %listen, admin = %live.snapshot().config.server.admin_listen,
         version = env!("CARGO_PKG_VERSION"), "sidecache started");
     server.run(RunArgs {
@@ -183,6 +197,77 @@ impl ReloadService {
         let snapshot = self.live.snapshot();
         let path = snapshot.config.source.as_ref()?;
         std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+}
+
+/// Warms the cache through this process's own data plane at start-up, holding `/ready` at
+/// 503 until warming finishes or `warm.max_ready_delay` has passed, whichever is first.
+struct WarmService {
+    live: &'static Live,
+    hold_until: std::time::Instant,
+}
+
+#[async_trait]
+impl BackgroundService for WarmService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let live = self.live;
+        let release = tokio::spawn({
+            let at = self.hold_until;
+            async move {
+                tokio::time::sleep_until(at.into()).await;
+                if live.warm_state() == WarmState::Holding {
+                    tracing::warn!(target: "sidecache::warm",
+                        "warm.max_ready_delay passed: ready now, warming continues in the background");
+                }
+                live.release_warm_hold();
+            }
+        });
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.warm() => {}
+        }
+        release.abort();
+        live.set_warm_state(WarmState::Idle);
+    }
+}
+
+impl WarmService {
+    async fn warm(&self) {
+        let config = Arc::clone(&self.live.snapshot().config);
+        let paths = match warm::expand(&config.warm) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(target: "sidecache::warm", error = %e, "start-up warming skipped");
+                return;
+            }
+        };
+        let target = warm::local_target(config.server.listen);
+        // The proxy listener starts beside this service; wait until it accepts.
+        while tokio::net::TcpStream::connect(&target).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let opts = warm::WarmOptions::from_config(&config.warm, target);
+        tracing::info!(target: "sidecache::warm", urls = paths.len(),
+            concurrency = opts.concurrency, rate_per_second = opts.rate_per_second,
+            "start-up warming started");
+        let gate = std::sync::Mutex::new(warm::ProgressGate::new(
+            1000,
+            Duration::from_secs(5),
+            std::time::Instant::now(),
+        ));
+        let report = warm::run(paths, &opts, move |r, total| {
+            let now = std::time::Instant::now();
+            if gate.lock().is_ok_and(|mut g| g.should_print(r.done(), now)) {
+                tracing::info!(target: "sidecache::warm", "{}", r.progress_line(total));
+            }
+        })
+        .await;
+        for (url, reason) in report.failures.iter().take(20) {
+            tracing::warn!(target: "sidecache::warm", url = %url, reason = %reason, "warming request failed");
+        }
+        tracing::info!(target: "sidecache::warm", fetched = report.fetched,
+            already_warm = report.already_warm, failed = report.failed,
+            elapsed_ms = report.elapsed.as_millis() as u64, "start-up warming finished");
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::live::Live;
+use crate::live::{Live, WarmState};
 
 /// A locally answered endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +56,10 @@ pub fn health(live: &Live) -> LocalResponse {
 }
 
 /// Readiness: the default upstream (or, without one, every upstream) accepts a TCP connection
-/// within its connect timeout. Redis is reported but never makes sidecache unready: without it
-/// requests still work from L1 and the origin.
+/// within its connect timeout, and start-up warming is not holding readiness (it holds it at
+/// most `warm.max_ready_delay`; `"warming"` stays true while it continues in the background).
+/// Redis is reported but never makes sidecache unready: without it requests still work from
+/// L1 and the origin.
 pub async fn ready(live: &Live) -> LocalResponse {
     let snapshot = live.snapshot();
     let router = &snapshot.router;
@@ -82,12 +84,14 @@ pub async fn ready(live: &Live) -> LocalResponse {
         Some(true) => "up",
         Some(false) => "down",
     };
-    let ready = down.is_empty();
+    let warm = live.warm_state();
+    let ready = down.is_empty() && warm != WarmState::Holding;
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "upstreams": upstreams,
         "down": down,
         "l2": l2,
+        "warming": warm != WarmState::Idle,
     });
     LocalResponse {
         status: if ready { 200 } else { 503 },
