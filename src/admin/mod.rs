@@ -224,7 +224,6 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
             json!({"error": "invalid_purge", "hint": "send {\"url\": ...}, {\"prefix\": ...} or {\"tag\": ...}"}),
         );
     };
-    metrics().purges.with_label_values(&[kind]).inc();
     tracing::info!(target: "sidecache::purge", kind, target = %target, removed = report.l1_removed, "purged");
     json_value(
         200,

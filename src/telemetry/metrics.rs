@@ -307,7 +307,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         .expect("register sidecache_build_info"),
         purges: register_int_counter_vec!(
             "sidecache_purges_total",
-            "Purge requests by kind (url, prefix, tag, write, remote).",
+            "Purge operations by kind (url, prefix, tag; remote = received from another instance; write = writes that triggered invalidation).",
             &["kind"]
         )
         .expect("register sidecache_purges_total"),
