@@ -472,3 +472,26 @@ async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
         "{bytes} of {capacity}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_and_range_requests_are_answered_from_the_cache() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/test/respond?etag=%22v1%22&body=0123456789abcdef");
+    let full = get(&url, &[]).await;
+    assert_eq!(x_cache(&full), "MISS");
+    let not_modified = get(&url, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+    let range = get(&url, &[("range", "bytes=0-9")]).await;
+    assert_eq!(range.status, 206);
+    assert_eq!(x_cache(&range), "HIT-L1");
+    assert_eq!(&range.body[..], &full.body[..10]);
+    let plain = get(&url, &[]).await;
+    assert_eq!(x_cache(&plain), "HIT-L1");
+    assert_eq!(plain.body, full.body);
+    assert_eq!(
+        plain.header("content-length"),
+        Some(full.body.len().to_string().as_str())
+    );
+    assert_eq!(backend.stats().hits("/test/respond"), 1);
+}

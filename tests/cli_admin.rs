@@ -91,7 +91,7 @@ async fn env_overrides_the_upstream_address() {
 async fn env_overrides_the_listen_address() {
     let backend = start_backend(Duration::ZERO).await;
     let listen = free_addr();
-    let mut sc = Sidecache::spawn(
+    let sc = Sidecache::spawn(
         SidecacheOptions::new(MINIMAL)
             .backend(backend.addr())
             .env("SIDECACHE_LISTEN", listen.to_string()),
@@ -133,7 +133,7 @@ async fn admin_token_guards_admin_but_not_metrics_or_health() {
     let port = free_addr().port();
     let config = MINIMAL.replace("{admin}", &format!("0.0.0.0:{port}"))
         + "\n[cache.l2]\nurl = \"redis://:s3cret@127.0.0.1:1/0\"\n";
-    let sc = Sidecache::start(
+    let _sidecache = Sidecache::start(
         SidecacheOptions::new(config)
             .backend(backend.addr())
             .env("SIDECACHE_ADMIN_TOKEN", "tok-123"),

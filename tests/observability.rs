@@ -232,7 +232,6 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
 /// A real Prometheus server (Debian package `prometheus`, installed by `./dev deps`).
 struct Prometheus {
     child: std::process::Child,
-    addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -274,11 +273,7 @@ async fn prometheus_scrapes_sidecache_and_computes_the_hit_ratio() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus not found: run ./dev deps (Debian package prometheus)");
-    let _prom = Prometheus {
-        child,
-        addr,
-        _dir: dir,
-    };
+    let _prom = Prometheus { child, _dir: dir };
     let query = "sum(sidecache_requests_total{cache=~\"hit_l1|hit_l2\"}) / sum(sidecache_requests_total{cache=~\"hit_l1|hit_l2|miss\"})";
     let url = format!(
         "http://{}/api/v1/query?query={}",

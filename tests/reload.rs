@@ -210,7 +210,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
 
     // the new process, same config (same ports), takes the sockets over
     let config_text = std::fs::read_to_string(old.config_path()).expect("config");
-    let mut new = Sidecache::spawn(
+    let new = Sidecache::spawn(
         SidecacheOptions::new(config_text)
             .arg("--upgrade")
             .arg("--upgrade-sock")

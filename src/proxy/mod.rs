@@ -3,6 +3,7 @@
 //! [`SidecacheProxy`] implements pingora's `ProxyHttp`; [`phases`] documents each hook in the
 //! order pingora calls it. A request's state travels in [`RequestCtx`].
 
+mod fast_path;
 pub mod forwarded;
 pub mod local;
 mod phases;
@@ -68,6 +69,10 @@ pub struct RequestCtx {
     pub(crate) no_store: Option<NoStoreReason>,
     pub(crate) stored: bool,
     pub(crate) hit_tier: Option<Tier>,
+    /// Answered from L1 by the fast path, before pingora-cache ran.
+    pub(crate) fast_hit: bool,
+    /// The key the fast path computed, reused by `cache_key_callback` on a miss.
+    pub(crate) cache_key: Option<pingora_cache::CacheKey>,
     pub(crate) upstream_started: Option<Instant>,
     pub(crate) request_body_bytes: u64,
     pub(crate) status: u16,

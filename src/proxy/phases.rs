@@ -3,7 +3,8 @@
 //! | phase                    | runs                                 | may change                       |
 //! |--------------------------|--------------------------------------|----------------------------------|
 //! | `early_request_filter`   | once headers are read                | the request id                   |
-//! | `request_filter`         | before anything else                 | answers health/ready/404/413     |
+//! | `request_filter`         | before anything else                 | answers health/ready/404/413,    |
+//! |                          |                                      | and fresh L1 hits (fast path)    |
 //! | `request_body_filter`    | per request body chunk               | enforces the body size bound     |
 //! | `request_cache_filter`   | before lookup                        | enables the cache (or bypasses)  |
 //! | `cache_key_callback`     | when the cache is enabled            | the entry's key                  |
@@ -33,7 +34,7 @@ use serde_json::json;
 
 use super::forwarded::{self, REQUEST_ID};
 use super::local::{self, LocalEndpoint};
-use super::{respond_json, RequestCtx, SidecacheProxy};
+use super::{fast_path, respond_json, RequestCtx, SidecacheProxy};
 use crate::cache::key;
 use crate::cache::policy::{self, EffectivePolicy};
 use crate::cache::status::CacheOutcome;
@@ -60,6 +61,8 @@ impl ProxyHttp for SidecacheProxy {
             no_store: None,
             stored: false,
             hit_tier: None,
+            fast_hit: false,
+            cache_key: None,
             upstream_started: None,
             request_body_bytes: 0,
             status: 0,
@@ -125,7 +128,14 @@ impl ProxyHttp for SidecacheProxy {
             .router
             .route(&method, &path)
             .map(|m| m.policy.index);
-        Ok(false)
+        let effective = effective_policy(ctx);
+        if let Err(reason) =
+            policy::request_decision(session.req_header(), effective, ctx.route.is_some())
+        {
+            ctx.bypass = Some(reason);
+            return Ok(false);
+        }
+        fast_path::try_l1_hit(session, ctx, self.live).await
     }
 
     /// Streams the request body through, failing with 413 once it exceeds the bound.
@@ -145,45 +155,34 @@ impl ProxyHttp for SidecacheProxy {
         Ok(())
     }
 
-    /// Decides whether this request may use the cache (see [`policy::request_decision`]) and,
-    /// if so, enables pingora's cache with the tiered storage and the coalescing lock.
+    /// Enables pingora's cache (tiered storage, coalescing lock, object size bound) for
+    /// requests `request_filter` found eligible (see [`policy::request_decision`]).
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let snapshot = &ctx.snapshot;
-        let route = ctx.route.and_then(|i| snapshot.router.routes().get(i));
-        let effective = match route {
-            Some(r) => r.cache.as_ref().map(|c| EffectivePolicy {
-                mode: c.mode,
-                route: Some(c),
-            }),
-            None => snapshot
-                .config
-                .cache
-                .default_mode
-                .map(|mode| EffectivePolicy { mode, route: None }),
-        };
-        match policy::request_decision(session.req_header(), effective, route.is_some()) {
-            Err(reason) => ctx.bypass = Some(reason),
-            Ok(_) => {
-                let mut overrides = pingora_cache::CacheOptionOverrides::default();
-                overrides.wait_timeout = Some(snapshot.config.cache.lock_timeout);
-                session.cache.enable(
-                    self.live.cache,
-                    None,
-                    None,
-                    Some(self.live.cache_lock),
-                    Some(overrides),
-                );
-                let max = snapshot.config.cache.l1.max_object_bytes;
-                session
-                    .cache
-                    .set_max_file_size_bytes(usize::try_from(max).unwrap_or(usize::MAX));
-            }
+        if ctx.bypass.is_some() {
+            return Ok(());
         }
+        let config = &ctx.snapshot.config;
+        let mut overrides = pingora_cache::CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(config.cache.lock_timeout);
+        session.cache.enable(
+            self.live.cache,
+            None,
+            None,
+            Some(self.live.cache_lock),
+            Some(overrides),
+        );
+        let max = config.cache.l1.max_object_bytes;
+        session
+            .cache
+            .set_max_file_size_bytes(usize::try_from(max).unwrap_or(usize::MAX));
         Ok(())
     }
 
     /// The entry's key: path, query (whole or the route's listed params) and key headers.
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        if let Some(key) = ctx.cache_key.take() {
+            return Ok(key);
+        }
         let key_rules = ctx
             .route
             .and_then(|i| ctx.snapshot.router.routes().get(i))
@@ -283,20 +282,10 @@ impl ProxyHttp for SidecacheProxy {
     ) -> Result<RespCacheable> {
         let snapshot = &ctx.snapshot;
         let route = ctx.route.and_then(|i| snapshot.router.routes().get(i));
-        let effective = match route.and_then(|r| r.cache.as_ref()) {
-            Some(c) => EffectivePolicy {
-                mode: c.mode,
-                route: Some(c),
-            },
-            None => EffectivePolicy {
-                mode: snapshot
-                    .config
-                    .cache
-                    .default_mode
-                    .unwrap_or(CacheMode::Origin),
-                route: None,
-            },
-        };
+        let effective = effective_policy(ctx).unwrap_or(EffectivePolicy {
+            mode: CacheMode::Origin,
+            route: None,
+        });
         match policy::response_decision(resp, effective, SystemTime::now()) {
             Ok(mut meta) => {
                 let req = session.req_header();
@@ -483,10 +472,30 @@ impl ProxyHttp for SidecacheProxy {
     }
 }
 
+/// The cache policy for this request's route (or the default mode for unmatched requests);
+/// `None` when caching is off for it.
+fn effective_policy(ctx: &RequestCtx) -> Option<EffectivePolicy<'_>> {
+    let snapshot = &ctx.snapshot;
+    match ctx.route.and_then(|i| snapshot.router.routes().get(i)) {
+        Some(r) => r.cache.as_ref().map(|c| EffectivePolicy {
+            mode: c.mode,
+            route: Some(c),
+        }),
+        None => snapshot
+            .config
+            .cache
+            .default_mode
+            .map(|mode| EffectivePolicy { mode, route: None }),
+    }
+}
+
 /// The cache outcome of this request, from pingora's cache phase and what the policy decided.
 fn outcome(session: &Session, ctx: &RequestCtx) -> CacheOutcome {
     if ctx.local {
         return CacheOutcome::Local;
+    }
+    if ctx.fast_hit {
+        return CacheOutcome::HitL1;
     }
     match session.cache.phase() {
         CachePhase::Hit => match ctx.hit_tier {

@@ -1,0 +1,89 @@
+//! The L1 fast path: a fresh entry in the in-process cache answered straight from
+//! `request_filter`, before pingora-cache's generic state machine runs.
+//!
+//! It covers the common case only and hands everything else to pingora-cache unchanged:
+//! the entry must be in L1, fresh, stored without a `Vary` variant, and the request must not
+//! be conditional or ranged (pingora answers those: 304s, `Range`, `If-*`). What the client
+//! sees is the same as a pingora-cache hit: the stored header, `Age`, `X-Cache: HIT-L1`,
+//! `Cache-Status`, the request id, and the body shared (`Bytes`, no copy) with L1.
+
+use std::time::SystemTime;
+
+use http::header;
+use pingora_cache::key::CacheHashKey;
+use pingora_error::Result;
+use pingora_proxy::Session;
+
+use super::forwarded::REQUEST_ID;
+use super::RequestCtx;
+use crate::cache::key;
+use crate::cache::status::CacheOutcome;
+use crate::live::Live;
+
+/// Request headers that make pingora-cache's own handling necessary.
+const NEEDS_PINGORA: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Answer a fresh L1 hit. `Ok(true)`: the response was written. `Ok(false)`: go on through
+/// the normal pipeline (the computed cache key is kept in `ctx` for `cache_key_callback`).
+pub(super) async fn try_l1_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    live: &'static Live,
+) -> Result<bool> {
+    let req = session.req_header();
+    if NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h)) {
+        return Ok(false);
+    }
+    let key_rules = ctx
+        .route
+        .and_then(|i| ctx.snapshot.router.routes().get(i))
+        .and_then(|r| r.cache.as_ref())
+        .map(|c| &c.key);
+    let cache_key = key::cache_key(req, key_rules);
+    let entry = live.cache.l1().get(&cache_key.combined_bin());
+    ctx.cache_key = Some(cache_key);
+    let Some(entry) = entry else {
+        return Ok(false);
+    };
+    let stored = &entry.entry;
+    let now = SystemTime::now();
+    if stored.variance.is_some() || now >= stored.fresh_until {
+        return Ok(false);
+    }
+    let head_only = req.method == http::Method::HEAD;
+    let mut resp = Box::new(stored.header.clone());
+    let age = now
+        .duration_since(stored.epoch)
+        .unwrap_or_default()
+        .as_secs();
+    resp.set_version(http::Version::HTTP_11);
+    resp.insert_header(header::AGE, age)?;
+    let no_body = matches!(resp.status.as_u16(), 204 | 304);
+    if !no_body {
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        resp.insert_header(header::CONTENT_LENGTH, stored.body.len())?;
+    }
+    let outcome = CacheOutcome::HitL1;
+    if let Some(x) = outcome.x_cache() {
+        resp.insert_header("x-cache", x)?;
+    }
+    if let Some(cs) = outcome.cache_status(false) {
+        resp.insert_header("cache-status", cs)?;
+    }
+    resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+    ctx.status = resp.status.as_u16();
+    ctx.fast_hit = true;
+    let body = (!head_only && !no_body && !stored.body.is_empty()).then(|| stored.body.clone());
+    session.write_response_header(resp, body.is_none()).await?;
+    if let Some(body) = body {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
