@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http_client;
 pub mod live;
 pub mod probe;
 pub mod proxy;

@@ -18,16 +18,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{HeaderMap, Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::{HeaderMap, Uri};
 use tokio::task::JoinSet;
 
 use report::Tally;
+
+use crate::http_client::{GetConnection, GetResult};
 
 /// Why a bench run could not start (request failures are measured, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -274,15 +271,24 @@ async fn worker(
     timeout: Duration,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut conn = GetConnection::new(target.connect.as_str());
+    let mut headers = (*headers).clone();
+    if !headers.contains_key(HOST) {
+        headers.insert(HOST, target.host.clone());
+    }
     while next.fetch_add(1, Ordering::SeqCst) < iterations {
         tally.requests += 1;
         let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, one_request(&mut conn, &target, &headers))
-            .await
-            .unwrap_or_else(|_| Err("timeout".to_owned()));
+        let outcome = match tokio::time::timeout(timeout, conn.get(&target.path, &headers)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be mid-response; start afresh next time.
+                conn.reset();
+                Err("timeout".to_owned())
+            }
+        };
         match outcome {
-            Ok((status, x_cache)) => {
+            Ok(GetResult { status, x_cache }) => {
                 tally.latencies.push(started.elapsed());
                 *tally
                     .x_cache
@@ -298,69 +304,11 @@ async fn worker(
                 }
             }
             Err(kind) => {
-                // The connection may be mid-response; start afresh next time.
-                conn = None;
                 *tally.errors_by_kind.entry(kind).or_insert(0) += 1;
             }
         }
     }
     tally
-}
-
-/// Sends one GET on the worker's connection (connecting first if needed) and reads the
-/// whole body. Returns the status and the `X-Cache` value, or a short error kind.
-async fn one_request(
-    conn: &mut Option<SendRequest<Empty<Bytes>>>,
-    target: &Target,
-    headers: &HeaderMap,
-) -> Result<(u16, Option<String>), String> {
-    let reusable = match conn.as_mut() {
-        Some(sender) if !sender.is_closed() => sender.ready().await.is_ok(),
-        _ => false,
-    };
-    if !reusable {
-        *conn = Some(connect(&target.connect).await?);
-    }
-    let Some(sender) = conn.as_mut() else {
-        return Err("connect: no connection".to_owned());
-    };
-    let mut req = Request::get(target.path.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
-    *req.headers_mut() = headers.clone();
-    if !req.headers().contains_key(HOST) {
-        req.headers_mut().insert(HOST, target.host.clone());
-    }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    let status = resp.status().as_u16();
-    let x_cache = resp
-        .headers()
-        .get("x-cache")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let mut body = resp.into_body();
-    while let Some(frame) = body.frame().await {
-        frame.map_err(|e| format!("body: {e}"))?;
-    }
-    Ok((status, x_cache))
-}
-
-async fn connect(addr: &str) -> Result<SendRequest<Empty<Bytes>>, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "bench connection ended with error");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]
