@@ -103,23 +103,19 @@ async fn setup(delay_ms: u64) -> (sidecache::demo::Backend, Sidecache) {
     (backend, sc)
 }
 
-fn x_cache(r: &support::http::Resp) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn miss_then_hit_l1_with_age_and_cache_status() {
     let (backend, sc) = setup(20).await;
     let url = sc.url("/api/contractors/42/bundle");
     let first = get(&url, &[]).await;
     assert_eq!(first.status, 200);
-    assert_eq!(x_cache(&first), "MISS");
+    assert_eq!(first.x_cache(), "MISS");
     assert_eq!(
         first.header("cache-status"),
         Some("sidecache; fwd=miss; stored")
     );
     let second = get(&url, &[]).await;
-    assert_eq!(x_cache(&second), "HIT-L1");
+    assert_eq!(second.x_cache(), "HIT-L1");
     assert_eq!(
         second.header("cache-status"),
         Some("sidecache; hit; detail=l1")
@@ -134,7 +130,7 @@ async fn miss_then_hit_l1_with_age_and_cache_status() {
     assert_eq!(backend.stats().hits("/api/contractors/42/bundle"), 1);
 
     let head = request("HEAD", &url, &[], Bytes::new()).await;
-    assert_eq!(x_cache(&head), "HIT-L1");
+    assert_eq!(head.x_cache(), "HIT-L1");
     assert!(head.body.is_empty());
     assert_eq!(backend.stats().hits("/api/contractors/42/bundle"), 1);
 }
@@ -144,13 +140,13 @@ async fn ttl_expiry_and_route_order() {
     let (backend, sc) = setup(0).await;
     let short = sc.url("/api/events/1/context");
     let special = sc.url("/api/events/special/context");
-    assert_eq!(x_cache(&get(&short, &[]).await), "MISS");
-    assert_eq!(x_cache(&get(&special, &[]).await), "MISS");
-    assert_eq!(x_cache(&get(&short, &[]).await), "HIT-L1");
+    assert_eq!(get(&short, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(&special, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(&short, &[]).await.x_cache(), "HIT-L1");
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(x_cache(&get(&short, &[]).await), "MISS", "1s route expired");
+    assert_eq!(get(&short, &[]).await.x_cache(), "MISS", "1s route expired");
     assert_eq!(
-        x_cache(&get(&special, &[]).await),
+        get(&special, &[]).await.x_cache(),
         "HIT-L1",
         "the earlier, more specific route (30s) won"
     );
@@ -162,27 +158,27 @@ async fn key_rules_query_subset_sorted_and_header() {
     let (backend, sc) = setup(0).await;
     let path = "/api/contractors/7/bundle";
     assert_eq!(
-        x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x&utm=1")), &[]).await),
+        (get(&sc.url(&format!("{path}?include=a&lang=x&utm=1")), &[]).await).x_cache(),
         "MISS"
     );
     // same listed params, other order, unlisted param changed -> same entry
     assert_eq!(
-        x_cache(&get(&sc.url(&format!("{path}?utm=2&lang=x&include=a")), &[]).await),
+        (get(&sc.url(&format!("{path}?utm=2&lang=x&include=a")), &[]).await).x_cache(),
         "HIT-L1"
     );
     // a listed param changed -> another entry
     assert_eq!(
-        x_cache(&get(&sc.url(&format!("{path}?include=b&lang=x")), &[]).await),
+        (get(&sc.url(&format!("{path}?include=b&lang=x")), &[]).await).x_cache(),
         "MISS"
     );
     // key header changes the entry
     let de = [("accept-language", "de")];
     assert_eq!(
-        x_cache(&get(&sc.url(&format!("{path}?include=a&lang=x")), &de).await),
+        (get(&sc.url(&format!("{path}?include=a&lang=x")), &de).await).x_cache(),
         "MISS"
     );
     assert_eq!(
-        x_cache(&get(&sc.url(&format!("{path}?lang=x&include=a")), &de).await),
+        (get(&sc.url(&format!("{path}?lang=x&include=a")), &de).await).x_cache(),
         "HIT-L1"
     );
     assert_eq!(backend.stats().hits(path), 3);
@@ -193,24 +189,24 @@ async fn until_invalidated_outlives_short_ttls_respects_max_ttl_and_ends_with_th
     let (backend, sc) = setup(0).await;
     let state = sc.url("/api/concierge/sessions/s1/state");
     let first = get(&state, &[]).await;
-    assert_eq!(x_cache(&first), "MISS");
+    assert_eq!(first.x_cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        x_cache(&get(&state, &[]).await),
+        get(&state, &[]).await.x_cache(),
         "HIT-L1",
         "alive past a 1s route's TTL"
     );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(
-        x_cache(&get(&state, &[]).await),
+        get(&state, &[]).await.x_cache(),
         "MISS",
         "max_ttl (3s) bounds it"
     );
-    assert_eq!(x_cache(&get(&state, &[]).await), "HIT-L1");
+    assert_eq!(get(&state, &[]).await.x_cache(), "HIT-L1");
 
     // the session ends: invalidate_on purges this session's state, not another's
     let other = sc.url("/api/concierge/sessions/s2/state");
-    assert_eq!(x_cache(&get(&other, &[]).await), "MISS");
+    assert_eq!(get(&other, &[]).await.x_cache(), "MISS");
     let end = request(
         "POST",
         &sc.url("/api/concierge/sessions/s1/end"),
@@ -221,7 +217,7 @@ async fn until_invalidated_outlives_short_ttls_respects_max_ttl_and_ends_with_th
     assert_eq!(end.status, 200);
     let after = wait_for_x_cache(&state, "MISS").await;
     assert_ne!(after.json()["generation"], first.json()["generation"]);
-    assert_eq!(x_cache(&get(&other, &[]).await), "HIT-L1");
+    assert_eq!(get(&other, &[]).await.x_cache(), "HIT-L1");
     assert_eq!(backend.stats().hits("/api/concierge/sessions/s1/state"), 3);
 }
 
@@ -230,8 +226,8 @@ async fn wait_for_x_cache(url: &str, want: &str) -> support::http::Resp {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let r = get(url, &[]).await;
-        if x_cache(&r) == want || std::time::Instant::now() > deadline {
-            assert_eq!(x_cache(&r), want, "{url}");
+        if r.x_cache() == want || std::time::Instant::now() > deadline {
+            assert_eq!(r.x_cache(), want, "{url}");
             return r;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -242,22 +238,22 @@ async fn wait_for_x_cache(url: &str, want: &str) -> support::http::Resp {
 async fn stale_while_revalidate_serves_stale_once_then_refreshes() {
     let (backend, sc) = setup(50).await;
     let url = sc.url("/api/state-machine/diagram");
-    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
+    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let stale = get(&url, &[]).await;
-    assert_eq!(x_cache(&stale), "STALE");
+    assert_eq!(stale.x_cache(), "STALE");
     assert_eq!(stale.status, 200);
     // the background refresh lands; the next request is a fresh hit
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let r = get(&url, &[]).await;
-        if x_cache(&r) == "HIT-L1" {
+        if r.x_cache() == "HIT-L1" {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "never refreshed: {}",
-            x_cache(&r)
+            r.x_cache()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -269,12 +265,12 @@ async fn stale_if_error_serves_stale_while_the_backend_is_down() {
     let (backend, sc) = setup(0).await;
     let url = sc.url("/api/state-machine/metadata");
     let fresh = get(&url, &[]).await;
-    assert_eq!(x_cache(&fresh), "MISS");
+    assert_eq!(fresh.x_cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     backend.stop().await;
     let stale = get(&url, &[]).await;
     assert_eq!(stale.status, 200, "served stale, not an error");
-    assert_eq!(x_cache(&stale), "STALE");
+    assert_eq!(stale.x_cache(), "STALE");
     assert_eq!(stale.body, fresh.body);
     // an uncached route has nothing to fall back on
     let uncached = get(&sc.url("/api/admin/users"), &[]).await;
@@ -313,8 +309,8 @@ async fn user_specific_responses_are_never_shared() {
         let url = sc.url(&format!("/test/respond?{query}"));
         let a = get(&url, &[]).await;
         let b = get(&url, &[]).await;
-        assert_eq!(x_cache(&a), "UNCACHEABLE", "{why}");
-        assert_eq!(x_cache(&b), "UNCACHEABLE", "{why}");
+        assert_eq!(a.x_cache(), "UNCACHEABLE", "{why}");
+        assert_eq!(b.x_cache(), "UNCACHEABLE", "{why}");
         assert_ne!(
             a.json()["generation"],
             b.json()["generation"],
@@ -324,12 +320,12 @@ async fn user_specific_responses_are_never_shared() {
     // credentials bypass the cache unless the route keys on them
     let url = sc.url("/test/respond?who=1");
     let alice = get(&url, &[("authorization", "Bearer alice")]).await;
-    assert_eq!(x_cache(&alice), "BYPASS");
+    assert_eq!(alice.x_cache(), "BYPASS");
     let anon = get(&url, &[]).await;
-    assert_eq!(x_cache(&anon), "MISS");
+    assert_eq!(anon.x_cache(), "MISS");
     let bob = get(&url, &[("cookie", "sid=bob")]).await;
     assert_eq!(
-        x_cache(&bob),
+        bob.x_cache(),
         "BYPASS",
         "never the anonymous copy for a cookie holder"
     );
@@ -346,12 +342,12 @@ async fn a_route_keyed_on_authorization_caches_per_user() {
     let url = sc.url("/test/echo");
     let alice = [("authorization", "Bearer alice")];
     let bob = [("authorization", "Bearer bob")];
-    assert_eq!(x_cache(&get(&url, &alice).await), "MISS");
+    assert_eq!(get(&url, &alice).await.x_cache(), "MISS");
     let a2 = get(&url, &alice).await;
-    assert_eq!(x_cache(&a2), "HIT-L1");
+    assert_eq!(a2.x_cache(), "HIT-L1");
     assert_eq!(a2.json()["headers"]["authorization"], "Bearer alice");
     let b1 = get(&url, &bob).await;
-    assert_eq!(x_cache(&b1), "MISS");
+    assert_eq!(b1.x_cache(), "MISS");
     assert_eq!(b1.json()["headers"]["authorization"], "Bearer bob");
     assert_eq!(backend.stats().hits("/test/echo"), 2);
 }
@@ -367,20 +363,20 @@ async fn vary_is_honoured_in_override_and_origin_modes() {
         let en = [("accept-language", "en")];
         let de = [("accept-language", "de")];
         let en1 = get(&url, &en).await;
-        assert_eq!(x_cache(&en1), "MISS", "{path}");
-        assert_eq!(x_cache(&get(&url, &en).await), "HIT-L1", "{path}");
+        assert_eq!(en1.x_cache(), "MISS", "{path}");
+        assert_eq!(get(&url, &en).await.x_cache(), "HIT-L1", "{path}");
         let de1 = get(&url, &de).await;
-        assert_eq!(x_cache(&de1), "MISS", "{path}: another variant");
+        assert_eq!(de1.x_cache(), "MISS", "{path}: another variant");
         assert_ne!(de1.json()["generation"], en1.json()["generation"]);
-        assert_eq!(x_cache(&get(&url, &de).await), "HIT-L1", "{path}");
+        assert_eq!(get(&url, &de).await.x_cache(), "HIT-L1", "{path}");
         let en2 = get(&url, &en).await;
-        assert_eq!(x_cache(&en2), "HIT-L1", "{path}");
+        assert_eq!(en2.x_cache(), "HIT-L1", "{path}");
         assert_eq!(en2.json()["generation"], en1.json()["generation"]);
     }
     let star = sc.url("/test/respond?vary=*");
     get(&star, &[]).await;
     assert_eq!(
-        x_cache(&get(&star, &[]).await),
+        get(&star, &[]).await.x_cache(),
         "UNCACHEABLE",
         "Vary: * is never stored"
     );
@@ -390,15 +386,15 @@ async fn vary_is_honoured_in_override_and_origin_modes() {
 async fn origin_mode_follows_cache_control_for_unmatched_paths() {
     let (backend, sc) = setup(0).await;
     let cached = sc.url("/o/test/respond?cache-control=max-age%3D60&n=1");
-    assert_eq!(x_cache(&get(&cached, &[]).await), "MISS");
-    assert_eq!(x_cache(&get(&cached, &[]).await), "HIT-L1");
+    assert_eq!(get(&cached, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(&cached, &[]).await.x_cache(), "HIT-L1");
     let plain = sc.url("/o/test/respond?n=2");
     assert_eq!(
-        x_cache(&get(&plain, &[]).await),
+        get(&plain, &[]).await.x_cache(),
         "UNCACHEABLE",
         "no freshness, no store"
     );
-    assert_eq!(x_cache(&get(&plain, &[]).await), "UNCACHEABLE");
+    assert_eq!(get(&plain, &[]).await.x_cache(), "UNCACHEABLE");
     assert_eq!(backend.stats().hits("/test/respond"), 3);
 }
 
@@ -406,12 +402,12 @@ async fn origin_mode_follows_cache_control_for_unmatched_paths() {
 async fn a_successful_post_invalidates_the_url() {
     let (backend, sc) = setup(0).await;
     let url = sc.url("/test/echo");
-    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
-    assert_eq!(x_cache(&get(&url, &[]).await), "HIT-L1");
+    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(&url, &[]).await.x_cache(), "HIT-L1");
     let post = request("POST", &url, &[], Bytes::from_static(b"{}")).await;
     assert_eq!(post.status, 200);
     assert_eq!(
-        x_cache(&post),
+        post.x_cache(),
         "BYPASS",
         "unsafe methods never come from the cache"
     );
@@ -438,7 +434,7 @@ async fn objects_over_the_size_limit_stream_through_uncached() {
     let small = sc.url("/test/big?bytes=1000");
     get(&small, &[]).await;
     assert_eq!(
-        x_cache(&get(&small, &[]).await),
+        get(&small, &[]).await.x_cache(),
         "HIT-L1",
         "small objects are cached"
     );
@@ -456,14 +452,7 @@ async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let metrics = get(&sc.admin_url("/metrics"), &[]).await.text();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
+    let value = |name: &str| support::http::metric(&metrics, name);
     let bytes = value("sidecache_l1_bytes");
     let capacity = value("sidecache_l1_capacity_bytes");
     assert_eq!(capacity, 4.0 * 1024.0 * 1024.0);
@@ -478,16 +467,16 @@ async fn conditional_and_range_requests_are_answered_from_the_cache() {
     let (backend, sc) = setup(0).await;
     let url = sc.url("/test/respond?etag=%22v1%22&body=0123456789abcdef");
     let full = get(&url, &[]).await;
-    assert_eq!(x_cache(&full), "MISS");
+    assert_eq!(full.x_cache(), "MISS");
     let not_modified = get(&url, &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(not_modified.status, 304);
     assert!(not_modified.body.is_empty());
     let range = get(&url, &[("range", "bytes=0-9")]).await;
     assert_eq!(range.status, 206);
-    assert_eq!(x_cache(&range), "HIT-L1");
+    assert_eq!(range.x_cache(), "HIT-L1");
     assert_eq!(&range.body[..], &full.body[..10]);
     let plain = get(&url, &[]).await;
-    assert_eq!(x_cache(&plain), "HIT-L1");
+    assert_eq!(plain.x_cache(), "HIT-L1");
     assert_eq!(plain.body, full.body);
     assert_eq!(
         plain.header("content-length"),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::backend::start_backend;
-use support::http::{get, try_get, Client};
+use support::http::{get, metric, try_get, Client};
 use support::redis::RedisServer;
 use support::sidecache::{free_addr, Sidecache, SidecacheOptions};
 
@@ -58,16 +58,6 @@ cache = false
 url = "{redis_url}"
 "#
     )
-}
-
-/// Value of one exact series line in a scrape (0 when absent).
-fn value(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn requests(route: &str, class: &str, cache: &str) -> String {
@@ -124,41 +114,41 @@ async fn a_known_sequence_gives_exact_counts() {
 
     let m = get(&b.admin_url("/metrics"), &[]).await.text();
     let route = "contractor_bundle";
-    assert_eq!(value(&m, &requests(route, "2xx", "hit_l2")), 1.0);
-    assert_eq!(value(&m, &requests(route, "2xx", "hit_l1")), 1.0);
-    assert_eq!(value(&m, &requests(route, "2xx", "miss")), 1.0);
-    assert_eq!(value(&m, &requests("diagram", "2xx", "miss")), 1.0);
-    assert_eq!(value(&m, &requests("diagram", "2xx", "stale")), 1.0);
-    assert_eq!(value(&m, &requests("no_cache_here", "4xx", "bypass")), 1.0);
+    assert_eq!(metric(&m, &requests(route, "2xx", "hit_l2")), 1.0);
+    assert_eq!(metric(&m, &requests(route, "2xx", "hit_l1")), 1.0);
+    assert_eq!(metric(&m, &requests(route, "2xx", "miss")), 1.0);
+    assert_eq!(metric(&m, &requests("diagram", "2xx", "miss")), 1.0);
+    assert_eq!(metric(&m, &requests("diagram", "2xx", "stale")), 1.0);
+    assert_eq!(metric(&m, &requests("no_cache_here", "4xx", "bypass")), 1.0);
     let health = requests("health", "2xx", "local");
-    assert_eq!(value(&m, &health) - value(&before, &health), 1.0);
+    assert_eq!(metric(&m, &health) - metric(&before, &health), 1.0);
     let default_5xx: f64 = ["miss", "bypass", "uncacheable"]
         .iter()
-        .map(|c| value(&m, &requests("default", "5xx", c)))
+        .map(|c| metric(&m, &requests("default", "5xx", c)))
         .sum();
     assert_eq!(default_5xx, 1.0, "the failed request is counted once");
     assert_eq!(
-        value(
+        metric(
             &m,
             "sidecache_upstream_errors_total{kind=\"connect\",upstream=\"nowhere\"}"
         ),
         1.0
     );
-    assert_eq!(value(&m, &duration_count(route, "hit_l2")), 1.0);
-    assert_eq!(value(&m, &duration_count(route, "hit_l1")), 1.0);
-    assert_eq!(value(&m, &duration_count("diagram", "stale")), 1.0);
+    assert_eq!(metric(&m, &duration_count(route, "hit_l2")), 1.0);
+    assert_eq!(metric(&m, &duration_count(route, "hit_l1")), 1.0);
+    assert_eq!(metric(&m, &duration_count("diagram", "stale")), 1.0);
     assert_eq!(
-        value(&m, "sidecache_upstream_duration_seconds_count{route=\"contractor_bundle\",upstream=\"backend\"}"),
+        metric(&m, "sidecache_upstream_duration_seconds_count{route=\"contractor_bundle\",upstream=\"backend\"}"),
         1.0
     );
     assert!(
-        value(
+        metric(
             &m,
             "sidecache_l2_operations_total{op=\"get\",result=\"ok\"}"
         ) >= 1.0
     );
-    assert_eq!(value(&m, "sidecache_l2_up"), 1.0);
-    assert_eq!(value(&m, "sidecache_build_info{version=\"0.1.0\"}"), 1.0);
+    assert_eq!(metric(&m, "sidecache_l2_up"), 1.0);
+    assert_eq!(metric(&m, "sidecache_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(
         m.contains("process_resident_memory_bytes"),
         "process metrics exported"

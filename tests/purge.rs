@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use support::backend::start_backend;
-use support::http::{get, request, Resp};
+use support::http::{get, request};
 use support::redis::RedisServer;
 use support::sidecache::{run_cli, Sidecache, SidecacheOptions};
 
@@ -82,17 +82,13 @@ async fn start_pair(redis: &RedisServer) -> Pair {
     }
 }
 
-fn x_cache(r: &Resp) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
 /// GET `path` on `sc` until it is served from L1.
 async fn warm(sc: &Sidecache, path: &str) {
     let deadline = Instant::now() + POLL;
     loop {
         let r = get(&sc.url(path), &[]).await;
         assert_eq!(r.status, 200, "GET {path}");
-        if x_cache(&r) == "HIT-L1" {
+        if r.x_cache() == "HIT-L1" {
             return;
         }
         assert!(Instant::now() < deadline, "{path} never became HIT-L1");
@@ -112,11 +108,11 @@ async fn warm_both(p: &Pair, paths: &[&str]) {
 async fn gone_from_l1(sc: &Sidecache, path: &str, since: Instant, what: &str) -> Duration {
     loop {
         let r = get(&sc.url(path), &[]).await;
-        if x_cache(&r) != "HIT-L1" {
+        if r.x_cache() != "HIT-L1" {
             let took = since.elapsed();
             eprintln!(
                 "{what}: {path} left the other instance's L1 after {took:?} (now {})",
-                x_cache(&r)
+                r.x_cache()
             );
             return took;
         }
@@ -170,11 +166,13 @@ async fn purges_on_one_instance_reach_the_other() {
         assert_eq!(report["removed_local"], 1, "{what}: {report}");
         gone_from_l1(&p.b, path, t, what).await;
         let a_after = get(&p.a.url(path), &[]).await;
-        assert_ne!(x_cache(&a_after), "HIT-L1", "{what}: purged on A too");
+        assert_ne!(a_after.x_cache(), "HIT-L1", "{what}: purged on A too");
     }
     // unrelated entries stay in B's L1
     assert_eq!(
-        x_cache(&get(&p.b.url("/api/contractors/99/bundle"), &[]).await),
+        get(&p.b.url("/api/contractors/99/bundle"), &[])
+            .await
+            .x_cache(),
         "HIT-L1"
     );
 
@@ -224,7 +222,7 @@ async fn after_a_redis_restart_the_subscription_returns_and_l1_is_cleared() {
 
     redis.kill();
     // B keeps serving what it has from L1 while Redis is away
-    assert_eq!(x_cache(&get(&p.b.url(before), &[]).await), "HIT-L1");
+    assert_eq!(get(&p.b.url(before), &[]).await.x_cache(), "HIT-L1");
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
 
@@ -239,11 +237,11 @@ async fn after_a_redis_restart_the_subscription_returns_and_l1_is_cleared() {
     }
     let r = get(&p.b.url(before), &[]).await;
     assert_ne!(
-        x_cache(&r),
+        r.x_cache(),
         "HIT-L1",
         "an entry B held before the outage is not served from L1 after the gap"
     );
-    eprintln!("after the gap B served {before} as {}", x_cache(&r));
+    eprintln!("after the gap B served {before} as {}", r.x_cache());
 
     // and purges on A reach B again (A's breaker may need a moment: retry until broadcast)
     let path = "/api/contractors/11/bundle";

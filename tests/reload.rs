@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::backend::start_backend;
-use support::http::{get, request, try_get, Resp};
+use support::http::{get, metric, request, try_get};
 use support::sidecache::{Sidecache, SidecacheOptions};
 
 fn config(ttl: &str, watch: bool) -> String {
@@ -37,18 +37,11 @@ ttl = "{ttl}"
     )
 }
 
-fn x_cache(r: &Resp) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
 fn reloads(scrape: &str, result: &str) -> f64 {
-    let series = format!("sidecache_config_reloads_total{{result=\"{result}\"}}");
-    scrape
-        .lines()
-        .find(|l| l.starts_with(&series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric(
+        scrape,
+        &format!("sidecache_config_reloads_total{{result=\"{result}\"}}"),
+    )
 }
 
 /// Write the config with the real ports substituted (the harness substitutes on start).
@@ -81,10 +74,10 @@ async fn sighup_applies_a_new_ttl_without_dropping_an_in_flight_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = sc.url("/api/events/9/context");
-    assert_eq!(x_cache(&get(&url, &[]).await), "MISS");
+    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        x_cache(&get(&url, &[]).await),
+        get(&url, &[]).await.x_cache(),
         "MISS",
         "the new 1s TTL applies"
     );
@@ -111,7 +104,7 @@ async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
     assert_eq!(body["errors"][0]["path"], "routes[0].ttl");
     assert!(body["errors"][0]["line"].is_u64());
     assert_eq!(
-        x_cache(&get(&url, &[]).await),
+        get(&url, &[]).await.x_cache(),
         "HIT-L1",
         "old config keeps serving"
     );
@@ -145,14 +138,14 @@ async fn the_file_watcher_picks_up_an_edit() {
         Sidecache::start(SidecacheOptions::new(config("1h", true)).backend(backend.addr())).await;
     let url = sc.url("/api/events/3/context");
     get(&url, &[]).await;
-    assert_eq!(x_cache(&get(&url, &[]).await), "HIT-L1");
+    assert_eq!(get(&url, &[]).await.x_cache(), "HIT-L1");
     // disable caching for the route by editing the file: no signal, no API call
     let edited = config("1h", true).replace("ttl = \"1h\"", "cache = false");
     tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct mtime
     rewrite(&sc, &edited, backend.addr());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if x_cache(&get(&url, &[]).await) == "BYPASS" {
+        if get(&url, &[]).await.x_cache() == "BYPASS" {
             break;
         }
         assert!(

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::backend::start_backend;
-use support::http::{get, Resp};
+use support::http::{get, metric};
 use support::redis::RedisServer;
 use support::sidecache::{Sidecache, SidecacheOptions};
 
@@ -40,10 +40,6 @@ breaker_cooldown = "500ms"
     )
 }
 
-fn x_cache(r: &Resp) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
-}
-
 /// L2 writes are asynchronous: wait until Redis holds `n` entries.
 fn wait_for_l2_entries(redis: &RedisServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -53,14 +49,6 @@ fn wait_for_l2_entries(redis: &RedisServer, n: usize) {
     }
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
     let redis = RedisServer::start();
@@ -68,13 +56,13 @@ async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
     let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
     let url = "/api/contractors/1/bundle";
-    assert_eq!(x_cache(&get(&a.url(url), &[]).await), "MISS");
+    assert_eq!(get(&a.url(url), &[]).await.x_cache(), "MISS");
     wait_for_l2_entries(&redis, 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let b = Sidecache::start(opts).await;
     let from_l2 = get(&b.url(url), &[]).await;
-    assert_eq!(x_cache(&from_l2), "HIT-L2");
+    assert_eq!(from_l2.x_cache(), "HIT-L2");
     assert_eq!(
         from_l2.header("cache-status"),
         Some("sidecache; hit; detail=l2")
@@ -89,7 +77,7 @@ async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
         "age {age} counts from the original store"
     );
     assert_eq!(
-        x_cache(&get(&b.url(url), &[]).await),
+        get(&b.url(url), &[]).await.x_cache(),
         "HIT-L1",
         "promoted into B's L1"
     );
@@ -113,7 +101,9 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
     let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
     assert_eq!(
-        x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await),
+        get(&a.url("/api/contractors/1/bundle"), &[])
+            .await
+            .x_cache(),
         "MISS"
     );
     wait_for_l2_entries(&redis, 1);
@@ -124,7 +114,9 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
         assert_eq!(r.status, 200, "no client-visible error while Redis is down");
     }
     assert_eq!(
-        x_cache(&get(&a.url("/api/contractors/1/bundle"), &[]).await),
+        get(&a.url("/api/contractors/1/bundle"), &[])
+            .await
+            .x_cache(),
         "HIT-L1"
     );
     let m = get(&a.admin_url("/metrics"), &[]).await.text();
@@ -154,7 +146,7 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
     }
     let b = Sidecache::start(opts).await;
     let r = get(&b.url(&format!("/api/contractors/{}/bundle", id - 1)), &[]).await;
-    assert_eq!(x_cache(&r), "HIT-L2", "L2 hits resume");
+    assert_eq!(r.x_cache(), "HIT-L2", "L2 hits resume");
     let m = get(&a.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, "sidecache_l2_up"), 1.0);
 }
@@ -166,7 +158,7 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
     let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
     let url = "/api/contractors/5/bundle";
-    assert_eq!(x_cache(&get(&a.url(url), &[]).await), "MISS");
+    assert_eq!(get(&a.url(url), &[]).await.x_cache(), "MISS");
     wait_for_l2_entries(&redis, 1);
     let key = redis.keys("*v1:e:*").remove(0);
     redis.set_raw(&key, b"\x00garbage that is not an entry");
@@ -174,7 +166,7 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
     let b = Sidecache::start(opts).await;
     let r = get(&b.url(url), &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     let m = get(&b.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
         metric(&m, "sidecache_corrupt_entries_total{tier=\"l2\"}"),

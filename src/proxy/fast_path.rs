@@ -41,12 +41,7 @@ pub(super) async fn try_l1_hit(
     if NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h)) {
         return Ok(false);
     }
-    let key_rules = ctx
-        .route
-        .and_then(|i| ctx.snapshot.router.routes().get(i))
-        .and_then(|r| r.cache.as_ref())
-        .map(|c| &c.key);
-    let cache_key = key::cache_key(req, key_rules);
+    let cache_key = key::cache_key(req, ctx.key_rules());
     let entry = live.cache.l1().get(&cache_key.combined_bin());
     ctx.cache_key = Some(cache_key);
     let Some(entry) = entry else {

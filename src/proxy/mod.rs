@@ -78,6 +78,17 @@ pub struct RequestCtx {
     pub(crate) status: u16,
 }
 
+impl RequestCtx {
+    /// What varies this request's cache entry: its route's key rules (`None` for unmatched
+    /// requests: the whole query, no headers).
+    pub(crate) fn key_rules(&self) -> Option<&crate::config::KeyConfig> {
+        self.route
+            .and_then(|i| self.snapshot.router.routes().get(i))
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| &c.key)
+    }
+}
+
 /// Write a small JSON response and finish the request.
 pub(crate) async fn respond_json(
     session: &mut Session,

@@ -183,12 +183,7 @@ impl ProxyHttp for SidecacheProxy {
         if let Some(key) = ctx.cache_key.take() {
             return Ok(key);
         }
-        let key_rules = ctx
-            .route
-            .and_then(|i| ctx.snapshot.router.routes().get(i))
-            .and_then(|r| r.cache.as_ref())
-            .map(|c| &c.key);
-        Ok(key::cache_key(session.req_header(), key_rules))
+        Ok(key::cache_key(session.req_header(), ctx.key_rules()))
     }
 
     /// Notes which tier served a hit (for `X-Cache` and metrics). Freshness is pingora's call.
