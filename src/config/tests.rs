@@ -432,6 +432,13 @@ fn upstream_addresses_are_host_port() {
 }
 
 #[test]
+fn zero_l1_budget_disables_l1_and_keeps_the_object_bound() {
+    let c = ok(&format!("[cache.l1]\nmax_bytes = \"0\"\n{UPSTREAM}"));
+    assert_eq!(c.cache.l1.max_bytes, 0);
+    assert_eq!(c.cache.l1.max_object_bytes, 8 << 20);
+}
+
+#[test]
 fn sizes_accept_integers() {
     let c = ok(&format!(
         "[server]\nmax_request_body = 1024\n[cache.l1]\nmax_bytes = \"1GiB\"\n{UPSTREAM}"

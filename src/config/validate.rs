@@ -578,7 +578,8 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         max_bytes: max_bytes.unwrap_or(256 << 20),
         max_object_bytes: max_object_bytes.unwrap_or(8 << 20),
     };
-    if l1.max_object_bytes > l1.max_bytes {
+    // max_bytes = 0 disables L1; max_object_bytes then still bounds what L2 stores.
+    if l1.max_bytes > 0 && l1.max_object_bytes > l1.max_bytes {
         let path = l1t.key_path("max_object_bytes");
         let line = object.and_then(|e| e.line).or(l1t.line);
         doc.error(path, line, "max_object_bytes must not exceed max_bytes");
