@@ -484,3 +484,25 @@ async fn conditional_and_range_requests_are_answered_from_the_cache() {
     );
     assert_eq!(backend.stats().hits("/test/respond"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_entry_is_revalidated_with_a_304_and_refreshed() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/o/test/respond?etag=%22v7%22&cache-control=max-age%3D1");
+    let first = get(&url, &[]).await;
+    assert_eq!(first.x_cache(), "MISS");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let revalidated = get(&url, &[]).await;
+    assert_eq!(revalidated.x_cache(), "REVALIDATED");
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(
+        revalidated.body, first.body,
+        "the stored body, confirmed by a 304"
+    );
+    assert_eq!(
+        get(&url, &[]).await.x_cache(),
+        "HIT-L1",
+        "freshness was updated"
+    );
+    assert_eq!(backend.stats().hits("/test/respond"), 2);
+}

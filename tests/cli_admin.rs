@@ -244,3 +244,40 @@ async fn bench_gives_the_verdict_budgets_call_for() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
     assert!(v.is_object(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_with_one_access_line_per_request() {
+    let backend = start_backend(Duration::ZERO).await;
+    let config = MINIMAL.replace(
+        "grace_period = \"1s\"",
+        "grace_period = \"1s\"\naccess_log = true",
+    );
+    let sc = Sidecache::start(
+        SidecacheOptions::new(config)
+            .backend(backend.addr())
+            .env("SIDECACHE_LOG_FORMAT", "json"),
+    )
+    .await;
+    get(
+        &sc.url("/api/events/1/context?x=1"),
+        &[("x-request-id", "json-log-1")],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = sc.stderr_text();
+        let access: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every log line is JSON"))
+            .filter(|v| v["target"] == "sidecache::access" && v["request_id"] == "json-log-1")
+            .collect();
+        if access.len() == 1 {
+            assert_eq!(access[0]["status"], 200);
+            assert_eq!(access[0]["path"], "/api/events/1/context");
+            assert_eq!(access[0]["route"], "default");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
