@@ -1,13 +1,14 @@
 -- wrk script of the load harness (benches/load/run.sh).
 --
 -- Without ZIPF_N: every request is the URL given to wrk.
--- With ZIPF_N=N: GET /api/contractors/<id>/bundle, id in 1..N drawn from a zipf-like
+-- With ZIPF_N=N: GET /api/contractors/<id>/bundle, id in ZIPF_OFFSET + 1..N drawn from a zipf-like
 -- distribution with exponent ZIPF_S (default 1.0); the table and the per-id requests are
 -- precomputed, and every thread uses a fixed seed so every system sees the same sequence.
 -- done() prints one line "WRKJSON {...}" with counts and latency percentiles (microseconds).
 
 local zipf_n = tonumber(os.getenv("ZIPF_N") or "0")
 local zipf_s = tonumber(os.getenv("ZIPF_S") or "1.0")
+local zipf_offset = tonumber(os.getenv("ZIPF_OFFSET") or "0")
 local thread_no = 0
 local threads = {}
 
@@ -30,7 +31,7 @@ function init(args)
   end
   for i = 1, zipf_n do
     cdf[i] = cdf[i] / total
-    reqs[i] = wrk.format("GET", "/api/contractors/" .. i .. "/bundle")
+    reqs[i] = wrk.format("GET", "/api/contractors/" .. (zipf_offset + i) .. "/bundle")
   end
 end
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Load harness: sidecache vs nginx proxy_cache vs Varnish, all in one run, on loopback.
 #
-#   ./dev bench-load [--quick] [--scenarios 1,2,...]     (builds release first)
-#   benches/load/run.sh [--quick] [--scenarios 1,2,...]  (expects the release binaries)
+#   ./dev bench-load [--quick] [--scenarios 1,2,...] [--rounds N]  (builds release first)
+#   benches/load/run.sh [same options]                             (expects the release binaries)
+# Full: 3 rounds of 8 s per system and scenario (~10 min); --quick: 1 round of 3 s (~1.5 min).
 #
 # Scenarios: 1 hot L1 hit (64 conns) | 2 mixed, 10,000 ids, zipf skew (64 conns) |
 # 3 L2 hit (sidecache, L1 disabled, Redis on loopback) | 4 pass-through (uncached route, and the
@@ -15,7 +16,8 @@
 # numbers move; the ratios against nginx measured in the same run are the figures to use, and
 # CPU time per request (utime+stime of the server's processes from /proc/<pid>/stat, summed over
 # the process tree, before/after, / requests) is the headline: it does not depend on how fast
-# the client is. Peak RSS is VmHWM summed over the tree (lifetime peak up to that point).
+# the client is. Peak RSS is VmHWM summed over the tree, reset before each run through
+# /proc/<pid>/clear_refs (so: the peak during that scenario, caches filled so far included).
 # Origin hits are counted by the origin itself (GET /test/count) for every system alike, so the
 # hit ratio is 1 - origin requests / client requests.
 #
@@ -43,18 +45,21 @@ ORIGIN=$TARGET/release/examples/load_origin
 STAMPEDE=$TARGET/release/examples/load_stampede
 
 QUICK=0
+ROUNDS_ARG=
 SCENARIOS=1,2,3,4,5,6
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --rounds) ROUNDS_ARG=${2:?--rounds needs a number}; shift ;;
     --scenarios) SCENARIOS=${2:?--scenarios needs a list, e.g. 1,2}; shift ;;
     --scenarios=*) SCENARIOS=${1#*=} ;;
-    -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
 done
-if [[ $QUICK -eq 1 ]]; then DURATION=3; else DURATION=10; fi
+if [[ $QUICK -eq 1 ]]; then DURATION=3; ROUNDS=1; else DURATION=8; ROUNDS=3; fi
+ROUNDS=${ROUNDS_ARG:-$ROUNDS}
 
 log() { printf 'bench-load: %s\n' "$*" >&2; }
 
@@ -155,6 +160,10 @@ hwm_kb() { # PID...: sum of VmHWM over the trees
     total=$((total + ${v:-0}))
   done
   echo "$total"
+}
+reset_hwm() { # PID...: restart VmHWM at the current RSS, so the peak is this scenario's
+  local p
+  for p in $(tree "$@"); do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
 }
 HZ=$(getconf CLK_TCK)
 
@@ -266,6 +275,7 @@ wrk_run() {
   local o0 c0 c1 o1 s0='{}' s1='{}' out json
   [[ $system == sidecache* ]] && s0=$(sidecache_outcomes "${ADMIN[$system]}" contractor_bundle)
   o0=$(origin_count "$origin_re")
+  reset_hwm "${pids[@]}"
   c0=$(cpu_ticks "${pids[@]}")
   out=$(env "$@" "${ON_CLIENT[@]}" wrk -t"$threads" -c"$conns" -d"${DURATION}s" \
     --timeout 10s --latency -s "$HERE/load.lua" "$url" 2>&1) || true
@@ -277,7 +287,7 @@ wrk_run() {
     log "wrk failed for $scenario/$system: $(tail -3 <<<"$out")"
     json='{"requests":0,"errors":-1}'
   fi
-  record "\"scenario\":\"$scenario\",\"system\":\"$system\",\"status\":\"ok\",\"conns\":$conns,\"wrk\":$json,\"cpu_s\":$(python3 -c "print(($c1-$c0)/$HZ)"),\"rss_kb\":$(hwm_kb "${pids[@]}"),\"origin_requests\":$((o1 - o0)),\"outcomes_before\":$s0,\"outcomes_after\":$s1"
+  record "\"scenario\":\"$scenario\",\"system\":\"$system\",\"status\":\"ok\",\"round\":${round:-1},\"conns\":$conns,\"wrk\":$json,\"cpu_s\":$(python3 -c "print(($c1-$c0)/$HZ)"),\"rss_kb\":$(hwm_kb "${pids[@]}"),\"origin_requests\":$((o1 - o0)),\"outcomes_before\":$s0,\"outcomes_after\":$s1"
   log "$scenario $system: $(grep -E 'Requests/sec' <<<"$out" | tr -s ' ')"
 }
 
@@ -285,19 +295,29 @@ systems() { echo sidecache nginx varnish; }
 run_in() { [[ ,$SCENARIOS, == *,$1,* ]]; }
 
 # --- scenarios ---------------------------------------------------------------------------------
+# Each scenario runs ROUNDS times, systems interleaved inside every round; the report takes the
+# median of each figure over the rounds.
 HOT=/api/contractors/hot/bundle
 BUNDLE_RE='^/api/contractors/'
 
+warm() { installed "$1" && curl -s -o /dev/null "http://127.0.0.1:${PORT[$1]}$2" || true; }
+
 if run_in 1; then
-  for s in $(systems); do
-    installed "$s" && curl -s -o /dev/null "http://127.0.0.1:${PORT[$s]}$HOT"
-    wrk_run 1-hot-hit "$s" 64 1 "$HOT" "$BUNDLE_RE"
+  for round in $(seq "$ROUNDS"); do
+    for s in $(systems); do
+      warm "$s" "$HOT"
+      wrk_run 1-hot-hit "$s" 64 1 "$HOT" "$BUNDLE_RE"
+    done
   done
 fi
 
 if run_in 2; then
-  for s in $(systems); do
-    wrk_run 2-mixed-zipf "$s" 64 1 / "$BUNDLE_RE" ZIPF_N=10000 ZIPF_S=1.0
+  for round in $(seq "$ROUNDS"); do
+    for s in $(systems); do
+      # A fresh id range per round: every system starts each round with a cold cache.
+      wrk_run 2-mixed-zipf "$s" 64 1 / "$BUNDLE_RE" ZIPF_N=10000 ZIPF_S=1.0 \
+        ZIPF_OFFSET=$((round * 100000))
+    done
   done
 fi
 
@@ -308,40 +328,51 @@ if run_in 3; then
     for _ in $(seq 50); do [[ $(redis-cli -p "$REDIS_PORT" dbsize) -gt 0 ]] && break; sleep 0.1; done
     tier=$(curl -s -o /dev/null -D - "http://127.0.0.1:${PORT[sidecache-l2]}$L2HOT" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}')
     [[ $tier == HIT-L2 ]] || log "L2 warm-up answered X-Cache '$tier', expected HIT-L2"
-    wrk_run 3-l2-hit sidecache-l2 64 1 "$L2HOT" "$BUNDLE_RE"
-    # The same-run peer: nginx's (only) cache tier on a hot URL.
-    installed nginx && curl -s -o /dev/null "http://127.0.0.1:${PORT[nginx]}$L2HOT"
-    wrk_run 3-l2-hit nginx 64 1 "$L2HOT" "$BUNDLE_RE"
+    warm nginx "$L2HOT"
+    for round in $(seq "$ROUNDS"); do
+      # 64 connections saturate the one server CPU (p99 is then queueing); 4 connections
+      # show the latency of one L2 hit. The same-run peer: nginx's (only) cache tier.
+      for c in 64 4; do
+        wrk_run "3-l2-hit-c$c" sidecache-l2 "$c" 1 "$L2HOT" "$BUNDLE_RE"
+        wrk_run "3-l2-hit-c$c" nginx "$c" 1 "$L2HOT" "$BUNDLE_RE"
+      done
+    done
   else
-    record '"scenario":"3-l2-hit","system":"sidecache-l2","status":"redis-server not installed"'
+    record '"scenario":"3-l2-hit-c64","system":"sidecache-l2","status":"redis-server not installed"'
   fi
 fi
 
 if run_in 4; then
-  for s in $(systems) origin; do
-    wrk_run 4-pass-through "$s" 64 1 /api/events/1/context '^/api/events/'
+  for round in $(seq "$ROUNDS"); do
+    for s in $(systems) origin; do
+      wrk_run 4-pass-through "$s" 64 1 /api/events/1/context '^/api/events/'
+    done
   done
 fi
 
 if run_in 5; then
   for c in 1000 10000; do
-    for s in $(systems); do
-      installed "$s" && curl -s -o /dev/null "http://127.0.0.1:${PORT[$s]}$HOT"
-      wrk_run "5-conns-$c" "$s" "$c" 2 "$HOT" "$BUNDLE_RE"
+    for round in $(seq "$ROUNDS"); do
+      for s in $(systems); do
+        warm "$s" "$HOT"
+        wrk_run "5-conns-$c" "$s" "$c" 2 "$HOT" "$BUNDLE_RE"
+      done
     done
   done
 fi
 
 if run_in 6; then
-  for s in $(systems); do
-    if ! installed "$s"; then not_installed 6-stampede "$s"; continue; fi
-    path="/test/respond?delay_ms=150&v=$s-$RANDOM$RANDOM"
-    read -r -a pids <<<"$(pids_of "$s")"
-    o0=$(origin_count '^/test/respond$'); c0=$(cpu_ticks "${pids[@]}")
-    out=$("${ON_CLIENT[@]}" "$STAMPEDE" --addr "127.0.0.1:${PORT[$s]}" --path "$path" -n 500)
-    c1=$(cpu_ticks "${pids[@]}"); o1=$(origin_count '^/test/respond$')
-    record "\"scenario\":\"6-stampede\",\"system\":\"$s\",\"status\":\"ok\",\"conns\":500,\"stampede\":$out,\"cpu_s\":$(python3 -c "print(($c1-$c0)/$HZ)"),\"rss_kb\":$(hwm_kb "${pids[@]}"),\"origin_requests\":$((o1 - o0)),\"origin_delay_ms\":150"
-    log "6-stampede $s: $out, origin requests $((o1 - o0))"
+  for round in $(seq "$ROUNDS"); do
+    for s in $(systems); do
+      if ! installed "$s"; then not_installed 6-stampede "$s"; continue; fi
+      path="/test/respond?delay_ms=150&v=$s-$round-$RANDOM$RANDOM"
+      read -r -a pids <<<"$(pids_of "$s")"
+      o0=$(origin_count '^/test/respond$'); reset_hwm "${pids[@]}"; c0=$(cpu_ticks "${pids[@]}")
+      out=$("${ON_CLIENT[@]}" "$STAMPEDE" --addr "127.0.0.1:${PORT[$s]}" --path "$path" -n 500)
+      c1=$(cpu_ticks "${pids[@]}"); o1=$(origin_count '^/test/respond$')
+      record "\"scenario\":\"6-stampede\",\"system\":\"$s\",\"status\":\"ok\",\"round\":$round,\"conns\":500,\"stampede\":$out,\"cpu_s\":$(python3 -c "print(($c1-$c0)/$HZ)"),\"rss_kb\":$(hwm_kb "${pids[@]}"),\"origin_requests\":$((o1 - o0)),\"origin_delay_ms\":150"
+      log "6-stampede $s: $out, origin requests $((o1 - o0))"
+    done
   done
 fi
 
@@ -349,7 +380,7 @@ fi
 mkdir -p "$HERE/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 python3 "$HERE/report.py" "$RUNS" "$HERE/results/$STAMP.json" \
-  --meta "duration_s=$DURATION" "quick=$QUICK" "scenarios=$SCENARIOS" \
+  --meta "duration_s=$DURATION" "rounds=$ROUNDS" "quick=$QUICK" "scenarios=$SCENARIOS" \
   "server_cpu=$SERVER_CPU" "client_cpu=$CLIENT_CPU" "nproc=$(nproc)" \
   "cpu_model=$(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2; exit}')" \
   "kernel=$(uname -r)" "sidecache_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
