@@ -308,6 +308,9 @@ if run_in 1; then
       warm "$s" "$HOT"
       wrk_run 1-hot-hit "$s" 64 1 "$HOT" "$BUNDLE_RE"
     done
+    # The floor of a dedicated L1 fast path: sidecache answering /health from request_filter
+    # (no cache machinery, tiny body). nginx is the peer for the ratio.
+    wrk_run 1-floor-health sidecache 64 1 /health '^$'
   done
 fi
 
