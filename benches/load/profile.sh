@@ -46,17 +46,17 @@ VG=$!
 wait_http "http://127.0.0.1:$PORT/health"
 URL=http://127.0.0.1:$PORT/api/contractors/hot/bundle
 for _ in 1 2 3; do curl -s -o /dev/null "$URL"; done
-callgrind_control -i on "$VG" >/dev/null
+callgrind_control -i on "$VG" >/dev/null 2>&1
 taskset -c 1 wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/load.lua" "$URL" | tee "$WORK/wrk.out" | grep -E 'Requests/sec|WRKJSON'
-callgrind_control -i off "$VG" >/dev/null
-callgrind_control -d "$VG" >/dev/null
+callgrind_control -i off "$VG" >/dev/null 2>&1
+callgrind_control -d "$VG" >/dev/null 2>&1
 sleep 1
 REQUESTS=$(sed -n 's/^WRKJSON {"requests":\([0-9]*\).*/\1/p' "$WORK/wrk.out")
 DUMP=$(ls -S "$OUT"* | head -1) # the -d dump (the exit dump is empty: instrumentation is off)
-TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",","",$1); print $1; n=1}')
 echo "requests: $REQUESTS, instructions: $TOTAL, per request: $((TOTAL / REQUESTS))"
 echo "== inclusive (top 40)"
-callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -45
+callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 || true
 echo "== exclusive (top 30)"
-callgrind_annotate --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -35
+callgrind_annotate --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -35 || true
 echo "dump: $DUMP"
