@@ -1,0 +1,184 @@
+//! Micro-benchmarks of the per-request work on sidecache's hot (L1 hit) path, piece by piece:
+//! route match + rewrite + cache key, L1 lookup + hit rebuild through the pingora `Storage`
+//! API, the L2 value codec, and metrics recording. Whole-request costs under load are
+//! measured by `benches/load/run.sh`; these say where inside a request the time goes.
+//!
+//! `cargo bench --bench hot_path` (< 1 minute); CI only compiles it.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Method;
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::storage::Storage;
+use pingora_cache::trace::Span;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_http::{RequestHeader, ResponseHeader};
+use sidecache::cache::key;
+use sidecache::cache::status::CacheOutcome;
+use sidecache::cache::storage::codec::{self, StoredEntry};
+use sidecache::cache::storage::{EntryContext, TieredCache};
+use sidecache::config::{self, CacheConfig, L1Config};
+use sidecache::routing::{RewriteDecision, Router};
+use sidecache::telemetry::metrics::{MethodLabel, RouteMetrics};
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const PATH: &str = "/api/contractors/42/bundle";
+
+fn request() -> RequestHeader {
+    let mut req = RequestHeader::build(
+        "GET",
+        b"/api/contractors/42/bundle?include=reviews&x=1",
+        None,
+    )
+    .expect("request header");
+    req.insert_header("Host", "api.local").expect("host");
+    req.insert_header("Accept-Language", "en-GB")
+        .expect("accept-language");
+    req
+}
+
+/// A contractor bundle as the origin sends it: ~5 KB JSON, the usual response headers.
+fn meta_and_body() -> (CacheMeta, Bytes) {
+    let mut h = ResponseHeader::build(200, None).expect("response header");
+    h.append_header("Content-Type", "application/json; charset=utf-8")
+        .expect("ct");
+    h.append_header("Content-Length", "5120").expect("cl");
+    h.append_header("X-Powered-By", "Express").expect("xpb");
+    h.append_header("ETag", "W/\"1400-abcdef0123456789\"")
+        .expect("etag");
+    h.append_header("Date", "Sat, 28 Nov 2026 12:00:00 GMT")
+        .expect("date");
+    let now = SystemTime::now();
+    let mut m = CacheMeta::new(now + Duration::from_secs(300), now, 30, 600, h);
+    m.extensions_mut().insert(EntryContext {
+        url: "/api/contractors/42/bundle?include=reviews".into(),
+        route: "contractor_bundle".into(),
+        tags: vec!["contractor:42".into()],
+    });
+    (m, Bytes::from(vec![b'x'; 5120]))
+}
+
+fn routing(c: &mut Criterion) {
+    let config = config::parse(DEMO_CONFIG, None, &HashMap::<String, String>::new())
+        .expect("config/demo.toml parses");
+    let router = Router::new(&config);
+    let req = request();
+    let mut g = c.benchmark_group("routing");
+    g.bench_function("rewrite+route+cache_key", |b| {
+        b.iter(|| {
+            let path = black_box(PATH);
+            let upstream = match router.rewrite(path) {
+                RewriteDecision::Forward { upstream, .. } => upstream,
+                RewriteDecision::NotFound => usize::MAX,
+            };
+            let route = router.route(&Method::GET, path).map(|m| m.policy.index);
+            let rules = route
+                .and_then(|i| router.routes().get(i))
+                .and_then(|r| r.cache.as_ref())
+                .map(|c| &c.key);
+            let k: CacheKey = key::cache_key(black_box(&req), rules);
+            (upstream, k.combined_bin())
+        })
+    });
+    g.finish();
+}
+
+fn l1(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&CacheConfig {
+        default_mode: None,
+        lock_timeout: Duration::from_secs(5),
+        l1: L1Config {
+            max_bytes: 64 << 20,
+            max_object_bytes: 8 << 20,
+        },
+        l2: None,
+    })));
+    let k = CacheKey::new(PATH, "");
+    let (meta, body) = meta_and_body();
+    let span = Span::inactive();
+    rt.block_on(async {
+        let mut mh = cache
+            .get_miss_handler(&k, &meta, &span.handle())
+            .await
+            .expect("miss handler");
+        mh.write_body(body, true).await.expect("write");
+        mh.finish().await.expect("finish");
+    });
+    let mut g = c.benchmark_group("l1");
+    g.bench_function("lookup+read_body (hit)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (m, mut hit) = cache
+                    .lookup(black_box(&k), &span.handle())
+                    .await
+                    .expect("lookup")
+                    .expect("hit");
+                let body = hit.read_body().await.expect("read").expect("body");
+                (m.fresh_until(), body.len())
+            })
+        })
+    });
+    let missing = CacheKey::new("/api/contractors/missing/bundle", "");
+    g.bench_function("lookup (miss)", |b| {
+        b.iter(|| {
+            rt.block_on(cache.lookup(black_box(&missing), &span.handle()))
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
+fn codec_bench(c: &mut Criterion) {
+    let (meta, body) = meta_and_body();
+    let entry = StoredEntry::from_meta(&meta, EntryContext::default(), body);
+    let encoded = Bytes::from(codec::encode(&entry));
+    let mut g = c.benchmark_group("l2_codec");
+    g.bench_function("encode (5 KB)", |b| {
+        b.iter(|| codec::encode(black_box(&entry)))
+    });
+    g.bench_function("decode (5 KB)", |b| {
+        b.iter(|| codec::decode(black_box(encoded.clone())).expect("decodes"))
+    });
+    g.bench_function("to_meta (hit rebuild)", |b| {
+        b.iter(|| black_box(&entry).to_meta())
+    });
+    g.finish();
+}
+
+fn metrics_bench(c: &mut Criterion) {
+    let rm = RouteMetrics::new("bench_route", 1);
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("record_request", |b| {
+        b.iter(|| {
+            rm.record_request(
+                MethodLabel::Get,
+                black_box(200),
+                CacheOutcome::HitL1,
+                Duration::from_micros(40),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = routing, l1, codec_bench, metrics_bench
+}
+criterion_main!(benches);
