@@ -18,7 +18,11 @@ use super::forwarded::REQUEST_ID;
 use super::RequestCtx;
 use crate::cache::key;
 use crate::cache::status::CacheOutcome;
+use crate::cache::storage::codec::StoredEntry;
 use crate::live::Live;
+use pingora_http::ResponseHeader;
+
+const REQUEST_ID_HEADER: header::HeaderName = header::HeaderName::from_static(REQUEST_ID);
 
 /// Request headers that make pingora-cache's own handling necessary.
 const NEEDS_PINGORA: [header::HeaderName; 6] = [
@@ -53,26 +57,15 @@ pub(super) async fn try_l1_hit(
         return Ok(false);
     }
     let head_only = req.method == http::Method::HEAD;
-    let mut resp = Box::new(stored.header.clone());
+    let mut resp = Box::new(entry.hit_header.get_or_init(|| hit_header(stored)).clone());
     let age = now
         .duration_since(stored.epoch)
         .unwrap_or_default()
         .as_secs();
-    resp.set_version(http::Version::HTTP_11);
-    resp.insert_header(header::AGE, age)?;
+    // The shared header has neither: appending skips insert's scan of the case map.
+    resp.append_header(header::AGE, age)?;
+    resp.append_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
     let no_body = matches!(resp.status.as_u16(), 204 | 304);
-    if !no_body {
-        resp.remove_header(&header::TRANSFER_ENCODING);
-        resp.insert_header(header::CONTENT_LENGTH, stored.body.len())?;
-    }
-    let outcome = CacheOutcome::HitL1;
-    if let Some(x) = outcome.x_cache() {
-        resp.insert_header("x-cache", x)?;
-    }
-    if let Some(cs) = outcome.cache_status(false) {
-        resp.insert_header("cache-status", cs)?;
-    }
-    resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
     ctx.status = resp.status.as_u16();
     ctx.fast_hit = true;
     let body = (!head_only && !no_body && !stored.body.is_empty()).then(|| stored.body.clone());
@@ -81,4 +74,27 @@ pub(super) async fn try_l1_hit(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(true)
+}
+
+/// The header every fast hit on `stored` shares: the stored header, HTTP/1.1 framing with an
+/// exact `Content-Length`, and the `X-Cache` / `Cache-Status` of an L1 hit. Per hit only
+/// `Age` and the request id are added.
+fn hit_header(stored: &StoredEntry) -> ResponseHeader {
+    let mut resp = stored.header.clone();
+    resp.set_version(http::Version::HTTP_11);
+    resp.remove_header(&header::AGE);
+    resp.remove_header(&REQUEST_ID_HEADER);
+    // Inserting these known-good values cannot fail; a failure would only drop the header.
+    if !matches!(resp.status.as_u16(), 204 | 304) {
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        let _ = resp.insert_header(header::CONTENT_LENGTH, stored.body.len());
+    }
+    let outcome = CacheOutcome::HitL1;
+    if let Some(x) = outcome.x_cache() {
+        let _ = resp.insert_header("x-cache", x);
+    }
+    if let Some(cs) = outcome.cache_status(false) {
+        let _ = resp.insert_header("cache-status", cs);
+    }
+    resp
 }

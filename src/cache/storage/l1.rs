@@ -38,6 +38,9 @@ pub type EntryKey = [u8; 16];
 #[derive(Debug)]
 pub struct L1Entry {
     pub entry: StoredEntry,
+    /// The response header a fast-path hit sends (the stored header plus framing and cache
+    /// status headers), built once by the first such hit and cloned by the next ones.
+    pub hit_header: std::sync::OnceLock<pingora_http::ResponseHeader>,
     generation: u64,
     weight: u32,
 }
@@ -239,7 +242,8 @@ impl L1Store {
         if entry.remaining(SystemTime::now()).is_none() {
             return false;
         }
-        let Ok(weight) = u32::try_from(entry.weight_bytes()) else {
+        // The weight also covers the prebuilt hit header (about the stored header's size).
+        let Ok(weight) = u32::try_from(entry.weight_bytes() + entry.header_bytes as u64) else {
             return false;
         };
         if u64::from(weight) > inner.max_bytes {
@@ -247,6 +251,7 @@ impl L1Store {
         }
         let v = Arc::new(L1Entry {
             entry,
+            hit_header: std::sync::OnceLock::new(),
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
             weight,
         });
