@@ -84,10 +84,9 @@ impl ProxyHttp for SidecacheProxy {
     /// route, and rejects oversized bodies early. `Ok(true)` means the response was written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let method = req.method.clone();
-        let path = req.uri.path().to_owned();
-        if method == http::Method::GET || method == http::Method::HEAD {
-            if let Some(endpoint) = LocalEndpoint::from_path(&path) {
+        let path = req.uri.path();
+        if req.method == http::Method::GET || req.method == http::Method::HEAD {
+            if let Some(endpoint) = LocalEndpoint::from_path(path) {
                 ctx.local = true;
                 let answer = local::answer(endpoint, self.live).await;
                 ctx.status = answer.status;
@@ -109,7 +108,7 @@ impl ProxyHttp for SidecacheProxy {
             respond_json(session, 413, Bytes::from(body.to_string()), &ctx.request_id).await?;
             return Ok(true);
         }
-        match ctx.snapshot.router.rewrite(&path) {
+        match ctx.snapshot.router.rewrite(path) {
             RewriteDecision::Forward { upstream, path } => {
                 ctx.upstream = Some(upstream);
                 ctx.upstream_path = path;
@@ -126,7 +125,7 @@ impl ProxyHttp for SidecacheProxy {
         ctx.route = ctx
             .snapshot
             .router
-            .route(&method, &path)
+            .route(&req.method, path)
             .map(|m| m.policy.index);
         let effective = effective_policy(ctx);
         if let Err(reason) =
