@@ -44,7 +44,8 @@ taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="
 PIDS+=($!)
 VG=$!
 wait_http "http://127.0.0.1:$PORT/health"
-URL=http://127.0.0.1:$PORT/api/contractors/hot/bundle
+# PROFILE_PATH picks another path, e.g. /api/events/1/context (pass-through, never cached).
+URL=http://127.0.0.1:$PORT${PROFILE_PATH:-/api/contractors/hot/bundle}
 for _ in 1 2 3; do curl -s -o /dev/null "$URL"; done
 callgrind_control -i on "$VG" >/dev/null 2>&1
 taskset -c 1 wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/load.lua" "$URL" | tee "$WORK/wrk.out" | grep -E 'Requests/sec|WRKJSON'

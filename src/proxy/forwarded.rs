@@ -1,10 +1,15 @@
 //! Headers a proxy owes its upstream and its client: `X-Forwarded-*` and `X-Request-Id`.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The request's id: the client's `X-Request-Id` when it is sane (1..=128 visible ASCII
 /// characters), else a new random 128-bit hex id.
@@ -32,27 +37,43 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Add `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`
 /// (kept when a front proxy already set them) and `X-Request-Id` to the upstream request.
+///
+/// Absent headers are appended, not inserted: pingora's `insert_header` scans its
+/// case-preserving name map on every call, which made this the costliest sidecache step of a
+/// pass-through request (callgrind, docs/performance.md).
 pub fn add_forwarded(
     upstream: &mut RequestHeader,
     client_ip: Option<std::net::IpAddr>,
     request_id: &HeaderValue,
 ) -> pingora_error::Result<()> {
     if let Some(ip) = client_ip {
-        let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", xff)?;
-    }
-    if !upstream.headers.contains_key("x-forwarded-proto") {
-        upstream.insert_header("x-forwarded-proto", "http")?;
-    }
-    if !upstream.headers.contains_key("x-forwarded-host") {
-        if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
-            upstream.insert_header("x-forwarded-host", host)?;
+        match upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+            Some(Ok(prev)) if !prev.trim().is_empty() => {
+                let xff = format!("{prev}, {ip}");
+                upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            }
+            Some(_) => upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?,
+            None => {
+                upstream.append_header(X_FORWARDED_FOR, ip.to_string())?;
+            }
         }
     }
-    upstream.insert_header(REQUEST_ID, request_id.clone())?;
+    if !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
+        upstream.append_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+    }
+    if !upstream.headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
+            upstream.append_header(X_FORWARDED_HOST, host)?;
+        }
+    }
+    match upstream.headers.get(&X_REQUEST_ID) {
+        // the client's own id, kept: already there
+        Some(v) if v == request_id => {}
+        Some(_) => upstream.insert_header(X_REQUEST_ID, request_id.clone())?,
+        None => {
+            upstream.append_header(X_REQUEST_ID, request_id.clone())?;
+        }
+    }
     Ok(())
 }
 
@@ -67,6 +88,20 @@ mod tests {
         assert_eq!(request_id(&r), "abc-123");
         r.insert_header(REQUEST_ID, "a b").expect("hdr");
         assert_eq!(request_id(&r).len(), 32);
+    }
+
+    #[test]
+    fn adds_absent_headers_and_replaces_a_rejected_request_id() {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+        r.insert_header("host", "api.example").expect("hdr");
+        r.insert_header(REQUEST_ID, "bad id").expect("hdr");
+        let id = new_request_id();
+        add_forwarded(&mut r, Some([10, 0, 0, 9].into()), &id).expect("add");
+        assert_eq!(r.headers["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(r.headers["x-forwarded-proto"], "http");
+        assert_eq!(r.headers["x-forwarded-host"], "api.example");
+        assert_eq!(r.headers.get_all(REQUEST_ID).iter().count(), 1);
+        assert_eq!(r.headers[REQUEST_ID], id);
     }
 
     #[test]
