@@ -1,15 +1,10 @@
 //! Headers a proxy owes its upstream and its client: `X-Forwarded-*` and `X-Request-Id`.
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_http::RequestHeader;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The request's id: the client's `X-Request-Id` when it is sane (1..=128 visible ASCII
 /// characters), else a new random 128-bit hex id.
@@ -37,43 +32,27 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Add `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`
 /// (kept when a front proxy already set them) and `X-Request-Id` to the upstream request.
-///
-/// Absent headers are appended, not inserted: pingora's `insert_header` scans its
-/// case-preserving name map on every call, which made this the costliest sidecache step of a
-/// pass-through request (callgrind, docs/performance.md).
 pub fn add_forwarded(
     upstream: &mut RequestHeader,
     client_ip: Option<std::net::IpAddr>,
     request_id: &HeaderValue,
 ) -> pingora_error::Result<()> {
     if let Some(ip) = client_ip {
-        match upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => {
-                let xff = format!("{prev}, {ip}");
-                upstream.insert_header(X_FORWARDED_FOR, xff)?;
-            }
-            Some(_) => upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?,
-            None => {
-                upstream.append_header(X_FORWARDED_FOR, ip.to_string())?;
-            }
-        }
+        let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
     }
-    if !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
-        upstream.append_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+    if !upstream.headers.contains_key("x-forwarded-proto") {
+        upstream.insert_header("x-forwarded-proto", "http")?;
     }
-    if !upstream.headers.contains_key(&X_FORWARDED_HOST) {
+    if !upstream.headers.contains_key("x-forwarded-host") {
         if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
-            upstream.append_header(X_FORWARDED_HOST, host)?;
+            upstream.insert_header("x-forwarded-host", host)?;
         }
     }
-    match upstream.headers.get(&X_REQUEST_ID) {
-        // the client's own id, kept: already there
-        Some(v) if v == request_id => {}
-        Some(_) => upstream.insert_header(X_REQUEST_ID, request_id.clone())?,
-        None => {
-            upstream.append_header(X_REQUEST_ID, request_id.clone())?;
-        }
-    }
+    upstream.insert_header(REQUEST_ID, request_id.clone())?;
     Ok(())
 }
 
