@@ -183,12 +183,11 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .and_then(|e| e.bool(doc))
             .unwrap_or(false),
     };
-    if let Some(e) = t.get(doc, "admin_token") {
-        e.error(
-            doc,
-            "the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
-        );
-    }
+    t.forbid(
+        doc,
+        "admin_token",
+        "the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
+    );
     t.finish(doc);
     server
 }
