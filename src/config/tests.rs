@@ -501,7 +501,7 @@ fn warm_templates_are_checked_and_ids_file_is_relative_to_the_config() {
     assert_eq!(err.0.len(), 2, "{report}");
 
     let good = format!(
-        "{UPSTREAM}[[warm.templates]]\ntemplate = \"/c/{{id}}\"\nids_file = \"warm/ids.txt\"\nids = [\"7\"]\n"
+        "{UPSTREAM}[[warm.templates]]\ntemplate = \"/c/{{id}}/{{id}}\"\nids_file = \"warm/ids.txt\"\nids = [\"7\"]\n"
     );
     let c = parse(
         &good,
