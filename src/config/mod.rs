@@ -41,8 +41,11 @@ impl EnvSource for std::collections::HashMap<String, String> {
 /// One validation problem: the key path (`routes[2].ttl`), the line if known, the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// Key path like `routes[2].ttl`, an env variable name, or empty for whole-file problems.
     pub path: String,
+    /// 1-based line in the file, when the problem has one.
     pub line: Option<usize>,
+    /// What is wrong, quoting the bad value.
     pub message: String,
 }
 

@@ -224,6 +224,7 @@ impl<'n> Entry<'n> {
                 line: self.line,
                 table: Some(t),
                 used: Vec::new(),
+                hidden: Vec::new(),
             }),
             _ => self.wrong_type(doc, "a table"),
         }
@@ -236,6 +237,7 @@ pub(crate) struct Table<'n> {
     pub line: Option<usize>,
     table: Option<&'n dyn TableLike>,
     used: Vec<&'static str>,
+    hidden: Vec<&'static str>,
 }
 
 impl<'n> Table<'n> {
@@ -246,6 +248,7 @@ impl<'n> Table<'n> {
             line: None,
             table: Some(table),
             used: Vec::new(),
+            hidden: Vec::new(),
         }
     }
 
@@ -256,6 +259,7 @@ impl<'n> Table<'n> {
             line: None,
             table: None,
             used: Vec::new(),
+            hidden: Vec::new(),
         }
     }
 
@@ -284,6 +288,15 @@ impl<'n> Table<'n> {
         })
     }
 
+    /// Report `key` with `message` if present, without listing it among the known keys.
+    pub fn forbid(&mut self, doc: &mut Doc<'_>, key: &'static str, message: &str) {
+        self.hidden.push(key);
+        if let Some(e) = self.get(doc, key) {
+            e.error(doc, message);
+        }
+        self.used.retain(|k| *k != key);
+    }
+
     /// The sub-table at `key`, or an empty one when absent or of the wrong type.
     pub fn table(&mut self, doc: &mut Doc<'_>, key: &'static str) -> Table<'n> {
         self.get(doc, key)
@@ -304,7 +317,7 @@ impl<'n> Table<'n> {
     pub fn finish(self, doc: &mut Doc<'_>) {
         let Some(table) = self.table else { return };
         for (key, item) in table.iter() {
-            if self.used.contains(&key) {
+            if self.used.contains(&key) || self.hidden.contains(&key) {
                 continue;
             }
             let span = table

@@ -201,6 +201,11 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
         );
     }
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
+    assert!(
+        server.ends_with("expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch"),
+        "{server}"
+    );
 }
 
 #[test]
@@ -503,7 +508,7 @@ fn warm_templates_are_checked_and_ids_file_is_relative_to_the_config() {
     assert_eq!(err.0.len(), 2, "{report}");
 
     let good = format!(
-        "{UPSTREAM}[[warm.templates]]\ntemplate = \"/c/{{id}}\"\nids_file = \"warm/ids.txt\"\nids = [\"7\"]\n"
+        "{UPSTREAM}[[warm.templates]]\ntemplate = \"/c/{{id}}/{{id}}\"\nids_file = \"warm/ids.txt\"\nids = [\"7\"]\n"
     );
     let c = parse(
         &good,
@@ -672,4 +677,24 @@ fn redacted_json_hides_secrets_and_shows_everything_else() {
     assert_eq!(json["routes"][0]["cache"]["ttl"], "5m");
     assert_eq!(json["upstreams"][0]["address"], "127.0.0.1:5000");
     assert_eq!(json["cache"]["default_mode"], "origin");
+}
+
+#[test]
+fn sample_report_reads_well() {
+    let text = "[server]\nlisten = 1979-05-27\nlisten2 = 1\n[[upstreams]]\nname = \"b\"\naddress = \"h:1\"\n\
+        [[routes]]\nname = \"r\"\nmatch = \"GET /c/:id\"\nttl = 5\n";
+    let report = parse(text, None, &no_env()).unwrap_err().report();
+    assert_eq!(
+        report,
+        "server.listen (line 2): expected a string, found a datetime\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch\n\
+         routes[0].ttl (line 10): expected a string, found an integer"
+    );
+    let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();
+    assert!(
+        dup.report()
+            .starts_with("line 3: TOML syntax error: duplicate key"),
+        "{}",
+        dup.report()
+    );
 }

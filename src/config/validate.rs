@@ -183,12 +183,11 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .and_then(|e| e.bool(doc))
             .unwrap_or(false),
     };
-    if let Some(e) = t.get(doc, "admin_token") {
-        e.error(
-            doc,
-            "the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
-        );
-    }
+    t.forbid(
+        doc,
+        "admin_token",
+        "the admin token is never read from the file; set SIDECACHE_ADMIN_TOKEN instead",
+    );
     t.finish(doc);
     server
 }
@@ -662,9 +661,9 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
         let template = wt.require(doc, "template").and_then(|e| {
             e.parsed(doc, |s| {
                 let names = brace_names(s).map_err(|e| e.to_string())?;
-                if names != ["id"] {
+                if names.is_empty() || names.iter().any(|n| *n != "id") {
                     return Err(format!(
-                        "template {s:?} must use {{id}} exactly once and no other {{name}}"
+                        "template {s:?} must use {{id}} and no other {{name}}"
                     ));
                 }
                 absolute_path(s)
