@@ -112,19 +112,14 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let head = method == Method::HEAD;
-    let response = match (method.clone(), path.as_str()) {
-        (Method::GET | Method::HEAD, "/metrics") => metrics_response(),
-        (Method::GET | Method::HEAD, p) if local::LocalEndpoint::from_path(p).is_some() => {
-            let endpoint = local::LocalEndpoint::from_path(p);
-            match endpoint {
-                Some(e) => {
-                    let a = local::answer(e, live).await;
-                    json_bytes(a.status, a.body)
-                }
-                None => not_found(&path),
-            }
+    let local_endpoint = local::LocalEndpoint::from_path(&path);
+    let response = match (method.clone(), path.as_str(), local_endpoint) {
+        (Method::GET | Method::HEAD, "/metrics", _) => metrics_response(),
+        (Method::GET | Method::HEAD, _, Some(endpoint)) => {
+            let answer = local::answer(endpoint, live).await;
+            json_bytes(answer.status, answer.body)
         }
-        (_, p) if p.starts_with("/admin/") => {
+        (_, p, _) if p.starts_with("/admin/") => {
             let snapshot = live.snapshot();
             if let Some(denied) = authorize(&req, &snapshot.config) {
                 denied
