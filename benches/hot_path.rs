@@ -72,14 +72,11 @@ fn routing(c: &mut Criterion) {
         b.iter(|| {
             let path = black_box(PATH);
             let upstream = match router.rewrite(path) {
-                RewriteDecision::Forward { upstream, .. } => upstream,
+                RewriteDecision::Forward { upstream, .. } => upstream.index,
                 RewriteDecision::NotFound => usize::MAX,
             };
-            let route = router.route(&Method::GET, path).map(|m| m.policy.index);
-            let rules = route
-                .and_then(|i| router.routes().get(i))
-                .and_then(|r| r.cache.as_ref())
-                .map(|c| &c.key);
+            let route = router.route(&Method::GET, path);
+            let rules = route.and_then(|m| m.policy.cache.as_ref()).map(|c| &c.key);
             let k: CacheKey = key::cache_key(black_box(&req), rules);
             (upstream, k.combined_bin())
         })

@@ -188,10 +188,6 @@ fn start(config: Config, cli: &Cli) -> ExitCode {
     };
     match server::run(config, options) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(server::StartError::Admin(e @ crate::admin::AdminError::TokenRequired(_))) => {
-            eprintln!("sidecache: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
         Err(e) => {
             eprintln!("sidecache: {e}");
             ExitCode::FAILURE
@@ -232,14 +228,18 @@ pub fn summary(path: &Path, c: &Config) -> String {
         let _ = writeln!(
             s,
             "  {:<32} -> {}:{}",
-            r.source,
-            r.upstream,
-            r.path.as_deref().unwrap_or("(same path)")
+            r.source.source(),
+            c.upstream_name(r.upstream),
+            r.path.as_ref().map_or("(same path)", |p| p.source())
         );
     }
-    match &c.proxy.default_upstream {
+    match c.proxy.default_upstream {
         Some(u) => {
-            let _ = writeln!(s, "  (unmatched)                      -> {u}");
+            let _ = writeln!(
+                s,
+                "  (unmatched)                      -> {}",
+                c.upstream_name(u)
+            );
         }
         None => {
             let _ = writeln!(s, "  (unmatched)                      -> 404");
@@ -263,12 +263,13 @@ pub fn summary(path: &Path, c: &Config) -> String {
                 format!("{:?} {ttl}", rc.mode).to_lowercase()
             }
         };
+        let methods: Vec<&str> = r.methods.iter().map(http::Method::as_str).collect();
         let _ = writeln!(
             s,
             "  {:<20} {} {:<40} {what}",
             r.name,
-            r.methods.join(","),
-            r.pattern
+            methods.join(","),
+            r.pattern.source()
         );
     }
     let l2 = c.cache.l2.as_ref().map_or_else(

@@ -14,48 +14,24 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::cache::storage::TieredCache;
 use crate::config::{self, Config, ConfigErrors, EnvSource};
+use crate::purge::PurgeService;
 use crate::routing::Router;
-use crate::telemetry::metrics::{metrics, ReloadResult, RouteMetrics};
+use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};
 
 /// One immutable generation of the configuration, compiled for the hot path.
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// The compiled rewrites and routes, with their metric handles.
     pub router: Router,
-    /// Metric handles per route index.
-    route_metrics: Vec<RouteMetrics>,
-    default_metrics: RouteMetrics,
-    health_metrics: RouteMetrics,
 }
 
 impl Snapshot {
     /// Compile a validated config.
     pub fn new(config: Config) -> Snapshot {
-        let router = Router::new(&config);
-        let upstreams = router.upstreams().len();
-        let route_metrics = router
-            .routes()
-            .iter()
-            .map(|r| RouteMetrics::new(&r.name, upstreams))
-            .collect();
         Snapshot {
+            router: Router::new(&config),
             config: Arc::new(config),
-            router,
-            route_metrics,
-            default_metrics: RouteMetrics::new("default", upstreams),
-            health_metrics: RouteMetrics::new("health", 0),
         }
-    }
-
-    /// Metric handles for a route index (`None`: unmatched requests, label `default`).
-    pub fn route_metrics(&self, route: Option<usize>) -> &RouteMetrics {
-        route
-            .and_then(|i| self.route_metrics.get(i))
-            .unwrap_or(&self.default_metrics)
-    }
-
-    /// Metric handles for locally answered endpoints (label `health`).
-    pub fn health_metrics(&self) -> &RouteMetrics {
-        &self.health_metrics
     }
 }
 
@@ -64,6 +40,8 @@ pub struct Live {
     snapshot: ArcSwap<Snapshot>,
     /// The cache tiers (pingora needs `&'static` storage).
     pub cache: &'static TieredCache,
+    /// Purges of both tiers, and their broadcast to other instances.
+    pub purges: &'static PurgeService,
     /// Per-process request coalescing.
     pub cache_lock: &'static CacheKeyLockImpl,
     started: Instant,
@@ -90,12 +68,15 @@ impl Live {
     /// `'static`; called once per process.
     pub fn new(config: Config) -> &'static Live {
         let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&config.cache)));
+        let purges: &'static PurgeService =
+            Box::leak(Box::new(PurgeService::new(cache, &config.cache)));
         let cache_lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
         let config_path = config.source.clone();
         Box::leak(Box::new(Live {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             cache,
+            purges,
             cache_lock,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -154,8 +135,9 @@ impl Live {
         );
     }
 
-    /// Validate `new` against the running config and swap it in; on error the old config keeps
-    /// serving. Counts `sidecache_config_reloads_total{result}` and logs the outcome.
+    /// Validate `new` against the running config and swap it in; on error (including a
+    /// change to a [restart-only](config::RESTART_ONLY) setting) the old config keeps serving.
+    /// Emits `ReloadApplied` or `ReloadRejected`.
     pub fn apply(&self, new: Config) -> Result<(), ConfigErrors> {
         let current = self.snapshot();
         if let Err(errors) = config::check_reloadable(&current.config, &new) {
@@ -163,8 +145,7 @@ impl Live {
         }
         self.cache.reconfigure(&new.cache);
         self.snapshot.store(Arc::new(Snapshot::new(new)));
-        metrics().config_reload(ReloadResult::Ok);
-        tracing::info!(target: "sidecache::reload", result = "ok", "config reloaded");
+        ReloadApplied.emit();
         Ok(())
     }
 
@@ -184,13 +165,7 @@ impl Live {
     }
 
     fn reload_failed(&self, errors: ConfigErrors) -> ConfigErrors {
-        metrics().config_reload(ReloadResult::Error);
-        tracing::error!(
-            target: "sidecache::reload",
-            result = "error",
-            errors = %errors.report(),
-            "config reload rejected; the previous config keeps serving"
-        );
+        ReloadRejected { errors: &errors }.emit();
         errors
     }
 }

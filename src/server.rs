@@ -43,7 +43,6 @@ pub enum StartError {
 
 /// Run sidecache until it is told to stop. Returns after a graceful or fast shutdown.
 pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
-    admin::check_auth_rules(&config)?;
     // A normal start binds the admin port now, so a taken port fails start-up clearly. During
     // a graceful upgrade the old process keeps that port until it exits, and the new one must
     // first receive the data-plane sockets: the admin service binds it later, retrying.
@@ -188,7 +187,7 @@ struct PurgeSubscriberService {
 #[async_trait]
 impl BackgroundService for PurgeSubscriberService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.live.cache.run_purge_subscriber(shutdown).await;
+        self.live.purges.run_subscriber(shutdown).await;
     }
 }
 

@@ -16,7 +16,10 @@ fn load(name: &str) -> config::Config {
 fn check_common(c: &config::Config) {
     assert_eq!(c.upstreams[0].name, "backend");
     assert_eq!(c.upstreams[0].address, "127.0.0.1:5000");
-    assert_eq!(c.proxy.default_upstream.as_deref(), Some("backend"));
+    assert_eq!(
+        c.proxy.default_upstream.map(|u| c.upstream_name(u)),
+        Some("backend")
+    );
     let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
     for name in [
         "contractor_bundle",
@@ -60,7 +63,7 @@ fn check_common(c: &config::Config) {
     assert_eq!(
         router.rewrite("/api/contractors/1/bundle"),
         RewriteDecision::Forward {
-            upstream: 0,
+            upstream: &router.upstreams()[0],
             path: Some("/api/contractors/1/bundle".into())
         }
     );

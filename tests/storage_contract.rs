@@ -15,7 +15,8 @@ use pingora_http::ResponseHeader;
 use sidecache::cache::storage::codec::StoredEntry;
 use sidecache::cache::storage::{EntryContext, Tier, TieredCache, TieredHit};
 use sidecache::config::{CacheConfig, L1Config, L2Config, Secret};
-use sidecache::telemetry::metrics::{metrics, TierLabel};
+use sidecache::purge::{PurgeKind, PurgeReport, PurgeRequest, PurgeService, PurgeSource};
+use sidecache::telemetry::metrics::metrics;
 use support::redis::RedisServer;
 
 const MAX_OBJECT: u64 = 4096;
@@ -44,6 +45,17 @@ fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
 
 fn leak(cfg: &CacheConfig) -> &'static TieredCache {
     Box::leak(Box::new(TieredCache::new(cfg)))
+}
+
+/// The purge service of `cache` (one per cache: its instance id is in its broadcasts).
+fn purges(cache: &'static TieredCache, cfg: &CacheConfig) -> &'static PurgeService {
+    Box::leak(Box::new(PurgeService::new(cache, cfg)))
+}
+
+/// An admin purge of `kind`/`target` through `p`.
+async fn purge(p: &PurgeService, kind: PurgeKind, target: &str) -> PurgeReport {
+    p.apply(&PurgeRequest::new(kind, target, PurgeSource::Admin))
+        .await
 }
 
 fn key(path: &str) -> CacheKey {
@@ -279,12 +291,12 @@ async fn contract(s: Setup) {
             redis.set_raw(&rk, garbage);
             let before = metrics()
                 .corrupt_entries
-                .with_label_values(&[TierLabel::L2.label()])
+                .with_label_values(&[Tier::L2.label()])
                 .get();
             assert!(lookup(c, &kc).await.is_none());
             let after = metrics()
                 .corrupt_entries
-                .with_label_values(&[TierLabel::L2.label()])
+                .with_label_values(&[Tier::L2.label()])
                 .get();
             assert!(after > before, "corrupt counter must go up");
             wait_for("corrupt key deletion", || !redis.exists(&rk)).await;
@@ -372,7 +384,9 @@ async fn second_instance_sees_l2_entries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn purges_remove_from_both_tiers() {
     let redis = RedisServer::start();
-    let c = leak(&config(8 << 20, Some((&redis, "purge:"))));
+    let cfg = config(8 << 20, Some((&redis, "purge:")));
+    let c = leak(&cfg);
+    let p = purges(c, &cfg);
     let l2 = c.l2().expect("l2");
     let mut entries = Vec::new();
     for (path, variance, url, tags) in [
@@ -394,11 +408,11 @@ async fn purges_remove_from_both_tiers() {
         entries.push((k, rk));
     }
 
-    let r = c.purge_url("/p/a?x=1").await;
+    let r = purge(p, PurgeKind::Url, "/p/a?x=1").await;
     assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (2, 2, true));
-    let r = c.purge_tag("t1").await;
+    let r = purge(p, PurgeKind::Tag, "t1").await;
     assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (1, 1, true));
-    let r = c.purge_prefix("/p/").await;
+    let r = purge(p, PurgeKind::Prefix, "/p/").await;
     assert_eq!((r.l1_removed, r.l2_removed, r.l2_ok), (1, 1, true));
     for (k, rk) in &entries[..4] {
         assert!(lookup(c, k).await.is_none());
@@ -409,7 +423,7 @@ async fn purges_remove_from_both_tiers() {
     assert!(redis.exists(rk));
     // an L2-only copy (other instance wrote it, not in our L1) is purged too
     c.clear_l1();
-    let r = c.purge_prefix("/q/").await;
+    let r = purge(p, PurgeKind::Prefix, "/q/").await;
     assert_eq!((r.l1_removed, r.l2_removed), (0, 1));
     assert!(!redis.exists(rk));
     assert!(!redis.exists("purge:v1:url:/q/d"));
@@ -444,7 +458,7 @@ async fn redis_outage_opens_breaker_and_recovers() {
     }
     wait_for("breaker open", || c.l2_healthy() == Some(false)).await;
     assert!(c.l2_ping().await.is_err());
-    let r = c.purge_url("/o/1").await;
+    let r = purge(purges(c, &cfg), PurgeKind::Url, "/o/1").await;
     assert!(!r.l2_ok);
 
     redis.restart();
@@ -528,7 +542,9 @@ fn entry_key(i: u64) -> [u8; 16] {
 /// when the purge yields (no wall-clock assertion).
 #[tokio::test]
 async fn big_prefix_purge_removes_everything_and_yields() {
-    let c = leak(&config(512 << 20, None));
+    let cfg = config(512 << 20, None);
+    let c = leak(&cfg);
+    let p = purges(c, &cfg);
     let template = StoredEntry::from_meta(
         &meta(300, "/big/", &[]),
         EntryContext::default(),
@@ -558,7 +574,7 @@ async fn big_prefix_purge_removes_everything_and_yields() {
     });
     tokio::task::yield_now().await;
     let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
-    let r = c.purge_prefix("/big/").await;
+    let r = purge(p, PurgeKind::Prefix, "/big/").await;
     let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
     ticker.abort();
 
@@ -584,10 +600,11 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
     let cfg = config(8 << 20, Some((&redis, "bcast:")));
     let a = leak(&cfg);
     let b = leak(&cfg);
-    assert_ne!(a.instance_id(), b.instance_id());
+    let (pa, pb) = (purges(a, &cfg), purges(b, &cfg));
+    assert_ne!(pa.instance_id(), pb.instance_id());
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(a.run_purge_subscriber(stop.clone()));
-    tokio::spawn(b.run_purge_subscriber(stop));
+    tokio::spawn(pa.run_subscriber(stop.clone()));
+    tokio::spawn(pb.run_subscriber(stop));
 
     // handshake: wait until B's subscriber is up (a purge on A empties B's L1 copy)
     let template = StoredEntry::from_meta(
@@ -603,7 +620,7 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
     let deadline = Instant::now() + POLL;
     while b.l1().get(&entry_key(1)).is_some() {
         assert!(Instant::now() < deadline, "B never received a broadcast");
-        let r = a.purge_url("/hs").await;
+        let r = purge(pa, PurgeKind::Url, "/hs").await;
         assert!(r.l2_ok);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -624,9 +641,9 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
 
         let t = Instant::now();
         let r = match kind {
-            "url" => a.purge_url(url).await,
-            "prefix" => a.purge_prefix("/bc/").await,
-            _ => a.purge_tag(tag).await,
+            "url" => purge(pa, PurgeKind::Url, url).await,
+            "prefix" => purge(pa, PurgeKind::Prefix, "/bc/").await,
+            _ => purge(pa, PurgeKind::Tag, tag).await,
         };
         assert!(r.l2_ok && r.broadcast, "{kind}: {r:?}");
         assert_eq!((r.l1_removed, r.l2_removed), (1, 1), "{kind}");

@@ -20,35 +20,27 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ProcessEnv};
 use crate::live::Live;
 use crate::proxy::local;
+use crate::purge::{PurgeKind, PurgeRequest, PurgeSource};
 use crate::telemetry::metrics::metrics;
 
 /// Largest admin request body (purge JSON).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// Why the admin listener may not start.
+/// Why the admin listener may not start. (A public admin address without a token is a
+/// config error: validation refuses it, for `check` and `run` alike.)
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("server.admin_listen {0} is not a loopback address: set SIDECACHE_ADMIN_TOKEN so /admin/* requires a bearer token, or listen on 127.0.0.1")]
-    TokenRequired(SocketAddr),
     #[error("cannot listen on admin address {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Refuse a non-loopback admin listener without a token.
-pub fn check_auth_rules(config: &Config) -> Result<(), AdminError> {
-    let addr = config.server.admin_listen;
-    if !addr.ip().is_loopback() && config.server.admin_token.is_none() {
-        return Err(AdminError::TokenRequired(addr));
-    }
-    Ok(())
 }
 
 /// Bind the admin listener now (so a taken port fails start-up with a clear error).
@@ -185,6 +177,42 @@ fn metrics_response() -> AdminResponse {
     }
 }
 
+/// The body of `POST /admin/purge`: exactly one of `url`, `prefix` or `tag`, and who sends
+/// it (`"source": "cli"` from `sidecache purge`; `admin` when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    url: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+    #[serde(default)]
+    source: Option<BodySource>,
+}
+
+/// The sources an admin client may name.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BodySource {
+    Admin,
+    Cli,
+}
+
+impl PurgeBody {
+    /// The purge this body asks for, or `None` unless exactly one target is given.
+    fn into_request(self) -> Option<PurgeRequest> {
+        let source = match self.source {
+            Some(BodySource::Cli) => PurgeSource::Cli,
+            Some(BodySource::Admin) | None => PurgeSource::Admin,
+        };
+        match (self.url, self.prefix, self.tag) {
+            (Some(t), None, None) => Some(PurgeRequest::new(PurgeKind::Url, t, source)),
+            (None, Some(t), None) => Some(PurgeRequest::new(PurgeKind::Prefix, t, source)),
+            (None, None, Some(t)) => Some(PurgeRequest::new(PurgeKind::Tag, t, source)),
+            _ => None,
+        }
+    }
+}
+
 async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
     let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
@@ -193,7 +221,7 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_value(413, json!({"error": "body_too_large"})),
     };
-    let parsed: Value = match serde_json::from_slice(&body) {
+    let parsed: PurgeBody = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             return json_value(
@@ -202,29 +230,18 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
             )
         }
     };
-    let field = |name: &str| parsed.get(name).and_then(Value::as_str).map(str::to_owned);
-    let (kind, target, report) = if let Some(url) = field("url") {
-        ("url", url.clone(), live.cache.purge_url(&url).await)
-    } else if let Some(prefix) = field("prefix") {
-        (
-            "prefix",
-            prefix.clone(),
-            live.cache.purge_prefix(&prefix).await,
-        )
-    } else if let Some(tag) = field("tag") {
-        ("tag", tag.clone(), live.cache.purge_tag(&tag).await)
-    } else {
+    let Some(request) = parsed.into_request() else {
         return json_value(
             400,
-            json!({"error": "invalid_purge", "hint": "send {\"url\": ...}, {\"prefix\": ...} or {\"tag\": ...}"}),
+            json!({"error": "invalid_purge", "hint": "send exactly one of {\"url\": ...}, {\"prefix\": ...} or {\"tag\": ...}"}),
         );
     };
-    tracing::info!(target: "sidecache::purge", kind, target = %target, removed = report.l1_removed, "purged");
+    let report = live.purges.apply(&request).await;
     json_value(
         200,
         json!({
-            "purged": kind,
-            "target": target,
+            "purged": request.kind.label(),
+            "target": request.target,
             "removed_local": report.l1_removed,
             "removed_l2": report.l2_removed,
             "l2_ok": report.l2_ok,

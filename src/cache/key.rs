@@ -11,6 +11,7 @@ use pingora_cache::CacheKey;
 use pingora_http::RequestHeader;
 
 use crate::config::KeyConfig;
+use crate::hex::push_hex;
 
 /// Build the cache key of a request under `key` rules (`None`: unmatched route, whole query).
 pub fn cache_key(req: &RequestHeader, key: Option<&KeyConfig>) -> CacheKey {
@@ -57,7 +58,7 @@ pub fn write_primary(req: &RequestHeader, key: Option<&KeyConfig>, out: &mut Str
     if let Some(k) = key {
         for name in &k.headers {
             out.push('\n');
-            out.push_str(name);
+            out.push_str(name.as_str());
             out.push(':');
             let mut values = req.headers.get_all(name.as_str()).iter().peekable();
             if values.peek().is_none() {
@@ -65,17 +66,12 @@ pub fn write_primary(req: &RequestHeader, key: Option<&KeyConfig>, out: &mut Str
                 continue;
             }
             for v in values {
-                for b in hash_key(v.as_bytes()) {
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0xf)]));
-                }
+                push_hex(&hash_key(v.as_bytes()), out);
                 out.push(',');
             }
         }
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
@@ -126,7 +122,7 @@ mod tests {
     fn key_headers_vary_the_key_and_are_hashed() {
         let k = KeyConfig {
             query: None,
-            headers: vec!["authorization".into()],
+            headers: vec![http::header::AUTHORIZATION],
         };
         let a = primary("/a", &[("authorization", "Bearer alice")], Some(&k));
         let b = primary("/a", &[("authorization", "Bearer bob")], Some(&k));
@@ -140,7 +136,7 @@ mod tests {
     fn components_cannot_collide() {
         let k = KeyConfig {
             query: None,
-            headers: vec!["accept-language".into()],
+            headers: vec![http::header::ACCEPT_LANGUAGE],
         };
         let a = cache_key(&req("/a", &[("accept-language", "en")]), Some(&k));
         let b = cache_key(&req("/a", &[("accept-language", "de")]), Some(&k));

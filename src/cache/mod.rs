@@ -1,8 +1,7 @@
 //! Caching, in the order a request meets it: [`policy`] (may this be cached, for how long),
-//! [`key`] (what varies an entry), [`storage`] (the L1/L2 tiers behind pingora-cache),
-//! [`status`] (what the response says about it) and [`invalidation`] (purges after writes).
+//! [`key`] (what varies an entry), [`storage`] (the L1/L2 tiers behind pingora-cache) and
+//! [`status`] (what the response says about it). Purges are [`crate::purge`]'s.
 
-pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod status;

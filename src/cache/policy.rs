@@ -12,12 +12,12 @@
 use std::time::{Duration, SystemTime};
 
 use pingora_cache::cache_control::CacheControl;
-use pingora_cache::{filters, CacheMeta, CacheMetaDefaults, RespCacheable};
+use pingora_cache::{filters, CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheMode, KeyConfig, RouteCacheConfig, Ttl};
 
-/// Why a request skipped the cache.
+/// Why a request skipped the cache (the `detail` of its `Cache-Status` and access log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BypassReason {
     /// Not GET or HEAD.
@@ -26,11 +26,26 @@ pub enum BypassReason {
     RouteDisabled,
     /// No route matched and `[cache] default_mode = "off"`.
     DefaultOff,
-    /// `Authorization` or `Cookie` present and not part of the route's key.
-    Credentials,
+    /// `Authorization` present and not part of the route's key.
+    Authorization,
+    /// `Cookie` present and not part of the route's key.
+    Cookie,
 }
 
-/// Why a response was not stored.
+impl BypassReason {
+    /// Static name for `Cache-Status` and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Method => "method",
+            Self::RouteDisabled => "route-disabled",
+            Self::DefaultOff => "default-off",
+            Self::Authorization => "authorization",
+            Self::Cookie => "cookie",
+        }
+    }
+}
+
+/// Why a response was not stored (the `detail` of its `Cache-Status` and access log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoStoreReason {
     NoStore,
@@ -40,10 +55,17 @@ pub enum NoStoreReason {
     Status,
     /// Origin mode and the origin gave no explicit freshness.
     NoFreshness,
+    /// The body is larger than `cache.l1.max_object_bytes`.
+    TooLarge,
+    /// This request waited longer than `cache.lock_timeout` on another's fetch of the key
+    /// and fetched (without storing) itself.
+    LockTimeout,
+    /// The storage could not take the entry.
+    StorageError,
 }
 
 impl NoStoreReason {
-    /// Static name for logs and pingora's `NoCacheReason::Custom`.
+    /// Static name for `Cache-Status`, logs and pingora's `NoCacheReason::Custom`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NoStore => "no-store",
@@ -52,6 +74,24 @@ impl NoStoreReason {
             Self::VaryStar => "vary-star",
             Self::Status => "status",
             Self::NoFreshness => "no-freshness",
+            Self::TooLarge => "too-large",
+            Self::LockTimeout => "lock-timeout",
+            Self::StorageError => "storage-error",
+        }
+    }
+
+    /// The reason behind pingora-cache disabling the cache for a response, when it is one of
+    /// ours to tell the client.
+    pub fn from_pingora(reason: &NoCacheReason) -> Option<NoStoreReason> {
+        match reason {
+            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
+                Some(Self::TooLarge)
+            }
+            NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit => {
+                Some(Self::LockTimeout)
+            }
+            NoCacheReason::StorageError => Some(Self::StorageError),
+            _ => None,
         }
     }
 }
@@ -63,9 +103,6 @@ pub struct EffectivePolicy<'a> {
     /// `None` for unmatched requests under `default_mode = "origin"`.
     pub route: Option<&'a RouteCacheConfig>,
 }
-
-/// Statuses an unmatched (origin-mode) response may be stored with.
-const DEFAULT_STATUSES: [u16; 5] = [200, 203, 204, 301, 404];
 
 /// May this request be served from / stored into the cache?
 pub fn request_decision<'a>(
@@ -84,16 +121,19 @@ pub fn request_decision<'a>(
         });
     };
     let key = policy.route.map(|r| &r.key);
-    for credential in ["authorization", "cookie"] {
-        if req.headers.contains_key(credential) && !key_names(key, credential) {
-            return Err(BypassReason::Credentials);
+    for (credential, reason) in [
+        (http::header::AUTHORIZATION, BypassReason::Authorization),
+        (http::header::COOKIE, BypassReason::Cookie),
+    ] {
+        if req.headers.contains_key(&credential) && !key_names(key, &credential) {
+            return Err(reason);
         }
     }
     Ok(policy)
 }
 
-fn key_names(key: Option<&KeyConfig>, header: &str) -> bool {
-    key.is_some_and(|k| k.headers.iter().any(|h| h == header))
+fn key_names(key: Option<&KeyConfig>, header: &http::HeaderName) -> bool {
+    key.is_some_and(|k| k.headers.contains(header))
 }
 
 /// No heuristic freshness: origin mode stores only what the origin says is fresh.
@@ -126,7 +166,9 @@ pub fn response_decision(
     let status = resp.status.as_u16();
     let statuses = policy
         .route
-        .map_or(&DEFAULT_STATUSES[..], |r| r.statuses.as_slice());
+        .map_or(&RouteCacheConfig::DEFAULT_STATUSES[..], |r| {
+            r.statuses.as_slice()
+        });
     if !statuses.contains(&status) {
         return Err(NoStoreReason::Status);
     }
@@ -274,13 +316,13 @@ mod tests {
         let cookie = req("GET", &[("cookie", "sid=1")]);
         assert_eq!(
             request_decision(&auth, Some(over(&r)), true).err(),
-            Some(BypassReason::Credentials)
+            Some(BypassReason::Authorization)
         );
         assert_eq!(
             request_decision(&cookie, Some(over(&r)), true).err(),
-            Some(BypassReason::Credentials)
+            Some(BypassReason::Cookie)
         );
-        r.key.headers = vec!["authorization".into()];
+        r.key.headers = vec![http::header::AUTHORIZATION];
         assert!(request_decision(&auth, Some(over(&r)), true).is_ok());
         assert!(request_decision(&cookie, Some(over(&r)), true).is_err());
         let origin = EffectivePolicy {

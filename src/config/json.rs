@@ -43,18 +43,21 @@ fn route(r: &RouteConfig) -> Value {
             "max_ttl": c.max_ttl.map(duration),
             "stale_while_revalidate": duration(c.stale_while_revalidate),
             "stale_if_error": duration(c.stale_if_error),
-            "key": { "query": c.key.query, "headers": c.key.headers },
-            "tags": c.tags,
+            "key": {
+                "query": c.key.query,
+                "headers": c.key.headers.iter().map(http::HeaderName::as_str).collect::<Vec<_>>(),
+            },
+            "tags": c.tags.iter().map(|t| t.source()).collect::<Vec<_>>(),
             "statuses": c.statuses,
             "negative_ttl": duration(c.negative_ttl),
             "invalidate_on": c.invalidate_on.iter()
-                .map(|m| format!("{} {}", m.methods.join(","), m.pattern))
+                .map(MethodPattern::to_config_string)
                 .collect::<Vec<_>>(),
         })
     });
     json!({
         "name": r.name,
-        "match": format!("{} {}", r.methods.join(","), r.pattern),
+        "match": matcher_string(&r.methods, &r.pattern),
         "cache": cache,
     })
 }
@@ -75,7 +78,9 @@ impl Config {
                 "admin_token": s.admin_token.as_ref().map(|_| REDACTED),
                 "watch": s.watch,
             },
-            "proxy": { "default_upstream": self.proxy.default_upstream },
+            "proxy": {
+                "default_upstream": self.proxy.default_upstream.map(|i| self.upstream_name(i)),
+            },
             "upstreams": self.upstreams.iter().map(|u| json!({
                 "name": u.name,
                 "address": u.address,
@@ -85,9 +90,9 @@ impl Config {
                 "idle_timeout": duration(u.idle_timeout),
             })).collect::<Vec<_>>(),
             "rewrites": self.rewrites.iter().map(|r| json!({
-                "source": r.source,
-                "upstream": r.upstream,
-                "path": r.path,
+                "source": r.source.source(),
+                "upstream": self.upstream_name(r.upstream),
+                "path": r.path.as_ref().map(|p| p.source()),
                 "strip_prefix": r.strip_prefix,
                 "add_prefix": r.add_prefix,
             })).collect::<Vec<_>>(),
@@ -116,7 +121,7 @@ impl Config {
                 "max_ready_delay": duration(self.warm.max_ready_delay),
                 "urls": self.warm.urls,
                 "templates": self.warm.templates.iter().map(|t| json!({
-                    "template": t.template,
+                    "template": t.template.source(),
                     "ids": t.ids,
                     "ids_file": t.ids_file.as_ref().map(|p| p.display().to_string()),
                 })).collect::<Vec<_>>(),

@@ -120,6 +120,7 @@ pub fn parse(
             );
         }
     }
+    validate::after_env(&config, &mut doc);
     let mut errors = doc.errors;
     if errors.is_empty() {
         return Ok(config);
@@ -128,31 +129,86 @@ pub fn parse(
     Err(ConfigErrors(errors))
 }
 
-/// Whether a running process can switch from `old` to `new` without a restart: listeners and
-/// thread count are fixed at start-up.
+/// A setting a running process cannot change: a reload that changes one is refused (with a
+/// message naming it) and the running config keeps serving.
+pub struct RestartOnly {
+    /// Key path, as in error messages (`cache.l2.url`).
+    pub path: &'static str,
+    /// What it is, for the message ("the Redis URL").
+    pub what: &'static str,
+    changed: fn(&Config, &Config) -> bool,
+}
+
+fn l2_field_changed<T: PartialEq>(old: &Config, new: &Config, field: fn(&L2Config) -> &T) -> bool {
+    match (&old.cache.l2, &new.cache.l2) {
+        (Some(o), Some(n)) => field(o) != field(n),
+        _ => false,
+    }
+}
+
+/// Every restart-only setting, and why: listeners, the thread count and the grace period are
+/// fixed when pingora's server starts; the cache lock's age limit when the lock is built; the
+/// Redis connection, key prefix and purge channel when the tiers and the subscriber start.
+pub const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        path: "server.listen",
+        what: "the listen address",
+        changed: |o, n| o.server.listen != n.server.listen,
+    },
+    RestartOnly {
+        path: "server.admin_listen",
+        what: "the admin listen address",
+        changed: |o, n| o.server.admin_listen != n.server.admin_listen,
+    },
+    RestartOnly {
+        path: "server.threads",
+        what: "the number of threads",
+        changed: |o, n| o.server.threads != n.server.threads,
+    },
+    RestartOnly {
+        path: "server.grace_period",
+        what: "the shutdown grace period",
+        changed: |o, n| o.server.grace_period != n.server.grace_period,
+    },
+    RestartOnly {
+        path: "cache.lock_timeout",
+        what: "the cache lock timeout",
+        changed: |o, n| o.cache.lock_timeout != n.cache.lock_timeout,
+    },
+    RestartOnly {
+        path: "cache.l2",
+        what: "adding or removing the Redis tier",
+        changed: |o, n| o.cache.l2.is_some() != n.cache.l2.is_some(),
+    },
+    RestartOnly {
+        path: "cache.l2.url",
+        what: "the Redis URL",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.url),
+    },
+    RestartOnly {
+        path: "cache.l2.prefix",
+        what: "the Redis key prefix",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.prefix),
+    },
+    RestartOnly {
+        path: "cache.l2.channel",
+        what: "the purge channel",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.channel),
+    },
+];
+
+/// Whether a running process can switch from `old` to `new` without a restart: an error per
+/// [`RESTART_ONLY`] setting that differs, with its line in the new file.
 pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
-    let (o, n) = (&old.server, &new.server);
-    let mut errors = Vec::new();
-    let mut check = |changed: bool, path: &str, what: &str| {
-        if changed {
-            errors.push(ConfigError {
-                path: path.to_string(),
-                line: None,
-                message: format!("changing {what} needs a restart"),
-            });
-        }
-    };
-    check(o.listen != n.listen, "server.listen", "the listen address");
-    check(
-        o.admin_listen != n.admin_listen,
-        "server.admin_listen",
-        "the admin listen address",
-    );
-    check(
-        o.threads != n.threads,
-        "server.threads",
-        "the number of threads",
-    );
+    let errors: Vec<ConfigError> = RESTART_ONLY
+        .iter()
+        .filter(|r| (r.changed)(old, new))
+        .map(|r| ConfigError {
+            path: r.path.to_string(),
+            line: new.lines.get(r.path),
+            message: format!("changing {} needs a restart", r.what),
+        })
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {

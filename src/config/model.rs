@@ -1,12 +1,17 @@
 //! The typed, validated configuration: what every other module reads.
 //!
 //! A [`Config`] only exists after [`crate::config::load`] parsed and validated a file, so the
-//! values here are already checked (upstream names resolve, patterns parse, durations are
-//! positive where they must be). Nothing here knows about pingora.
+//! values here are already checked and compiled: upstream references are indices, patterns,
+//! templates, methods and header names are parsed, durations are positive where they must be.
+//! Building the router from a `Config` cannot fail. Nothing here knows about pingora.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::pattern::{Pattern, Template};
 
 /// The whole validated configuration of one sidecache process.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +25,36 @@ pub struct Config {
     pub warm: WarmConfig,
     /// The file this config came from, if any (used by reload and the file watcher).
     pub source: Option<PathBuf>,
+    /// Where each key was read from, for messages about values that are only compared after
+    /// validation (a reload's restart-only fields).
+    pub lines: KeyLines,
+}
+
+/// The line each key path of a config file was read from (`cache.l2.url` -> 42).
+///
+/// Like the spans of a parsed syntax tree, lines are not part of what a config means: two
+/// `KeyLines` always compare equal, so configs read from differently laid-out files do too.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLines(pub(crate) std::collections::BTreeMap<String, usize>);
+
+impl KeyLines {
+    /// The line `path` was read from, if it was in the file.
+    pub fn get(&self, path: &str) -> Option<usize> {
+        self.0.get(path).copied()
+    }
+}
+
+impl PartialEq for KeyLines {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Config {
+    /// The name of upstream `index` (an index validation produced, so always present).
+    pub fn upstream_name(&self, index: usize) -> &str {
+        self.upstreams.get(index).map_or("", |u| u.name.as_str())
+    }
 }
 
 /// `[server]`: listeners and process-level settings. Changing these needs a restart.
@@ -46,8 +81,9 @@ pub struct ServerConfig {
 /// `[proxy]`: what happens to requests that no rewrite matches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
-    /// Upstream for unmatched requests (path unchanged). `None`: unmatched requests get a 404 JSON.
-    pub default_upstream: Option<String>,
+    /// Upstream (index into [`Config::upstreams`]) for unmatched requests, path unchanged.
+    /// `None`: unmatched requests get a 404 JSON.
+    pub default_upstream: Option<usize>,
 }
 
 /// `[[upstreams]]`: one named origin.
@@ -70,12 +106,13 @@ pub struct UpstreamConfig {
 /// `[[rewrites]]`: Next.js-style `source` -> `destination` rule. Ordered; first match wins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewriteConfig {
-    /// Path pattern, e.g. `/api/:path*` (already checked to parse).
-    pub source: String,
-    /// Upstream name (checked to exist).
-    pub upstream: String,
-    /// Destination path template, e.g. `/api/:path*`; `None` keeps the path as it is.
-    pub path: Option<String>,
+    /// Path pattern, e.g. `/api/:path*`.
+    pub source: Pattern,
+    /// The upstream (index into [`Config::upstreams`]).
+    pub upstream: usize,
+    /// Destination path template, e.g. `/api/:path*` (uses only the source's params); `None`
+    /// keeps the path as it is.
+    pub path: Option<Pattern>,
     /// Remove this literal prefix from the path before forwarding (after templating).
     pub strip_prefix: Option<String>,
     /// Prepend this literal prefix to the path before forwarding (after stripping).
@@ -87,11 +124,11 @@ pub struct RewriteConfig {
 pub struct RouteConfig {
     /// Metric label and log name. Unique; `[a-z0-9_]+`; not `default` or `health`.
     pub name: String,
-    /// Methods this route matches (upper-case). A route listing GET also matches HEAD.
-    pub methods: Vec<String>,
+    /// Methods this route matches. A route listing GET also matches HEAD.
+    pub methods: Vec<Method>,
     /// Path pattern (same syntax as rewrite sources), matched against the request's path as the
     /// client sent it (before rewriting).
-    pub pattern: String,
+    pub pattern: Pattern,
     /// `None` for `cache = false`: matching requests bypass the cache.
     pub cache: Option<RouteCacheConfig>,
 }
@@ -112,22 +149,41 @@ pub struct RouteCacheConfig {
     pub stale_if_error: Duration,
     /// What varies an entry besides the path.
     pub key: KeyConfig,
-    /// Tag templates like `contractor:{id}`, filled from the path's named params.
-    pub tags: Vec<String>,
+    /// Tag templates like `contractor:{id}`, filled from the path's named params (every name
+    /// is one the route's pattern captures).
+    pub tags: Vec<Template>,
     /// Statuses that may be stored. Default `[200, 203, 204, 301, 404]`.
     pub statuses: Vec<u16>,
     /// TTL for 404 in override mode. Default `30s` (capped by `ttl`).
     pub negative_ttl: Duration,
     /// Writes that purge this route's entries with the same params,
-    /// e.g. `POST /api/concierge/sessions/:id/end` (already checked to parse).
+    /// e.g. `POST /api/concierge/sessions/:id/end`.
     pub invalidate_on: Vec<MethodPattern>,
 }
 
-/// A `"GET,HEAD /path/:id"` style matcher, already split and checked.
+impl RouteCacheConfig {
+    /// Statuses stored when a route lists none, and for unmatched (origin-mode) requests.
+    pub const DEFAULT_STATUSES: [u16; 5] = [200, 203, 204, 301, 404];
+}
+
+/// A `"GET,HEAD /path/:id"` style matcher, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MethodPattern {
-    pub methods: Vec<String>,
-    pub pattern: String,
+    pub methods: Vec<Method>,
+    pub pattern: Pattern,
+}
+
+impl MethodPattern {
+    /// The matcher as it is written in the config (`"GET,HEAD /path/:id"`).
+    pub fn to_config_string(&self) -> String {
+        matcher_string(&self.methods, &self.pattern)
+    }
+}
+
+/// Methods and a pattern as a config writes them: `"GET,HEAD /path/:id"`.
+pub fn matcher_string(methods: &[Method], pattern: &Pattern) -> String {
+    let methods: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    format!("{} {pattern}", methods.join(","))
 }
 
 /// How a route decides freshness.
@@ -152,9 +208,9 @@ pub enum Ttl {
 pub struct KeyConfig {
     /// `None`: the whole query string is part of the key. `Some(list)`: only these params, sorted.
     pub query: Option<Vec<String>>,
-    /// Request headers (lower-case) whose values are part of the key. Naming `authorization`
-    /// or `cookie` here is what allows caching requests that carry them (values hashed).
-    pub headers: Vec<String>,
+    /// Request headers whose values are part of the key. Naming `authorization` or `cookie`
+    /// here is what allows caching requests that carry them (values hashed).
+    pub headers: Vec<HeaderName>,
 }
 
 /// `[cache]`.
@@ -217,7 +273,8 @@ pub struct WarmConfig {
 /// `[[warm.templates]]`: `template = "/api/contractors/{id}/bundle"` x ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarmTemplate {
-    pub template: String,
+    /// A path with `{id}` (and no other name), e.g. `/api/contractors/{id}/bundle`.
+    pub template: Template,
     pub ids: Vec<String>,
     /// One id per line, `#` comments; resolved relative to the config file.
     pub ids_file: Option<PathBuf>,

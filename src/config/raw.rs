@@ -6,16 +6,19 @@
 //! are found by [`Table::finish`], which knows which keys the caller asked for.
 
 use super::units::{parse_duration, parse_size};
-use super::ConfigError;
+use super::{ConfigError, KeyLines};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::ops::Range;
 use std::time::Duration;
 use toml_edit::{ArrayOfTables, Item, TableLike, Value};
 
-/// The source text and the problems found so far.
+/// The source text, the problems found so far, and the line of every key read.
 pub(crate) struct Doc<'t> {
     text: &'t str,
     pub errors: Vec<ConfigError>,
+    lines: RefCell<BTreeMap<String, usize>>,
 }
 
 impl<'t> Doc<'t> {
@@ -23,7 +26,13 @@ impl<'t> Doc<'t> {
         Self {
             text,
             errors: Vec::new(),
+            lines: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// The line of every key path read so far.
+    pub fn take_lines(&self) -> KeyLines {
+        KeyLines(self.lines.take())
     }
 
     /// 1-based line of a byte offset span.
@@ -281,11 +290,12 @@ impl<'n> Table<'n> {
             Node::Table(_) | Node::Tables(_) => item.span(),
             _ => None,
         });
-        Some(Entry {
-            path: self.key_path(key),
-            line: doc.line(span),
-            node,
-        })
+        let path = self.key_path(key);
+        let line = doc.line(span);
+        if let Some(line) = line {
+            doc.lines.borrow_mut().insert(path.clone(), line);
+        }
+        Some(Entry { path, line, node })
     }
 
     /// Report `key` with `message` if present, without listing it among the known keys.

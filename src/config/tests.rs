@@ -144,8 +144,8 @@ invalidate_on = ["post,PUT /c/:id/end"]
     assert_eq!(
         cache.invalidate_on,
         [MethodPattern {
-            methods: vec!["POST".into(), "PUT".into()],
-            pattern: "/c/:id/end".into()
+            methods: vec![http::Method::POST, http::Method::PUT],
+            pattern: crate::pattern::Pattern::parse("/c/:id/end").unwrap()
         }]
     );
 }
@@ -158,13 +158,16 @@ fn rewrites_and_default_upstream_are_parsed() {
          strip_prefix = \"/api\"\nadd_prefix = \"/v1\"\n\
          [[rewrites]]\nsource = \"/x\"\ndestination = \"backend\"\n"
     ));
-    assert_eq!(c.proxy.default_upstream.as_deref(), Some("backend"));
+    assert_eq!(
+        c.proxy.default_upstream.map(|u| c.upstream_name(u)),
+        Some("backend")
+    );
     assert_eq!(
         c.rewrites[0],
         RewriteConfig {
-            source: "/api/:path*".into(),
-            upstream: "backend".into(),
-            path: Some("/v2/:path*".into()),
+            source: crate::pattern::Pattern::parse("/api/:path*").unwrap(),
+            upstream: 0,
+            path: Some(crate::pattern::Pattern::parse("/v2/:path*").unwrap()),
             strip_prefix: Some("/api".into()),
             add_prefix: Some("/v1".into()),
         }
@@ -626,7 +629,7 @@ fn reload_rejects_listener_and_thread_changes() {
     let old = ok(UPSTREAM);
     let mut new = old.clone();
     new.routes.clear();
-    new.server.grace_period = Duration::from_secs(1);
+    new.server.access_log = !new.server.access_log;
     assert_eq!(check_reloadable(&old, &new), Ok(()));
     new.server.listen = "127.0.0.1:1".parse().unwrap();
     new.server.admin_listen = "127.0.0.1:2".parse().unwrap();

@@ -4,13 +4,20 @@
 
 use super::raw::{Doc, Table};
 use super::*;
-use crate::routing::pattern::{brace_names, Pattern};
+use crate::pattern::{Pattern, Template};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-const DEFAULT_STATUSES: [u16; 5] = [200, 203, 204, 301, 404];
+const METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
 /// Keys of a route that configure caching (forbidden with `cache = false`).
 const ROUTE_CACHE_KEYS: [&str; 10] = [
     "mode",
@@ -62,35 +69,33 @@ pub(crate) fn check_redis_url(s: &str) -> Result<(), String> {
     }
 }
 
-/// `"GET,POST /path/:id"` -> methods (upper-case, deduplicated) and the compiled pattern.
-pub(crate) fn parse_method_pattern(s: &str) -> Result<(MethodPattern, Pattern), String> {
+/// `"GET,POST /path/:id"` -> methods (case-insensitive, deduplicated) and the compiled pattern.
+pub(crate) fn parse_method_pattern(s: &str) -> Result<MethodPattern, String> {
     let mut parts = s.split_whitespace();
     let (Some(methods), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!(
             "invalid match {s:?}: expected \"METHOD[,METHOD...] /pattern\", e.g. \"GET /api/items/:id\""
         ));
     };
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<http::Method> = Vec::new();
     for m in methods.split(',') {
         let upper = m.trim().to_ascii_uppercase();
-        if !METHODS.contains(&upper.as_str()) {
+        let Some(method) = METHODS.iter().find(|known| known.as_str() == upper) else {
+            let known: Vec<&str> = METHODS.iter().map(http::Method::as_str).collect();
             return Err(format!(
                 "unknown method {m:?} in {s:?}: expected one of {}",
-                METHODS.join(", ")
+                known.join(", ")
             ));
-        }
-        if !out.contains(&upper) {
-            out.push(upper);
+        };
+        if !out.contains(method) {
+            out.push(method.clone());
         }
     }
-    let pattern = Pattern::parse(path).map_err(|e| format!("invalid pattern {path:?}: {e}"))?;
-    Ok((
-        MethodPattern {
-            methods: out,
-            pattern: path.to_string(),
-        },
+    let pattern = parse_pattern(path)?;
+    Ok(MethodPattern {
+        methods: out,
         pattern,
-    ))
+    })
 }
 
 fn parse_pattern(s: &str) -> Result<Pattern, String> {
@@ -147,8 +152,26 @@ pub(crate) fn build(
         cache,
         warm,
         source: source.map(Path::to_path_buf),
+        lines: doc.take_lines(),
     };
     (config, pending)
+}
+
+/// The checks that need the environment applied first. Everything `run` refuses at start is
+/// checked here, so `sidecache check` and `sidecache run` always agree.
+pub(crate) fn after_env(config: &Config, doc: &mut Doc<'_>) {
+    let admin = config.server.admin_listen;
+    if !admin.ip().is_loopback() && config.server.admin_token.is_none() {
+        let line = config.lines.get("server.admin_listen");
+        doc.error(
+            "server.admin_listen",
+            line,
+            format!(
+                "{admin} is not a loopback address: set SIDECACHE_ADMIN_TOKEN so /admin/* \
+                 requires a bearer token, or listen on 127.0.0.1"
+            ),
+        );
+    }
 }
 
 fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
@@ -194,24 +217,21 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
 
 fn proxy(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> ProxyConfig {
     let mut t = root.table(doc, "proxy");
-    let default_upstream = t.get(doc, "default_upstream").and_then(|e| {
-        e.parsed(doc, |s| {
-            known_upstream(s, upstreams).map(|()| s.to_string())
-        })
-    });
+    let default_upstream = t
+        .get(doc, "default_upstream")
+        .and_then(|e| e.parsed(doc, |s| known_upstream(s, upstreams)));
     t.finish(doc);
     ProxyConfig { default_upstream }
 }
 
-fn known_upstream(name: &str, upstreams: &[&str]) -> Result<(), String> {
-    if upstreams.contains(&name) {
-        Ok(())
-    } else {
-        Err(format!(
+/// The index of upstream `name`, or an error listing the defined ones.
+fn known_upstream(name: &str, upstreams: &[&str]) -> Result<usize, String> {
+    upstreams.iter().position(|u| *u == name).ok_or_else(|| {
+        format!(
             "unknown upstream {name:?}; defined upstreams: {}",
             upstreams.join(", ")
-        ))
-    }
+        )
+    })
 }
 
 /// The array of tables at `key` (empty when absent).
@@ -279,12 +299,15 @@ fn rewrites(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> Vec<
                 Some((u, p)) => (u, Some(p)),
                 None => (dest, None),
             };
-            if let Err(msg) = known_upstream(upstream, upstreams) {
-                e.error(doc, msg);
-                return None;
-            }
+            let upstream = match known_upstream(upstream, upstreams) {
+                Ok(i) => i,
+                Err(msg) => {
+                    e.error(doc, msg);
+                    return None;
+                }
+            };
             let Some(path) = path else {
-                return Some((upstream.to_string(), None));
+                return Some((upstream, None));
             };
             let template = match parse_pattern(path) {
                 Ok(t) => t,
@@ -317,7 +340,7 @@ fn rewrites(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> Vec<
                     return None;
                 }
             }
-            Some((upstream.to_string(), Some(path.to_string())))
+            Some((upstream, Some(template)))
         });
         let strip_prefix = t
             .get(doc, "strip_prefix")
@@ -328,7 +351,7 @@ fn rewrites(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> Vec<
         t.finish(doc);
         if let (Some(p), Some((upstream, path))) = (pattern, destination) {
             out.push(RewriteConfig {
-                source: p.source().to_string(),
+                source: p,
                 upstream,
                 path,
                 strip_prefix,
@@ -376,7 +399,11 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
             .and_then(|e| e.bool(doc))
             .unwrap_or(true);
         let cache = if cache_enabled {
-            Some(route_cache(doc, &mut t, matcher.as_ref().map(|m| &m.1)))
+            Some(route_cache(
+                doc,
+                &mut t,
+                matcher.as_ref().map(|m| &m.pattern),
+            ))
         } else {
             for key in ROUTE_CACHE_KEYS {
                 if let Some(e) = t.get(doc, key) {
@@ -386,7 +413,7 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
             None
         };
         t.finish(doc);
-        if let (Some(name), Some((mp, _))) = (name, matcher) {
+        if let (Some(name), Some(mp)) = (name, matcher) {
             out.push(RouteConfig {
                 name,
                 methods: mp.methods,
@@ -467,18 +494,18 @@ fn route_cache(
         .and_then(|e| e.strings(doc))
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(tag, e)| match brace_names(&tag) {
+        .filter_map(|(tag, e)| match Template::parse(&tag) {
             Err(err) => {
                 e.error(doc, err);
                 None
             }
-            Ok(used) => {
-                let missing: Vec<&str> = used
-                    .into_iter()
+            Ok(template) => {
+                let missing: Vec<&str> = template
+                    .names()
                     .filter(|n| pattern.is_some() && !params.contains(n))
                     .collect();
                 if missing.is_empty() {
-                    Some(tag)
+                    Some(template)
                 } else {
                     e.error(
                         doc,
@@ -497,14 +524,14 @@ fn route_cache(
             .iter()
             .filter_map(|e| e.int_in::<u16>(doc, 100, 599))
             .collect(),
-        None => DEFAULT_STATUSES.to_vec(),
+        None => RouteCacheConfig::DEFAULT_STATUSES.to_vec(),
     };
     let invalidate_on = t
         .get(doc, "invalidate_on")
         .and_then(|e| e.strings(doc))
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(s, e)| e.parsed(doc, |_| parse_method_pattern(&s)).map(|m| m.0))
+        .filter_map(|(s, e)| e.parsed(doc, |_| parse_method_pattern(&s)))
         .collect();
     RouteCacheConfig {
         mode,
@@ -541,7 +568,6 @@ fn key_config(doc: &mut Doc<'_>, route: &mut Table<'_>) -> KeyConfig {
         .filter_map(|(h, e)| {
             e.parsed(doc, |_| {
                 http::HeaderName::from_bytes(h.as_bytes())
-                    .map(|n| n.as_str().to_string())
                     .map_err(|_| format!("invalid header name {h:?}"))
             })
         })
@@ -660,13 +686,14 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
     for mut wt in tables(doc, &mut t, "templates") {
         let template = wt.require(doc, "template").and_then(|e| {
             e.parsed(doc, |s| {
-                let names = brace_names(s).map_err(|e| e.to_string())?;
-                if names.is_empty() || names.iter().any(|n| *n != "id") {
+                let template = Template::parse(s).map_err(|e| e.to_string())?;
+                if template.names().next().is_none() || template.names().any(|n| n != "id") {
                     return Err(format!(
                         "template {s:?} must use {{id}} and no other {{name}}"
                     ));
                 }
-                absolute_path(s)
+                absolute_path(s)?;
+                Ok(template)
             })
         });
         let ids: Vec<String> = wt

@@ -10,17 +10,15 @@
 use std::time::SystemTime;
 
 use http::header;
-use pingora_cache::key::CacheHashKey;
 use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::forwarded::REQUEST_ID;
 use super::RequestCtx;
-use crate::cache::key;
 use crate::cache::status::CacheOutcome;
 use crate::cache::storage::codec::StoredEntry;
-use crate::live::Live;
-use pingora_http::ResponseHeader;
+use crate::cache::storage::L1Entry;
 
 const REQUEST_ID_HEADER: header::HeaderName = header::HeaderName::from_static(REQUEST_ID);
 
@@ -34,31 +32,25 @@ const NEEDS_PINGORA: [header::HeaderName; 6] = [
     header::IF_RANGE,
 ];
 
-/// Answer a fresh L1 hit. `Ok(true)`: the response was written. `Ok(false)`: go on through
-/// the normal pipeline (the computed cache key is kept in `ctx` for `cache_key_callback`).
-pub(super) async fn try_l1_hit(
+/// Whether the fast path can answer `req` from `entry`: the request is neither conditional
+/// nor ranged, and the entry is fresh and stored without a Vary variant.
+pub(super) fn can_answer(req: &RequestHeader, entry: &L1Entry) -> bool {
+    let stored = &entry.entry;
+    !NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h))
+        && stored.variance.is_none()
+        && SystemTime::now() < stored.fresh_until
+}
+
+/// Answer the request from `entry` (which [`can_answer`] accepted).
+pub(super) async fn answer(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    live: &'static Live,
-) -> Result<bool> {
-    let req = session.req_header();
-    if NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h)) {
-        return Ok(false);
-    }
-    let cache_key = key::cache_key(req, ctx.key_rules());
-    let entry = live.cache.l1().get(&cache_key.combined_bin());
-    ctx.cache_key = Some(cache_key);
-    let Some(entry) = entry else {
-        return Ok(false);
-    };
+    entry: &L1Entry,
+) -> Result<()> {
     let stored = &entry.entry;
-    let now = SystemTime::now();
-    if stored.variance.is_some() || now >= stored.fresh_until {
-        return Ok(false);
-    }
-    let head_only = req.method == http::Method::HEAD;
+    let head_only = session.req_header().method == http::Method::HEAD;
     let mut resp = Box::new(entry.hit_header.get_or_init(|| hit_header(stored)).clone());
-    let age = now
+    let age = SystemTime::now()
         .duration_since(stored.epoch)
         .unwrap_or_default()
         .as_secs();
@@ -66,14 +58,14 @@ pub(super) async fn try_l1_hit(
     resp.append_header(header::AGE, age)?;
     resp.append_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
     let no_body = matches!(resp.status.as_u16(), 204 | 304);
-    ctx.status = resp.status.as_u16();
-    ctx.fast_hit = true;
+    ctx.progress.status = resp.status.as_u16();
+    ctx.progress.fast_hit = true;
     let body = (!head_only && !no_body && !stored.body.is_empty()).then(|| stored.body.clone());
     session.write_response_header(resp, body.is_none()).await?;
     if let Some(body) = body {
         session.write_response_body(Some(body), true).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The header every fast hit on `stored` shares: the stored header, HTTP/1.1 framing with an
@@ -93,7 +85,7 @@ fn hit_header(stored: &StoredEntry) -> ResponseHeader {
     if let Some(x) = outcome.x_cache() {
         let _ = resp.insert_header("x-cache", x);
     }
-    if let Some(cs) = outcome.cache_status(false) {
+    if let Some(cs) = outcome.cache_status(false, None) {
         let _ = resp.insert_header("cache-status", cs);
     }
     resp

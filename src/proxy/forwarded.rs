@@ -20,14 +20,9 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
 
 /// A fresh random id (32 hex characters).
 pub fn new_request_id() -> HeaderValue {
-    let mut buf = [0u8; 32];
-    let n = fastrand::u128(..);
-    for (i, slot) in buf.iter_mut().enumerate() {
-        let nibble = ((n >> (4 * (31 - i))) & 0xf) as usize;
-        *slot = b"0123456789abcdef"[nibble];
-    }
+    let id = crate::hex::hex(&fastrand::u128(..).to_be_bytes());
     // 32 ASCII hex digits always make a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Add `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`

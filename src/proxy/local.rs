@@ -63,16 +63,14 @@ pub fn health(live: &Live) -> LocalResponse {
 pub async fn ready(live: &Live) -> LocalResponse {
     let snapshot = live.snapshot();
     let router = &snapshot.router;
-    let checked: Vec<usize> = match router.default_upstream() {
-        Some(i) => vec![i],
-        None => (0..router.upstreams().len()).collect(),
-    };
+    let checked = router
+        .upstreams()
+        .iter()
+        .filter(|u| router.default_upstream().is_none_or(|d| d == u.index))
+        .map(|u| &u.config);
     let mut upstreams = serde_json::Map::new();
     let mut down = Vec::new();
-    for i in checked {
-        let Some(u) = router.upstreams().get(i) else {
-            continue;
-        };
+    for u in checked {
         let up = tcp_connects(&u.address, u.connect_timeout).await;
         upstreams.insert(u.name.clone(), json!(if up { "up" } else { "down" }));
         if !up {

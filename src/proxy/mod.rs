@@ -1,12 +1,16 @@
 //! The data plane: sidecache's pingora pipeline.
 //!
 //! [`SidecacheProxy`] implements pingora's `ProxyHttp`; [`phases`] documents each hook in the
-//! order pingora calls it. A request's state travels in [`RequestCtx`].
+//! order pingora calls it. `request_filter` resolves each request once into a [`plan::Plan`]
+//! (local answer, bypass, or cache), and every later phase reads that plan; what happened
+//! since (a fast hit, the tier of a hit, whether the response was stored) is recorded in
+//! [`Progress`]. Both travel in [`RequestCtx`].
 
 mod fast_path;
 pub mod forwarded;
 pub mod local;
 mod phases;
+mod plan;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +22,10 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_http::ResponseHeader;
 use pingora_proxy::{HttpProxy, Session};
 
-use crate::cache::policy::{BypassReason, NoStoreReason};
+use crate::cache::policy::NoStoreReason;
 use crate::cache::storage::Tier;
 use crate::live::{Live, Snapshot};
+use plan::Plan;
 
 /// sidecache's implementation of pingora's proxy phases.
 pub struct SidecacheProxy {
@@ -57,36 +62,46 @@ pub struct RequestCtx {
     /// The config generation this request runs under (loaded once).
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) request_id: HeaderValue,
-    /// Answered by sidecache itself (health, readiness, its own errors before proxying).
-    pub(crate) local: bool,
-    /// Matched route index.
-    pub(crate) route: Option<usize>,
-    /// Upstream index chosen by the rewrites.
-    pub(crate) upstream: Option<usize>,
-    /// Rewritten path (`None`: forward the path unchanged).
-    pub(crate) upstream_path: Option<String>,
-    pub(crate) bypass: Option<BypassReason>,
-    pub(crate) no_store: Option<NoStoreReason>,
-    pub(crate) stored: bool,
-    pub(crate) hit_tier: Option<Tier>,
-    /// Answered from L1 by the fast path, before pingora-cache ran.
-    pub(crate) fast_hit: bool,
-    /// The key the fast path computed, reused by `cache_key_callback` on a miss.
-    pub(crate) cache_key: Option<pingora_cache::CacheKey>,
-    pub(crate) upstream_started: Option<Instant>,
-    pub(crate) request_body_bytes: u64,
-    pub(crate) status: u16,
+    /// What sidecache does with this request, decided in `request_filter`.
+    pub(crate) plan: Plan,
+    /// What has happened to it since.
+    pub(crate) progress: Progress,
 }
 
-impl RequestCtx {
-    /// What varies this request's cache entry: its route's key rules (`None` for unmatched
-    /// requests: the whole query, no headers).
-    pub(crate) fn key_rules(&self) -> Option<&crate::config::KeyConfig> {
-        self.route
-            .and_then(|i| self.snapshot.router.routes().get(i))
-            .and_then(|r| r.cache.as_ref())
-            .map(|c| &c.key)
-    }
+/// What happened to a request after its plan was made.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Answered from L1 by the fast path, before pingora-cache ran.
+    pub fast_hit: bool,
+    /// The tier a pingora-cache hit came from.
+    pub hit_tier: Option<Tier>,
+    /// The response was handed to the cache for storing.
+    pub stored: bool,
+    /// Why the response was not stored.
+    pub no_store: Option<NoStoreReason>,
+    /// When the upstream request was sent.
+    pub upstream_started: Option<Instant>,
+    /// Request body bytes seen so far.
+    pub request_body_bytes: u64,
+    /// The status sent to the client (0 before one was).
+    pub status: u16,
+}
+
+/// A small JSON body of an error sidecache answers itself:
+/// `{"error": kind, <field>: value, "request_id": id}`.
+pub(crate) fn error_body(
+    kind: &str,
+    field: (&str, serde_json::Value),
+    request_id: &HeaderValue,
+) -> Bytes {
+    let mut body = serde_json::Map::new();
+    body.insert("error".into(), kind.into());
+    body.insert(field.0.into(), field.1);
+    body.insert(
+        "request_id".into(),
+        request_id.to_str().unwrap_or("").into(),
+    );
+    Bytes::from(serde_json::Value::Object(body).to_string())
 }
 
 /// Write a small JSON response and finish the request.

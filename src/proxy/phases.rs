@@ -3,8 +3,9 @@
 //! | phase                    | runs                                 | may change                       |
 //! |--------------------------|--------------------------------------|----------------------------------|
 //! | `early_request_filter`   | once headers are read                | the request id                   |
-//! | `request_filter`         | before anything else                 | answers health/ready/404/413,    |
-//! |                          |                                      | and fresh L1 hits (fast path)    |
+//! | `request_filter`         | before anything else                 | resolves the plan; answers       |
+//! |                          |                                      | health/ready/404/413 and fresh   |
+//! |                          |                                      | L1 hits (fast path)              |
 //! | `request_body_filter`    | per request body chunk               | enforces the body size bound     |
 //! | `request_cache_filter`   | before lookup                        | enables the cache (or bypasses)  |
 //! | `cache_key_callback`     | when the cache is enabled            | the entry's key                  |
@@ -17,6 +18,9 @@
 //! | `response_filter`        | before headers go to the client      | `X-Cache`, `Cache-Status`, id    |
 //! | `fail_to_connect`/`fail_to_proxy` | on upstream failure         | the 502/504 JSON answer          |
 //! | `logging`                | last, always                         | metrics, access log, invalidation|
+//!
+//! Every phase after `request_filter` reads the request's [`Plan`] and records what happened
+//! in [`Progress`]; none looks the route, the upstream or the policy up again.
 
 use std::time::{Instant, SystemTime};
 
@@ -33,15 +37,13 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
 use super::forwarded::{self, REQUEST_ID};
-use super::local::{self, LocalEndpoint};
-use super::{fast_path, respond_json, RequestCtx, SidecacheProxy};
-use crate::cache::key;
-use crate::cache::policy::{self, EffectivePolicy};
-use crate::cache::status::CacheOutcome;
-use crate::cache::storage::{EntryContext, Tier, TieredHit};
-use crate::config::CacheMode;
-use crate::routing::{fill_braces, RewriteDecision};
-use crate::telemetry::metrics::{metrics, MethodLabel, UpstreamErrorKind};
+use super::plan::{self, LocalAnswer, Plan};
+use super::{error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy};
+use crate::cache::policy::{self, NoStoreReason};
+use crate::cache::status::{CacheOutcome, Detail};
+use crate::cache::storage::{Tier, TieredHit};
+use crate::telemetry::events::{InternalEvent, RequestFinished, UpstreamFailed, UpstreamResponded};
+use crate::telemetry::metrics::UpstreamErrorKind;
 
 #[async_trait]
 impl ProxyHttp for SidecacheProxy {
@@ -53,19 +55,8 @@ impl ProxyHttp for SidecacheProxy {
             started: Instant::now(),
             snapshot: self.live.snapshot(),
             request_id: http::HeaderValue::from_static(""),
-            local: false,
-            route: None,
-            upstream: None,
-            upstream_path: None,
-            bypass: None,
-            no_store: None,
-            stored: false,
-            hit_tier: None,
-            fast_hit: false,
-            cache_key: None,
-            upstream_started: None,
-            request_body_bytes: 0,
-            status: 0,
+            plan: Plan::Undecided,
+            progress: Progress::default(),
         }
     }
 
@@ -79,62 +70,52 @@ impl ProxyHttp for SidecacheProxy {
         Ok(())
     }
 
-    /// Answers what sidecache owns (health, readiness), picks the upstream through the
-    /// rewrites (404 JSON when nothing matches and there is no default), matches the cache
-    /// route, and rejects oversized bodies early. `Ok(true)` means the response was written.
+    /// Resolves the request into its plan ([`plan::resolve`]: local answer, bypass or cache)
+    /// and writes what needs no upstream: sidecache's own endpoints and refusals, and fresh L1
+    /// hits (the fast path). `Ok(true)` means the response was written.
+    ///
+    /// Hazard: everything the plan holds is what later phases key, store and forward by;
+    /// deciding here from anything but the request and the snapshot leads to cache poisoning.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header();
-        let path = req.uri.path();
-        if req.method == http::Method::GET || req.method == http::Method::HEAD {
-            if let Some(endpoint) = LocalEndpoint::from_path(path) {
-                ctx.local = true;
-                let answer = local::answer(endpoint, self.live).await;
-                ctx.status = answer.status;
-                respond_json(session, answer.status, answer.body, &ctx.request_id).await?;
-                return Ok(true);
-            }
-        }
-        let declared_len = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let max_body = ctx.snapshot.config.server.max_request_body_bytes;
-        if declared_len.is_some_and(|n| n > max_body) {
-            ctx.local = true;
-            ctx.status = 413;
-            let body = json!({"error": "request_body_too_large", "limit_bytes": max_body,
-                "request_id": ctx.request_id.to_str().unwrap_or("")});
-            respond_json(session, 413, Bytes::from(body.to_string()), &ctx.request_id).await?;
+        let resolved = plan::resolve(session.req_header(), &ctx.snapshot, self.live.cache);
+        ctx.plan = resolved.plan;
+        if let Some(entry) = resolved.fresh_hit {
+            fast_path::answer(session, ctx, &entry).await?;
             return Ok(true);
         }
-        match ctx.snapshot.router.rewrite(path) {
-            RewriteDecision::Forward { upstream, path } => {
-                ctx.upstream = Some(upstream);
-                ctx.upstream_path = path;
-            }
-            RewriteDecision::NotFound => {
-                ctx.local = true;
-                ctx.status = 404;
-                let body = json!({"error": "not_found", "path": path,
-                    "request_id": ctx.request_id.to_str().unwrap_or("")});
-                respond_json(session, 404, Bytes::from(body.to_string()), &ctx.request_id).await?;
-                return Ok(true);
-            }
-        }
-        ctx.route = ctx
-            .snapshot
-            .router
-            .route(&req.method, path)
-            .map(|m| m.policy.index);
-        let effective = effective_policy(ctx);
-        if let Err(reason) =
-            policy::request_decision(session.req_header(), effective, ctx.route.is_some())
-        {
-            ctx.bypass = Some(reason);
+        let Plan::Local(answer) = ctx.plan else {
             return Ok(false);
-        }
-        fast_path::try_l1_hit(session, ctx, self.live).await
+        };
+        let (status, body) = match answer {
+            LocalAnswer::Health | LocalAnswer::Ready => {
+                let endpoint = if answer == LocalAnswer::Health {
+                    local::LocalEndpoint::Health
+                } else {
+                    local::LocalEndpoint::Ready
+                };
+                let a = local::answer(endpoint, self.live).await;
+                (a.status, a.body)
+            }
+            LocalAnswer::NotFound => {
+                let path = json!(session.req_header().uri.path());
+                (
+                    404,
+                    error_body("not_found", ("path", path), &ctx.request_id),
+                )
+            }
+            LocalAnswer::BodyTooLarge => {
+                let limit = json!(ctx.snapshot.config.server.max_request_body_bytes);
+                let body = error_body(
+                    "request_body_too_large",
+                    ("limit_bytes", limit),
+                    &ctx.request_id,
+                );
+                (413, body)
+            }
+        };
+        ctx.progress.status = status;
+        respond_json(session, status, body, &ctx.request_id).await?;
+        Ok(true)
     }
 
     /// Streams the request body through, failing with 413 once it exceeds the bound.
@@ -146,18 +127,18 @@ impl ProxyHttp for SidecacheProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
-            ctx.request_body_bytes += b.len() as u64;
-            if ctx.request_body_bytes > ctx.snapshot.config.server.max_request_body_bytes {
+            ctx.progress.request_body_bytes += b.len() as u64;
+            if ctx.progress.request_body_bytes > ctx.snapshot.config.server.max_request_body_bytes {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
             }
         }
         Ok(())
     }
 
-    /// Enables pingora's cache (tiered storage, coalescing lock, object size bound) for
-    /// requests `request_filter` found eligible (see [`policy::request_decision`]).
+    /// Enables pingora's cache (tiered storage, coalescing lock, object size bound) for a
+    /// [`Plan::Cache`]; every other plan leaves it off.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        if ctx.bypass.is_some() {
+        if !matches!(ctx.plan, Plan::Cache { .. }) {
             return Ok(());
         }
         let config = &ctx.snapshot.config;
@@ -177,12 +158,13 @@ impl ProxyHttp for SidecacheProxy {
         Ok(())
     }
 
-    /// The entry's key: path, query (whole or the route's listed params) and key headers.
-    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        if let Some(key) = ctx.cache_key.take() {
-            return Ok(key);
+    /// The entry's key, as the plan built it (see [`crate::cache::key`]).
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        match &mut ctx.plan {
+            Plan::Cache { cache, .. } => cache.key.take(),
+            _ => None,
         }
-        Ok(key::cache_key(session.req_header(), ctx.key_rules()))
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache enabled without a key"))
     }
 
     /// Notes which tier served a hit (for `X-Cache` and metrics). Freshness is pingora's call.
@@ -194,45 +176,46 @@ impl ProxyHttp for SidecacheProxy {
         _is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.hit_tier = hit_handler
+        ctx.progress.hit_tier = hit_handler
             .as_any()
             .downcast_ref::<TieredHit>()
             .map(TieredHit::tier);
         Ok(None)
     }
 
-    /// The upstream chosen by the rewrites, with its connect/read/write/idle timeouts.
+    /// The plan's upstream, with its connect/read/write/idle timeouts.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let upstream = ctx
-            .upstream
-            .and_then(|i| ctx.snapshot.router.upstreams().get(i))
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let mut peer = HttpPeer::new(upstream.address.as_str(), false, String::new());
-        peer.options.connection_timeout = Some(upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(upstream.connect_timeout);
-        peer.options.read_timeout = Some(upstream.read_timeout);
-        peer.options.write_timeout = Some(upstream.write_timeout);
-        peer.options.idle_timeout = Some(upstream.idle_timeout);
-        ctx.upstream_started = Some(Instant::now());
+        let target = ctx
+            .plan
+            .target()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream planned"))?;
+        let u = &target.upstream.config;
+        let mut peer = HttpPeer::new(u.address.as_str(), false, String::new());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.total_connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        ctx.progress.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
-    /// Applies the rewrite (path template, prefix strip/add; query unchanged) and adds
-    /// `X-Forwarded-For/Proto/Host` and `X-Request-Id`.
+    /// Applies the plan's rewritten path (query unchanged) and adds `X-Forwarded-For/Proto/Host`
+    /// and `X-Request-Id`.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.upstream_path {
+        if let Some(path) = ctx.plan.target().and_then(|t| t.path.as_deref()) {
             let uri = match upstream_request.uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
+                None => path.to_owned(),
             };
             let uri = uri
                 .parse::<http::Uri>()
@@ -253,55 +236,41 @@ impl ProxyHttp for SidecacheProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(start), Some(i)) = (ctx.upstream_started, ctx.upstream) {
-            if let Some(u) = ctx.snapshot.router.upstreams().get(i) {
-                ctx.snapshot
-                    .route_metrics(ctx.route)
-                    .record_upstream(i, &u.name, start.elapsed());
-                if upstream_response.status.is_server_error() {
-                    metrics().upstream_error(&u.name, UpstreamErrorKind::Status5xx);
-                }
+        if let (Some(start), Some(target)) = (ctx.progress.upstream_started, ctx.plan.target()) {
+            UpstreamResponded {
+                metrics: target.metrics(&ctx.snapshot.router),
+                upstream: &target.upstream,
+                elapsed: start.elapsed(),
+                status: upstream_response.status,
             }
+            .emit();
         }
         Ok(())
     }
 
     /// Whether the origin's response may be stored, and its freshness (see
-    /// [`policy::response_decision`]). Attaches the entry's url, route and tags for purges.
+    /// [`policy::response_decision`]). Attaches the plan's entry context (url, route, tags)
+    /// for purges.
+    ///
+    /// Hazard: storing a response that depends on anything the key does not hold (a user's
+    /// credentials, a header outside the key and `Vary`) serves it to every other user.
     fn response_cache_filter(
         &self,
-        session: &Session,
+        _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        let snapshot = &ctx.snapshot;
-        let route = ctx.route.and_then(|i| snapshot.router.routes().get(i));
-        let effective = effective_policy(ctx).unwrap_or(EffectivePolicy {
-            mode: CacheMode::Origin,
-            route: None,
-        });
-        match policy::response_decision(resp, effective, SystemTime::now()) {
+        let Plan::Cache { target, cache } = &ctx.plan else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        match policy::response_decision(resp, cache.policy(target), SystemTime::now()) {
             Ok(mut meta) => {
-                let req = session.req_header();
-                let url = key::request_url(req);
-                let tags = match (route, effective.route) {
-                    (Some(r), Some(c)) if !c.tags.is_empty() => r
-                        .pattern
-                        .matches(req.uri.path())
-                        .map(|params| c.tags.iter().map(|t| fill_braces(t, &params)).collect())
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-                meta.extensions_mut().insert(EntryContext {
-                    url: url.to_owned(),
-                    route: route.map_or_else(|| "default".to_owned(), |r| r.name.clone()),
-                    tags,
-                });
-                ctx.stored = true;
+                meta.extensions_mut().insert(cache.entry.clone());
+                ctx.progress.stored = true;
                 Ok(RespCacheable::Cacheable(meta))
             }
             Err(reason) => {
-                ctx.no_store = Some(reason);
+                ctx.progress.no_store = Some(reason);
                 Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
                     reason.as_str(),
                 )))
@@ -340,7 +309,8 @@ impl ProxyHttp for SidecacheProxy {
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
-    /// Tells the client what the cache did: `X-Cache`, RFC 9211 `Cache-Status`, and the
+    /// Tells the client what the cache did: `X-Cache`, RFC 9211 `Cache-Status` (with the
+    /// reason as `detail` when the cache was bypassed or the response not stored), and the
     /// request id. Runs for hits and misses alike.
     async fn response_filter(
         &self,
@@ -348,12 +318,12 @@ impl ProxyHttp for SidecacheProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.status = upstream_response.status.as_u16();
-        let outcome = outcome(session, ctx);
+        ctx.progress.status = upstream_response.status.as_u16();
+        let (outcome, detail) = outcome(session, ctx);
         if let Some(x) = outcome.x_cache() {
             upstream_response.insert_header("x-cache", x)?;
         }
-        if let Some(cs) = outcome.cache_status(ctx.stored) {
+        if let Some(cs) = outcome.cache_status(ctx.progress.stored, detail) {
             upstream_response.insert_header("cache-status", cs)?;
         }
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
@@ -380,15 +350,10 @@ impl ProxyHttp for SidecacheProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let upstream_name = ctx
-            .upstream
-            .and_then(|i| ctx.snapshot.router.upstreams().get(i))
-            .map_or("", |u| u.name.as_str());
+        let upstream = ctx.plan.target().map(|t| &t.upstream);
         let (code, kind) = classify(e);
-        if let Some(kind) = kind {
-            if !upstream_name.is_empty() {
-                metrics().upstream_error(upstream_name, kind);
-            }
+        if let (Some(kind), Some(upstream)) = (kind, upstream) {
+            UpstreamFailed { upstream, kind }.emit();
         }
         if code > 0 {
             let error = match (code, e.esource()) {
@@ -398,17 +363,10 @@ impl ProxyHttp for SidecacheProxy {
                 (400..=499, _) => "bad_request",
                 _ => "internal_error",
             };
-            let body = json!({"error": error, "upstream": upstream_name,
-                "request_id": ctx.request_id.to_str().unwrap_or("")});
-            ctx.status = code;
-            if let Err(write_err) = respond_json(
-                session,
-                code,
-                Bytes::from(body.to_string()),
-                &ctx.request_id,
-            )
-            .await
-            {
+            let name = upstream.map_or("", |u| u.config.name.as_str());
+            let body = error_body(error, ("upstream", json!(name)), &ctx.request_id);
+            ctx.progress.status = code;
+            if let Err(write_err) = respond_json(session, code, body, &ctx.request_id).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }
@@ -418,8 +376,8 @@ impl ProxyHttp for SidecacheProxy {
         }
     }
 
-    /// Last, for every client request: metrics, the optional access log line, and
-    /// invalidation after successful writes.
+    /// Last, for every client request: the `RequestFinished` event (metrics and the optional
+    /// access log line), and invalidation after successful writes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.live.request_finished();
         if session.subrequest_ctx.is_some() {
@@ -429,94 +387,67 @@ impl ProxyHttp for SidecacheProxy {
         }
         let status = session
             .response_written()
-            .map_or(ctx.status, |r| r.status.as_u16());
-        let outcome = outcome(session, ctx);
-        let method = &session.req_header().method;
-        let elapsed = ctx.started.elapsed();
-        let route_metrics =
-            if ctx.local && ctx.upstream.is_none() && ctx.status != 404 && ctx.status != 413 {
-                ctx.snapshot.health_metrics()
-            } else {
-                ctx.snapshot.route_metrics(ctx.route)
-            };
-        route_metrics.record_request(MethodLabel::from_method(method), status, outcome, elapsed);
-        if let Some(waited) = session.cache.lock_duration() {
-            route_metrics.record_coalesced();
-            if waited >= ctx.snapshot.config.cache.lock_timeout {
-                metrics().cache_lock_timeouts.inc();
-            }
+            .map_or(ctx.progress.status, |r| r.status.as_u16());
+        let (outcome, detail) = outcome(session, ctx);
+        let req = session.req_header();
+        let config = &ctx.snapshot.config;
+        RequestFinished {
+            metrics: ctx.plan.metrics(&ctx.snapshot.router),
+            method: &req.method,
+            path: req.uri.path(),
+            status,
+            outcome,
+            detail,
+            elapsed: ctx.started.elapsed(),
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+            error: e,
+            lock_wait: session.cache.lock_duration(),
+            lock_timeout: config.cache.lock_timeout,
+            access_log: config.server.access_log,
         }
-        if ctx.snapshot.config.server.access_log {
-            tracing::info!(
-                target: "sidecache::access",
-                method = %method,
-                path = session.req_header().uri.path(),
-                status,
-                cache = outcome.label(),
-                route = route_metrics.route(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = ctx.request_id.to_str().unwrap_or(""),
-                error = e.map(|e| e.to_string()),
-            );
-        }
-        let unsafe_method = !method.is_safe();
-        if unsafe_method && (200..400).contains(&status) && !ctx.local {
-            crate::cache::invalidation::after_write(self.live, &ctx.snapshot, session.req_header());
+        .emit();
+        let forwarded = ctx.plan.target().is_some();
+        if forwarded && !req.method.is_safe() && (200..400).contains(&status) {
+            self.live.purges.after_write(&ctx.snapshot.router, req);
         }
     }
 }
 
-/// The cache policy for this request's route (or the default mode for unmatched requests);
-/// `None` when caching is off for it.
-fn effective_policy(ctx: &RequestCtx) -> Option<EffectivePolicy<'_>> {
-    let snapshot = &ctx.snapshot;
-    match ctx.route.and_then(|i| snapshot.router.routes().get(i)) {
-        Some(r) => r.cache.as_ref().map(|c| EffectivePolicy {
-            mode: c.mode,
-            route: Some(c),
-        }),
-        None => snapshot
-            .config
-            .cache
-            .default_mode
-            .map(|mode| EffectivePolicy { mode, route: None }),
+/// What the cache did for this request, and why it was not used when it was not: from the
+/// plan, what happened since, and pingora's cache phase.
+fn outcome(session: &Session, ctx: &RequestCtx) -> (CacheOutcome, Option<Detail>) {
+    let progress = &ctx.progress;
+    match &ctx.plan {
+        Plan::Undecided | Plan::Local(_) => return (CacheOutcome::Local, None),
+        Plan::Bypass { reason, .. } => {
+            return (CacheOutcome::Bypass, Some(Detail::Bypass(*reason)));
+        }
+        Plan::Cache { .. } if progress.fast_hit => return (CacheOutcome::HitL1, None),
+        Plan::Cache { .. } => {}
     }
-}
-
-/// The cache outcome of this request, from pingora's cache phase and what the policy decided.
-fn outcome(session: &Session, ctx: &RequestCtx) -> CacheOutcome {
-    if ctx.local {
-        return CacheOutcome::Local;
-    }
-    if ctx.fast_hit {
-        return CacheOutcome::HitL1;
-    }
+    let not_stored = |pingora: Option<&NoCacheReason>| {
+        let reason = progress
+            .no_store
+            .or_else(|| pingora.and_then(NoStoreReason::from_pingora));
+        (CacheOutcome::Uncacheable, reason.map(Detail::NoStore))
+    };
     match session.cache.phase() {
-        CachePhase::Hit => match ctx.hit_tier {
-            Some(Tier::L2) => CacheOutcome::HitL2,
-            _ => CacheOutcome::HitL1,
+        CachePhase::Hit => match progress.hit_tier {
+            Some(Tier::L2) => (CacheOutcome::HitL2, None),
+            _ => (CacheOutcome::HitL1, None),
         },
-        CachePhase::Stale | CachePhase::StaleUpdating => CacheOutcome::Stale,
-        CachePhase::Revalidated => CacheOutcome::Revalidated,
-        CachePhase::RevalidatedNoCache(_) => CacheOutcome::Uncacheable,
-        CachePhase::Miss | CachePhase::Expired => {
-            if ctx.no_store.is_some() {
-                CacheOutcome::Uncacheable
-            } else {
-                CacheOutcome::Miss
-            }
-        }
+        CachePhase::Stale | CachePhase::StaleUpdating => (CacheOutcome::Stale, None),
+        CachePhase::Revalidated => (CacheOutcome::Revalidated, None),
+        CachePhase::RevalidatedNoCache(reason) => not_stored(Some(&reason)),
+        CachePhase::Miss | CachePhase::Expired => match progress.no_store {
+            Some(_) => not_stored(None),
+            None => (CacheOutcome::Miss, None),
+        },
         CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Bypass => {
-            CacheOutcome::Bypass
+            (CacheOutcome::Bypass, None)
         }
-        CachePhase::Disabled(_) => {
-            if ctx.bypass.is_some() {
-                CacheOutcome::Bypass
-            } else {
-                CacheOutcome::Uncacheable
-            }
-        }
-        CachePhase::Uninit | CachePhase::CacheKey => CacheOutcome::Bypass,
+        CachePhase::Disabled(reason) => not_stored(Some(&reason)),
+        CachePhase::Uninit | CachePhase::CacheKey => (CacheOutcome::Bypass, None),
     }
 }
 

@@ -1,81 +1,79 @@
 //! Routing: which upstream a request goes to (rewrites) and which cache policy applies (routes).
 //!
-//! A [`Router`] is compiled once per validated [`Config`](crate::config::Config) and is
-//! immutable; matching a route borrows from it and the request path and does not allocate.
+//! A [`Router`] is built once per validated [`Config`](crate::config::Config) from values the
+//! config already compiled (patterns, methods, upstream indices), so building it cannot fail,
+//! and it is immutable afterwards. Matching borrows from it and the request path and does not
+//! allocate; what a request resolved to is kept as `Arc`s in its plan.
 
-pub mod pattern;
 pub mod rewrite;
 pub mod route;
 
-pub use pattern::{fill_braces, fill_path, Params, Pattern, PatternError, MAX_PARAMS};
 pub use rewrite::{Rewrite, RewriteDecision};
 pub use route::{RouteMatch, RoutePolicy};
 
-use crate::config::{Config, UpstreamConfig};
+use std::sync::Arc;
+
 use http::Method;
 
+use crate::config::{Config, UpstreamConfig};
+use crate::telemetry::metrics::{RouteMetrics, UpstreamMetrics};
+
+/// One configured origin, compiled: its settings, its position and its metric handles.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Position in the config's `upstreams` list (indexes per-upstream metric handles).
+    pub index: usize,
+    /// Name, address and timeouts.
+    pub config: UpstreamConfig,
+    /// Pre-resolved error counters of this upstream.
+    pub metrics: UpstreamMetrics,
+}
+
+/// Two upstreams are the same when they are the same configured entry.
+impl PartialEq for Upstream {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index && self.config == other.config
+    }
+}
+
 /// The compiled rewrites and routes of one config.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Router {
-    upstreams: Vec<UpstreamConfig>,
-    default_upstream: Option<usize>,
+    upstreams: Vec<Arc<Upstream>>,
+    default_upstream: Option<Arc<Upstream>>,
     rewrites: Vec<Rewrite>,
-    routes: Vec<RoutePolicy>,
-}
-
-fn parse_logged(src: &str, what: &str) -> Option<Pattern> {
-    match Pattern::parse(src) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::error!(pattern = src, error = %e, "skipping {what}: pattern does not parse");
-            None
-        }
-    }
-}
-
-fn methods_logged(names: &[String], what: &str) -> Option<Vec<Method>> {
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        match Method::from_bytes(name.as_bytes()) {
-            Ok(m) => out.push(m),
-            Err(_) => {
-                tracing::error!(method = %name, "skipping {what}: bad method");
-                return None;
-            }
-        }
-    }
-    Some(out)
+    routes: Vec<Arc<RoutePolicy>>,
+    /// Metric handles of requests no route matched (label `default`).
+    default_metrics: RouteMetrics,
+    /// Metric handles of the endpoints sidecache answers itself (label `health`).
+    health_metrics: RouteMetrics,
 }
 
 impl Router {
-    /// Compile a validated config (patterns already checked by validation, so this cannot fail;
-    /// if something still fails to parse, skip it and log with tracing::error!).
+    /// Compile a validated config. Every reference in it is already checked, so this cannot
+    /// fail.
     pub fn new(config: &Config) -> Router {
-        let upstreams = config.upstreams.clone();
-        let index = |name: &str| upstreams.iter().position(|u| u.name == name);
-        let default_upstream = config.proxy.default_upstream.as_deref().and_then(|name| {
-            let found = index(name);
-            if found.is_none() {
-                tracing::error!(upstream = name, "default upstream does not exist; ignoring");
-            }
-            found
-        });
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, u)| {
+                Arc::new(Upstream {
+                    index,
+                    config: u.clone(),
+                    metrics: UpstreamMetrics::new(&u.name),
+                })
+            })
+            .collect();
+        let pick = |i: usize| upstreams.get(i).cloned();
         let rewrites = config
             .rewrites
             .iter()
             .filter_map(|r| {
-                let Some(upstream) = index(&r.upstream) else {
-                    tracing::error!(upstream = %r.upstream, "skipping rewrite: unknown upstream");
-                    return None;
-                };
-                let path = match &r.path {
-                    Some(p) => Some(parse_logged(p, "rewrite")?),
-                    None => None,
-                };
                 Some(Rewrite {
-                    source: parse_logged(&r.source, "rewrite")?,
-                    upstream,
-                    path,
+                    source: r.source.clone(),
+                    upstream: pick(r.upstream)?,
+                    path: r.path.clone(),
                     strip_prefix: r.strip_prefix.clone(),
                     add_prefix: r.add_prefix.clone(),
                 })
@@ -85,54 +83,45 @@ impl Router {
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(index, r)| {
-                let mut invalidate_on = Vec::new();
-                for mp in r.cache.iter().flat_map(|c| &c.invalidate_on) {
-                    invalidate_on.push((
-                        methods_logged(&mp.methods, "route")?,
-                        parse_logged(&mp.pattern, "route")?,
-                    ));
-                }
-                Some(RoutePolicy {
+            .map(|(index, r)| {
+                Arc::new(RoutePolicy {
                     index,
                     name: r.name.clone(),
-                    pattern: parse_logged(&r.pattern, "route")?,
-                    methods: methods_logged(&r.methods, "route")?,
+                    pattern: r.pattern.clone(),
+                    methods: r.methods.clone(),
                     cache: r.cache.clone(),
-                    invalidate_on,
+                    metrics: RouteMetrics::new(&r.name, upstreams.len()),
                 })
             })
             .collect();
         Router {
+            default_upstream: config.proxy.default_upstream.and_then(pick),
+            default_metrics: RouteMetrics::new("default", upstreams.len()),
+            health_metrics: RouteMetrics::new("health", 0),
             upstreams,
-            default_upstream,
             rewrites,
             routes,
         }
     }
 
-    /// The configured upstreams; rewrite decisions index into this.
-    pub fn upstreams(&self) -> &[UpstreamConfig] {
+    /// The configured upstreams, in config order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
-    }
-
-    /// Index of the upstream called `name`.
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
     }
 
     /// Index of `proxy.default_upstream`, if set.
     pub fn default_upstream(&self) -> Option<usize> {
-        self.default_upstream
+        self.default_upstream.as_ref().map(|u| u.index)
     }
 
-    /// First matching rewrite for `path` (no query); unmatched -> default upstream (path unchanged) or NotFound.
-    /// Strip/add prefix are applied after templating. The caller re-appends the query string unchanged.
-    pub fn rewrite(&self, path: &str) -> RewriteDecision {
+    /// First matching rewrite for `path` (no query); unmatched -> default upstream (path
+    /// unchanged) or NotFound. Strip/add prefix are applied after templating. The caller
+    /// re-appends the query string unchanged.
+    pub fn rewrite(&self, path: &str) -> RewriteDecision<'_> {
         self.rewrites
             .iter()
             .find_map(|r| r.apply(path))
-            .unwrap_or(match self.default_upstream {
+            .unwrap_or(match &self.default_upstream {
                 Some(upstream) => RewriteDecision::Forward {
                     upstream,
                     path: None,
@@ -147,7 +136,7 @@ impl Router {
     }
 
     /// The compiled routes in config order.
-    pub fn routes(&self) -> &[RoutePolicy] {
+    pub fn routes(&self) -> &[Arc<RoutePolicy>] {
         &self.routes
     }
 
@@ -162,6 +151,16 @@ impl Router {
                     .map(|params| RouteMatch { policy, params })
             })
             .collect()
+    }
+
+    /// Metric handles of requests no route matched (label `default`).
+    pub fn default_metrics(&self) -> &RouteMetrics {
+        &self.default_metrics
+    }
+
+    /// Metric handles of the endpoints sidecache answers itself (label `health`).
+    pub fn health_metrics(&self) -> &RouteMetrics {
+        &self.health_metrics
     }
 }
 

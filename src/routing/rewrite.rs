@@ -1,14 +1,17 @@
 //! Rewrites: the compiled form of `[[rewrites]]` (which upstream, which path).
 
-use super::pattern::{fill_path, Pattern};
+use std::sync::Arc;
+
+use super::Upstream;
+use crate::pattern::{fill_path, Pattern};
 
 /// One compiled `[[rewrites]]` rule.
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     /// Request paths this rule applies to.
     pub source: Pattern,
-    /// Index into the router's upstreams.
-    pub upstream: usize,
+    /// Where matching requests go.
+    pub upstream: Arc<Upstream>,
     /// Destination path template; `None` keeps the path.
     pub path: Option<Pattern>,
     /// Literal prefix removed after templating.
@@ -18,12 +21,12 @@ pub struct Rewrite {
 }
 
 /// Where a request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RewriteDecision {
-    /// Send to upstream `upstream` (index into `Router::upstreams`), with a new path if `Some`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RewriteDecision<'a> {
+    /// Send to `upstream`, with a new path if `Some`.
     Forward {
-        /// Index into `Router::upstreams`.
-        upstream: usize,
+        /// The upstream, as the router holds it.
+        upstream: &'a Arc<Upstream>,
         /// New path (no query); `None` = path unchanged.
         path: Option<String>,
     },
@@ -33,11 +36,11 @@ pub enum RewriteDecision {
 
 impl Rewrite {
     /// Apply this rule to `path`, or `None` if its source does not match.
-    pub fn apply(&self, path: &str) -> Option<RewriteDecision> {
+    pub fn apply(&self, path: &str) -> Option<RewriteDecision<'_>> {
         let params = self.source.matches(path)?;
         if self.path.is_none() && self.strip_prefix.is_none() && self.add_prefix.is_none() {
             return Some(RewriteDecision::Forward {
-                upstream: self.upstream,
+                upstream: &self.upstream,
                 path: None,
             });
         }
@@ -57,7 +60,7 @@ impl Rewrite {
             };
         }
         Some(RewriteDecision::Forward {
-            upstream: self.upstream,
+            upstream: &self.upstream,
             path: Some(out),
         })
     }
@@ -77,28 +80,49 @@ fn strip_path_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 mod tests {
     use super::*;
 
+    fn upstream() -> Arc<Upstream> {
+        let config = crate::config::UpstreamConfig {
+            name: "u".into(),
+            address: "127.0.0.1:1".into(),
+            connect_timeout: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
+            write_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+        };
+        Arc::new(Upstream {
+            index: 1,
+            metrics: crate::telemetry::metrics::UpstreamMetrics::new(&config.name),
+            config,
+        })
+    }
+
     fn rule(source: &str, path: Option<&str>, strip: Option<&str>, add: Option<&str>) -> Rewrite {
         Rewrite {
             source: Pattern::parse(source).unwrap(),
-            upstream: 1,
+            upstream: upstream(),
             path: path.map(|p| Pattern::parse(p).unwrap()),
             strip_prefix: strip.map(str::to_string),
             add_prefix: add.map(str::to_string),
         }
     }
 
-    fn fwd(path: Option<&str>) -> Option<RewriteDecision> {
-        Some(RewriteDecision::Forward {
-            upstream: 1,
-            path: path.map(str::to_string),
-        })
+    /// The upstream index and new path of a decision (`None`: no match).
+    fn fwd(path: Option<&str>) -> Option<(usize, Option<String>)> {
+        Some((1, path.map(str::to_string)))
+    }
+
+    fn applied(r: &Rewrite, path: &str) -> Option<(usize, Option<String>)> {
+        match r.apply(path)? {
+            RewriteDecision::Forward { upstream, path } => Some((upstream.index, path)),
+            RewriteDecision::NotFound => None,
+        }
     }
 
     #[test]
     fn plain_rule_keeps_path() {
         let r = rule("/api/:path*", None, None, None);
-        assert_eq!(r.apply("/api/x"), fwd(None));
-        assert_eq!(r.apply("/other"), None);
+        assert_eq!(applied(&r, "/api/x"), fwd(None));
+        assert_eq!(applied(&r, "/other"), None);
     }
 
     #[test]
@@ -109,27 +133,27 @@ mod tests {
             Some("/api"),
             Some("/v1"),
         );
-        assert_eq!(r.apply("/api/a/b"), fwd(Some("/v1/a/b")));
-        assert_eq!(r.apply("/api"), fwd(Some("/v1")));
+        assert_eq!(applied(&r, "/api/a/b"), fwd(Some("/v1/a/b")));
+        assert_eq!(applied(&r, "/api"), fwd(Some("/v1")));
     }
 
     #[test]
     fn strip_only_at_segment_boundary() {
         let r = rule("/:path*", None, Some("/api"), None);
-        assert_eq!(r.apply("/api/x"), fwd(Some("/x")));
-        assert_eq!(r.apply("/apix"), fwd(Some("/apix")));
-        assert_eq!(r.apply("/api"), fwd(Some("/")));
+        assert_eq!(applied(&r, "/api/x"), fwd(Some("/x")));
+        assert_eq!(applied(&r, "/apix"), fwd(Some("/apix")));
+        assert_eq!(applied(&r, "/api"), fwd(Some("/")));
     }
 
     #[test]
     fn add_prefix_without_template() {
         let r = rule("/:path*", None, None, Some("/v1"));
-        assert_eq!(r.apply("/x/y"), fwd(Some("/v1/x/y")));
+        assert_eq!(applied(&r, "/x/y"), fwd(Some("/v1/x/y")));
     }
 
     #[test]
     fn percent_encoding_is_kept() {
         let r = rule("/old/:id", Some("/new/:id"), None, None);
-        assert_eq!(r.apply("/old/a%20b"), fwd(Some("/new/a%20b")));
+        assert_eq!(applied(&r, "/old/a%20b"), fwd(Some("/new/a%20b")));
     }
 }

@@ -1,11 +1,16 @@
 //! Route policies: the compiled form of `[[routes]]`.
 
-use super::pattern::{Params, Pattern};
-use crate::config::RouteCacheConfig;
+use std::sync::Arc;
+
 use http::Method;
 
-/// One compiled `[[routes]]` entry: which requests it matches and how they are cached.
-#[derive(Debug, Clone)]
+use crate::config::RouteCacheConfig;
+use crate::pattern::{Params, Pattern};
+use crate::telemetry::metrics::RouteMetrics;
+
+/// One compiled `[[routes]]` entry: which requests it matches, how they are cached, and the
+/// metric handles of its label.
+#[derive(Debug)]
 pub struct RoutePolicy {
     /// Position in the config's `routes` list (first match wins).
     pub index: usize,
@@ -17,15 +22,15 @@ pub struct RoutePolicy {
     pub methods: Vec<Method>,
     /// `None` for `cache = false`: matching requests bypass the cache.
     pub cache: Option<RouteCacheConfig>,
-    /// Write requests that purge this route's entries with the same params.
-    pub invalidate_on: Vec<(Vec<Method>, Pattern)>,
+    /// Pre-resolved metric handles of this route's label.
+    pub metrics: RouteMetrics,
 }
 
 /// A route that matched a request, with the params its pattern captured.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch<'a> {
     /// The matching route.
-    pub policy: &'a RoutePolicy,
+    pub policy: &'a Arc<RoutePolicy>,
     /// Params captured from the request path.
     pub params: Params<'a>,
 }
@@ -37,7 +42,11 @@ pub fn method_allowed(methods: &[Method], method: &Method) -> bool {
 
 impl RoutePolicy {
     /// This route's match for a request, if its methods and pattern accept it.
-    pub fn matches<'a>(&'a self, method: &Method, path: &'a str) -> Option<RouteMatch<'a>> {
+    pub fn matches<'a>(
+        self: &'a Arc<Self>,
+        method: &Method,
+        path: &'a str,
+    ) -> Option<RouteMatch<'a>> {
         if !method_allowed(&self.methods, method) {
             return None;
         }
@@ -50,9 +59,10 @@ impl RoutePolicy {
 
     /// The params of the first `invalidate_on` entry matching this write request.
     pub fn invalidated_by<'a>(&'a self, method: &Method, path: &'a str) -> Option<Params<'a>> {
-        self.invalidate_on
+        self.cache
             .iter()
-            .filter(|(methods, _)| method_allowed(methods, method))
-            .find_map(|(_, pattern)| pattern.matches(path))
+            .flat_map(|c| &c.invalidate_on)
+            .filter(|m| method_allowed(&m.methods, method))
+            .find_map(|m| m.pattern.matches(path))
     }
 }

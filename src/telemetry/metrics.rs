@@ -14,12 +14,17 @@ use std::time::Duration;
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use crate::cache::status::CacheOutcome;
+use crate::cache::storage::{PurgeKind, Tier};
+use crate::purge::PurgeSource;
+
+/// Warming pass duration buckets in seconds, 100 ms to 30 min.
+pub const WARM_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0];
 
 /// Histogram buckets in seconds, 100 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -118,21 +123,6 @@ impl L2Result {
     }
 }
 
-/// A storage tier, for corrupt-entry counting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TierLabel {
-    L1,
-    L2,
-}
-impl TierLabel {
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::L1 => "l1",
-            Self::L2 => "l2",
-        }
-    }
-}
-
 /// Why an upstream request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -142,6 +132,10 @@ pub enum UpstreamErrorKind {
     Status5xx,
 }
 impl UpstreamErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [UpstreamErrorKind; 4] =
+        [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx];
+
     pub const fn label(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -175,17 +169,39 @@ impl EvictionCause {
     }
 }
 
-/// Result of a config reload.
+/// Whether something worked: the `result` label of reloads and purge broadcasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadResult {
+pub enum Success {
     Ok,
     Error,
 }
-impl ReloadResult {
+impl Success {
+    pub const ALL: [Success; 2] = [Self::Ok, Self::Error];
     pub const fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Error => "error",
+        }
+    }
+}
+
+/// What a warming request found: the `result` label of `sidecache_warm_urls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmUrlResult {
+    /// The origin was called.
+    Fetched,
+    /// Already in L1 or L2.
+    AlreadyWarm,
+    /// A status outside 2xx/3xx, a timeout or a transport error.
+    Failed,
+}
+impl WarmUrlResult {
+    pub const ALL: [WarmUrlResult; 3] = [Self::Fetched, Self::AlreadyWarm, Self::Failed];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Fetched => "fetched",
+            Self::AlreadyWarm => "already_warm",
+            Self::Failed => "failed",
         }
     }
 }
@@ -209,7 +225,11 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub purges: IntCounterVec,
+    pub purge_broadcasts: IntCounterVec,
     pub pubsub_gaps: IntCounter,
+    pub warm_urls: IntCounterVec,
+    pub warm_duration: HistogramVec,
+    pub warm_last_success: Gauge,
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -307,15 +327,39 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         .expect("register sidecache_build_info"),
         purges: register_int_counter_vec!(
             "sidecache_purges_total",
-            "Purge operations by kind (url, prefix, tag; remote = received from another instance; write = writes that triggered invalidation).",
-            &["kind"]
+            "Purges applied by kind (url, prefix, tag) and source (admin, cli, write = invalidation after a write, remote = received from another instance).",
+            &["kind", "source"]
         )
         .expect("register sidecache_purges_total"),
+        purge_broadcasts: register_int_counter_vec!(
+            "sidecache_purge_broadcasts_total",
+            "Purges published to the other instances, by result.",
+            &["result"]
+        )
+        .expect("register sidecache_purge_broadcasts_total"),
         pubsub_gaps: register_int_counter!(
             "sidecache_pubsub_gaps_total",
             "Purge subscriptions re-established after a period without one (each clears L1)."
         )
         .expect("register sidecache_pubsub_gaps_total"),
+        warm_urls: register_int_counter_vec!(
+            "sidecache_warm_urls_total",
+            "URLs requested by warming passes inside this process, by result (fetched, already_warm, failed).",
+            &["result"]
+        )
+        .expect("register sidecache_warm_urls_total"),
+        warm_duration: register_histogram_vec!(
+            "sidecache_warm_duration_seconds",
+            "Duration of warming passes inside this process, by trigger.",
+            &["trigger"],
+            WARM_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_warm_duration_seconds"),
+        warm_last_success: register_gauge!(
+            "sidecache_warm_last_success_timestamp_seconds",
+            "Unix time of the last warming pass with no failed URL (0: none yet)."
+        )
+        .expect("register sidecache_warm_last_success_timestamp_seconds"),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -331,11 +375,20 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             m.l2_operations.with_label_values(&[op.label(), r.label()]);
         }
     }
-    for r in [ReloadResult::Ok, ReloadResult::Error] {
+    for r in Success::ALL {
         m.config_reloads.with_label_values(&[r.label()]);
+        m.purge_broadcasts.with_label_values(&[r.label()]);
     }
-    for t in [TierLabel::L1, TierLabel::L2] {
+    for t in [Tier::L1, Tier::L2] {
         m.corrupt_entries.with_label_values(&[t.label()]);
+    }
+    for kind in PurgeKind::ALL {
+        for source in PurgeSource::ALL {
+            m.purges.with_label_values(&[kind.label(), source.label()]);
+        }
+    }
+    for r in WarmUrlResult::ALL {
+        m.warm_urls.with_label_values(&[r.label()]);
     }
     m
 });
@@ -345,52 +398,35 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-impl Metrics {
-    /// Count one Redis operation and its duration.
-    pub fn l2_op(&self, op: L2Op, result: L2Result, elapsed: Duration) {
-        self.l2_operations
-            .with_label_values(&[op.label(), result.label()])
-            .inc();
-        if result != L2Result::Skipped {
-            self.l2_duration
-                .with_label_values(&[op.label()])
-                .observe(elapsed.as_secs_f64());
+const SLOTS: usize = MethodLabel::COUNT * 5 * CacheOutcome::ALL.len();
+
+/// Pre-resolved error counters of one upstream (every kind, so dashboards see zeros).
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    errors: [IntCounter; 4],
+}
+
+impl UpstreamMetrics {
+    /// Resolve the counters of the upstream called `name`.
+    pub fn new(name: &str) -> Self {
+        let m = metrics();
+        Self {
+            errors: UpstreamErrorKind::ALL
+                .map(|k| m.upstream_errors.with_label_values(&[name, k.label()])),
         }
     }
 
-    /// Count one corrupt entry found in `tier`.
-    pub fn corrupt_entry(&self, tier: TierLabel) {
-        self.corrupt_entries
-            .with_label_values(&[tier.label()])
-            .inc();
-    }
-
-    /// Count one L1 eviction.
-    pub fn l1_eviction(&self, cause: EvictionCause) {
-        self.l1_evictions.with_label_values(&[cause.label()]).inc();
-    }
-
-    /// Count one upstream error.
-    pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
-        self.upstream_errors
-            .with_label_values(&[upstream, kind.label()])
-            .inc();
-    }
-
-    /// Count one config reload.
-    pub fn config_reload(&self, result: ReloadResult) {
-        self.config_reloads
-            .with_label_values(&[result.label()])
-            .inc();
+    /// Count one failure of `kind`.
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
     }
 }
-
-const SLOTS: usize = MethodLabel::COUNT * 5 * CacheOutcome::ALL.len();
 
 /// Pre-resolved handles for one route label (a config route, `default` or `health`).
 ///
 /// Built once per config snapshot; recording after the first use of a combination takes no
 /// lock and allocates nothing.
+#[derive(Debug)]
 pub struct RouteMetrics {
     route: String,
     requests: Box<[OnceLock<IntCounter>]>,

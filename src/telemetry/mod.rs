@@ -1,3 +1,4 @@
 //! Logs and metrics: one place that decides how sidecache reports what it does.
+pub mod events;
 pub mod logging;
 pub mod metrics;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::config::WarmConfig;
-use crate::routing::pattern::{fill_braces, Params};
+use crate::pattern::Params;
 
 /// Default per-request timeout of a warming request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,7 +107,7 @@ pub fn expand(config: &WarmConfig) -> Result<Vec<String>, WarmError> {
             check_id(&id, &origin)?;
             let mut params = Params::default();
             params.push("id", &id);
-            push(fill_braces(&t.template, &params));
+            push(t.template.fill(&params));
         }
     }
     Ok(out)

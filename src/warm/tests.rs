@@ -26,7 +26,8 @@ fn expands_urls_then_ids_then_ids_file_without_duplicates() {
     let c = config(
         &["/api/state-machine/diagram", "/api/state-machine/diagram"],
         vec![WarmTemplate {
-            template: "/api/contractors/{id}/bundle".into(),
+            template: crate::pattern::Template::parse("/api/contractors/{id}/bundle")
+                .expect("template"),
             ids: vec!["1".into(), "2".into()],
             ids_file: Some(file),
         }],
@@ -61,7 +62,7 @@ fn missing_ids_file_is_an_error_naming_the_file() {
     let c = config(
         &[],
         vec![WarmTemplate {
-            template: "/c/{id}".into(),
+            template: crate::pattern::Template::parse("/c/{id}").expect("template"),
             ids: vec![],
             ids_file: Some("/nonexistent/warm/ids.txt".into()),
         }],
@@ -82,7 +83,7 @@ fn bad_id_is_an_error_naming_file_and_line() {
     let c = config(
         &[],
         vec![WarmTemplate {
-            template: "/c/{id}".into(),
+            template: crate::pattern::Template::parse("/c/{id}").expect("template"),
             ids: vec![],
             ids_file: Some(file.clone()),
         }],
@@ -92,7 +93,7 @@ fn bad_id_is_an_error_naming_file_and_line() {
     let inline = config(
         &[],
         vec![WarmTemplate {
-            template: "/c/{id}".into(),
+            template: crate::pattern::Template::parse("/c/{id}").expect("template"),
             ids: vec!["a b".into()],
             ids_file: None,
         }],

@@ -6,10 +6,12 @@
 //! through (half-open). The probe's success closes the breaker, its failure re-opens it.
 //! The `l2_up` gauge follows the state (1 closed, 0 otherwise).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::atomic_duration::AtomicDuration;
+use crate::telemetry::events::{BreakerState, BreakerTransition, InternalEvent};
 use crate::telemetry::metrics::metrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +26,7 @@ enum State {
 pub struct CircuitBreaker {
     state: Mutex<State>,
     threshold: AtomicU32,
-    cooldown_nanos: AtomicU64,
+    cooldown: AtomicDuration,
 }
 
 impl CircuitBreaker {
@@ -34,19 +36,18 @@ impl CircuitBreaker {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: AtomicU32::new(failures.max(1)),
-            cooldown_nanos: AtomicU64::new(dur_nanos(cooldown)),
+            cooldown: AtomicDuration::new(cooldown),
         }
     }
 
     /// Change threshold and cooldown (hot reload); the current state is kept.
     pub fn reconfigure(&self, failures: u32, cooldown: Duration) {
         self.threshold.store(failures.max(1), Ordering::Relaxed);
-        self.cooldown_nanos
-            .store(dur_nanos(cooldown), Ordering::Relaxed);
+        self.cooldown.set(cooldown);
     }
 
     fn cooldown(&self) -> Duration {
-        Duration::from_nanos(self.cooldown_nanos.load(Ordering::Relaxed))
+        self.cooldown.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -82,8 +83,10 @@ impl CircuitBreaker {
         *s = State::Closed { failures: 0 };
         drop(s);
         if !was_closed {
-            tracing::info!("redis circuit breaker closed");
-            metrics().l2_up.set(1);
+            BreakerTransition {
+                to: BreakerState::Closed,
+            }
+            .emit();
         }
     }
 
@@ -110,8 +113,10 @@ impl CircuitBreaker {
         }
         drop(s);
         if opened {
-            tracing::warn!("redis circuit breaker open");
-            metrics().l2_up.set(0);
+            BreakerTransition {
+                to: BreakerState::Open,
+            }
+            .emit();
         }
     }
 
@@ -119,10 +124,6 @@ impl CircuitBreaker {
     pub fn is_closed(&self) -> bool {
         matches!(*self.lock(), State::Closed { .. })
     }
-}
-
-fn dur_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::codec::StoredEntry;
+use crate::telemetry::events::{InternalEvent, L1Eviction};
 use crate::telemetry::metrics::{metrics, EvictionCause};
 
 /// Removals between two `yield_now()` calls in a purge.
@@ -128,25 +129,17 @@ struct Inner {
     max_bytes: u64,
 }
 
-/// Per-store counters mirrored into the global gauges.
-#[derive(Default)]
-struct Counters {
-    entries: AtomicU64,
-    bytes: AtomicU64,
-}
-
 /// The L1 tier. Cheap lookups (`get`), byte-bounded, with purge indexes.
 pub struct L1Store {
     inner: ArcSwap<Inner>,
     generation: AtomicU64,
-    counters: Arc<Counters>,
 }
 
 fn lock(m: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
+fn build(max_bytes: u64) -> Inner {
     let index = Arc::new(Mutex::new(Index::default()));
     metrics()
         .l1_capacity_bytes
@@ -159,7 +152,6 @@ fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
         };
     }
     let listener_index = index.clone();
-    let listener_counters = counters.clone();
     let cache = Cache::builder()
         .max_capacity(max_bytes)
         .weigher(|_k: &EntryKey, v: &Arc<L1Entry>| v.weight)
@@ -172,13 +164,11 @@ fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
                     RemovalCause::Replaced => EvictionCause::Replaced,
                     RemovalCause::Explicit => EvictionCause::Explicit,
                 };
-                metrics().l1_eviction(c);
-                listener_counters.entries.fetch_sub(1, Ordering::Relaxed);
-                listener_counters
-                    .bytes
-                    .fetch_sub(u64::from(v.weight), Ordering::Relaxed);
-                metrics().l1_entries.dec();
-                metrics().l1_bytes.sub(i64::from(v.weight));
+                L1Eviction {
+                    cause: c,
+                    weight: v.weight,
+                }
+                .emit();
                 lock(&listener_index).remove(&k, &v);
             },
         )
@@ -193,11 +183,9 @@ fn build(max_bytes: u64, counters: &Arc<Counters>) -> Inner {
 impl L1Store {
     /// An L1 with a byte budget of `max_bytes` (0 = disabled).
     pub fn new(max_bytes: u64) -> Self {
-        let counters = Arc::new(Counters::default());
         L1Store {
-            inner: ArcSwap::from_pointee(build(max_bytes, &counters)),
+            inner: ArcSwap::from_pointee(build(max_bytes)),
             generation: AtomicU64::new(1),
-            counters,
         }
     }
 
@@ -216,7 +204,7 @@ impl L1Store {
         if self.max_bytes() == max_bytes {
             return;
         }
-        let old = self.inner.swap(Arc::new(build(max_bytes, &self.counters)));
+        let old = self.inner.swap(Arc::new(build(max_bytes)));
         if let Some(c) = &old.cache {
             c.invalidate_all();
             c.run_pending_tasks();
@@ -256,10 +244,6 @@ impl L1Store {
             weight,
         });
         lock(&inner.index).add(key, &v);
-        self.counters.entries.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes
-            .fetch_add(u64::from(weight), Ordering::Relaxed);
         metrics().l1_entries.inc();
         metrics().l1_bytes.add(i64::from(weight));
         cache.insert(key, v);

@@ -12,19 +12,21 @@
 //!
 //! The `ConnectionManager` is created lazily in the runtime that first uses it (a
 //! `tokio::sync::OnceCell`; a failed init leaves the cell empty so the next allowed attempt
-//! retries). Every operation runs under a timeout, records `l2_op` metrics and feeds the breaker;
+//! retries). Every operation runs under a timeout, emits an `L2Operation` event and feeds the breaker;
 //! while the breaker is open operations are skipped (`L2Result::Skipped`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use super::atomic_duration::AtomicDuration;
 use super::breaker::CircuitBreaker;
 use crate::config::L2Config;
-use crate::telemetry::metrics::{metrics, L2Op, L2Result};
+use crate::hex::hex;
+use crate::telemetry::events::{InternalEvent, L2Operation};
+use crate::telemetry::metrics::{L2Op, L2Result};
 
 /// Format version segment of every key this build writes.
 pub const KEY_VERSION: &str = "v1:";
@@ -35,23 +37,8 @@ pub struct L2Store {
     conn: OnceCell<ConnectionManager>,
     breaker: CircuitBreaker,
     prefix: String,
-    read_timeout_ns: AtomicU64,
-    write_timeout_ns: AtomicU64,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Lower-case hex of a key hash.
-pub fn hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(D[(x >> 4) as usize] as char);
-        s.push(D[(x & 15) as usize] as char);
-    }
-    s
+    read_timeout: AtomicDuration,
+    write_timeout: AtomicDuration,
 }
 
 impl L2Store {
@@ -69,29 +56,27 @@ impl L2Store {
             conn: OnceCell::new(),
             breaker: CircuitBreaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             prefix: format!("{}{}", cfg.prefix, KEY_VERSION),
-            read_timeout_ns: AtomicU64::new(nanos(cfg.timeout)),
-            write_timeout_ns: AtomicU64::new(nanos(cfg.write_timeout)),
+            read_timeout: AtomicDuration::new(cfg.timeout),
+            write_timeout: AtomicDuration::new(cfg.write_timeout),
         }
     }
 
     /// Live-adjust timeouts and breaker settings. The url and prefix need a restart.
     pub fn reconfigure(&self, cfg: &L2Config) {
-        self.read_timeout_ns
-            .store(nanos(cfg.timeout), Ordering::Relaxed);
-        self.write_timeout_ns
-            .store(nanos(cfg.write_timeout), Ordering::Relaxed);
+        self.read_timeout.set(cfg.timeout);
+        self.write_timeout.set(cfg.write_timeout);
         self.breaker
             .reconfigure(cfg.breaker_failures, cfg.breaker_cooldown);
     }
 
     /// Timeout of each read.
     pub fn read_timeout(&self) -> Duration {
-        Duration::from_nanos(self.read_timeout_ns.load(Ordering::Relaxed))
+        self.read_timeout.get()
     }
 
     /// Timeout of each background write.
     pub fn write_timeout(&self) -> Duration {
-        Duration::from_nanos(self.write_timeout_ns.load(Ordering::Relaxed))
+        self.write_timeout.get()
     }
 
     /// The breaker guarding this store.
@@ -156,7 +141,13 @@ impl L2Store {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allow() {
-            metrics().l2_op(op, L2Result::Skipped, Duration::ZERO);
+            L2Operation {
+                op,
+                result: L2Result::Skipped,
+                elapsed: Duration::ZERO,
+                error: None,
+            }
+            .emit();
             return Err(L2Result::Skipped);
         }
         let start = Instant::now();
@@ -166,23 +157,26 @@ impl L2Store {
         })
         .await;
         let elapsed = start.elapsed();
+        let (result, error) = match &res {
+            Ok(Ok(_)) => (L2Result::Ok, None),
+            Ok(Err(e)) => (L2Result::Error, Some(e)),
+            Err(_) => (L2Result::Timeout, None),
+        };
+        if result == L2Result::Ok {
+            self.breaker.on_success();
+        } else {
+            self.breaker.on_failure();
+        }
+        L2Operation {
+            op,
+            result,
+            elapsed,
+            error,
+        }
+        .emit();
         match res {
-            Ok(Ok(v)) => {
-                self.breaker.on_success();
-                metrics().l2_op(op, L2Result::Ok, elapsed);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, op = op.label(), "redis error");
-                self.breaker.on_failure();
-                metrics().l2_op(op, L2Result::Error, elapsed);
-                Err(L2Result::Error)
-            }
-            Err(_) => {
-                self.breaker.on_failure();
-                metrics().l2_op(op, L2Result::Timeout, elapsed);
-                Err(L2Result::Timeout)
-            }
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(result),
         }
     }
 

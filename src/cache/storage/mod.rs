@@ -5,29 +5,65 @@
 //! - [`l2`]: Redis, lazily connected, fail-open reads under a short timeout, spawned writes,
 //!   guarded by a [`breaker::CircuitBreaker`].
 //! - [`codec`]: the versioned binary entry format stored in Redis.
-//! - [`tiered`]: the `Storage` implementation, hit/miss handlers and purges.
-//! - [`pubsub`]: purges across instances (Redis pub/sub broadcast, subscriber, gap rule).
+//! - [`tiered`]: the `Storage` implementation, hit/miss handlers and per-tier purges.
 //!
 //! Entries are addressed by `CacheHashKey::combined_bin()` (primary hash + variance), exactly
 //! like pingora's `MemCache`, so Vary variants are separate entries and the primary variant sits
-//! under the primary key.
+//! under the primary key. Both tiers index entries by url and by tag, which is what a
+//! [`PurgeKind`] targets; [`crate::purge`] decides when and in which order to purge them.
 
+pub mod atomic_duration;
 pub mod breaker;
 pub mod codec;
 pub mod l1;
 pub mod l2;
-pub mod pubsub;
 pub mod tiered;
 
-pub use l1::{EntryKey, L1Store};
+pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
 pub use tiered::{TieredCache, TieredHit};
 
-/// Which tier served a hit. The proxy downcasts the hit handler to [`TieredHit`] to read it.
+/// A storage tier: which one served a hit, or where a corrupt entry was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     L1,
     L2,
+}
+
+impl Tier {
+    /// The metric label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+        }
+    }
+}
+
+/// What a purge targets, through the indexes both tiers keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PurgeKind {
+    /// Every variant of exactly this url.
+    Url,
+    /// Every entry whose url starts with this.
+    Prefix,
+    /// Every entry carrying this tag.
+    Tag,
+}
+
+impl PurgeKind {
+    /// Every kind, in label order.
+    pub const ALL: [PurgeKind; 3] = [Self::Url, Self::Prefix, Self::Tag];
+
+    /// The `kind` label / JSON value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Url => "url",
+            Self::Prefix => "prefix",
+            Self::Tag => "tag",
+        }
+    }
 }
 
 /// Context the proxy attaches to the `CacheMeta` extensions in `response_cache_filter`
@@ -41,18 +77,4 @@ pub struct EntryContext {
     pub route: String,
     /// Filled tag templates, e.g. `contractor:42`.
     pub tags: Vec<String>,
-}
-
-/// Result of a purge by url, prefix or tag.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PurgeReport {
-    /// Entries removed from L1.
-    pub l1_removed: u64,
-    /// Entries removed from L2 (0 without L2).
-    pub l2_removed: u64,
-    /// False when L2 is configured but the purge could not reach it (error, timeout, breaker
-    /// open). True without L2.
-    pub l2_ok: bool,
-    /// True when the purge was published to the other instances (false without L2).
-    pub broadcast: bool,
 }

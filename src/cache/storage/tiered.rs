@@ -1,13 +1,19 @@
 //! [`TieredCache`]: the pingora-cache `Storage` of sidecache, plus its hit and miss handlers.
 //!
 //! Lookup: L1, then (on an L1 miss) L2 under the read timeout; an L2 hit is promoted into L1
-//! with its remaining lifetime. Miss: the body is buffered (up to `max_object_bytes`), on
-//! `finish` the entry goes into L1 synchronously and into L2 by a spawned task (never awaited
-//! there: `finish` runs before the last chunk reaches the client).
+//! with its remaining lifetime. The request plan probes L1 before pingora-cache runs
+//! ([`TieredCache::probe_l1`]) and leaves the result in the key, so the lookup that follows
+//! does not probe again. Miss: the body is buffered (up to `max_object_bytes`), on `finish`
+//! the entry goes into L1 synchronously and into L2 by a spawned task (never awaited there:
+//! `finish` runs before the last chunk reaches the client).
+//!
+//! This module only stores: purges are orchestrated by [`crate::purge`], which calls the
+//! per-tier operations here and in [`super::l2`].
 
 use std::any::Any;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -22,22 +28,39 @@ use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 
 use super::codec::{self, StoredEntry};
-use super::l1::{EntryKey, L1Store};
+use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::L2Store;
-use super::pubsub::{self, PurgeKind, PurgeMessage};
-use super::{EntryContext, PurgeReport, Tier};
+use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
-use crate::telemetry::metrics::{metrics, TierLabel};
+use crate::telemetry::events::{CorruptEntry, InternalEvent};
+use crate::telemetry::metrics::L2Result;
 
 /// The two-tier cache storage handed to `session.cache.enable(..)` (as a `&'static`).
 pub struct TieredCache {
     l1: L1Store,
     l2: Option<L2Store>,
     max_object_bytes: AtomicU64,
-    /// This process's id in purge broadcasts (see [`super::pubsub`]).
-    instance_id: String,
-    /// Pub/sub channel of purge broadcasts (`cache.l2.channel`; empty without L2).
-    channel: String,
+}
+
+/// What the request plan's L1 probe found under one key, carried in that key's extensions to
+/// the storage lookup that follows. Only the first lookup of exactly that key uses it: a
+/// later one (after waiting on the cache lock, whose holder has stored the entry meanwhile)
+/// and the lookup of a Vary variant probe L1 themselves.
+#[derive(Clone)]
+struct L1Probe(Arc<ProbeResult>);
+
+struct ProbeResult {
+    key: EntryKey,
+    found: Option<Arc<L1Entry>>,
+    used: AtomicBool,
+}
+
+impl L1Probe {
+    /// The probe's result for `key`, once.
+    fn take_for(&self, key: &EntryKey) -> Option<Option<Arc<L1Entry>>> {
+        let p = &self.0;
+        (p.key == *key && !p.used.swap(true, Ordering::Relaxed)).then(|| p.found.clone())
+    }
 }
 
 /// Spawn a background task on the current runtime; silently skipped outside a runtime.
@@ -58,43 +81,32 @@ impl TieredCache {
             l1: L1Store::new(cfg.l1.max_bytes),
             l2: cfg.l2.as_ref().map(L2Store::new),
             max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
-            instance_id: pubsub::new_instance_id(),
-            channel: cfg
-                .l2
-                .as_ref()
-                .map(|l2| l2.channel.clone())
-                .unwrap_or_default(),
         }
     }
 
-    /// This process's id in purge broadcasts; messages carrying it are skipped on receipt.
-    pub fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-
-    /// The pub/sub channel purges are broadcast on (empty without L2; changes need a restart).
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
-    /// Receive purges from other instances until `shutdown` flips: see [`super::pubsub`].
-    /// Returns at once without L2. Run it once per process, inside a runtime that lives as
-    /// long as the process (sidecache runs it as a pingora background service).
-    pub async fn run_purge_subscriber(&'static self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        pubsub::run(self, shutdown).await;
-    }
-
     /// Live-adjust L2 timeouts/breaker, the object size limit and the L1 budget (a different
-    /// budget rebuilds L1 empty). Adding or removing L2 needs a restart.
+    /// budget rebuilds L1 empty). Adding or removing L2 is a restart-only change, refused by
+    /// the reload before it gets here.
     pub fn reconfigure(&self, cfg: &CacheConfig) {
         self.max_object_bytes
             .store(cfg.l1.max_object_bytes, Ordering::Relaxed);
         self.l1.reconfigure(cfg.l1.max_bytes);
-        match (&self.l2, &cfg.l2) {
-            (Some(l2), Some(c)) => l2.reconfigure(c),
-            (None, None) => {}
-            _ => tracing::warn!("adding or removing [cache.l2] needs a restart"),
+        if let (Some(l2), Some(c)) = (&self.l2, &cfg.l2) {
+            l2.reconfigure(c);
         }
+    }
+
+    /// Probe L1 for `key` (never L2), and leave the result in the key so the storage lookup
+    /// that follows for the same key does not probe again. Returns the live entry, if any.
+    pub fn probe_l1(&self, key: &mut CacheKey) -> Option<Arc<L1Entry>> {
+        let k = key.combined_bin();
+        let found = self.l1.get(&k);
+        key.extensions.insert(L1Probe(Arc::new(ProbeResult {
+            key: k,
+            found: found.clone(),
+            used: AtomicBool::new(false),
+        })));
+        found
     }
 
     /// The L1 tier.
@@ -125,43 +137,8 @@ impl TieredCache {
         self.max_object_bytes.load(Ordering::Relaxed)
     }
 
-    /// Delete from L2 once, then purge the local L1, then broadcast the purge so other
-    /// instances drop it from their L1 (see [`super::pubsub`]). L2 goes first so that an L1
-    /// miss right after the L1 purge (here or on a receiving instance) cannot promote the old
-    /// copy back from L2. The L1 purge and the broadcast happen even when the L2 delete failed.
-    async fn purge(&self, kind: PurgeKind, target: &str) -> PurgeReport {
-        metrics().purges.with_label_values(&[kind.label()]).inc();
-        let deleted = match (&self.l2, kind) {
-            (None, _) => None,
-            (Some(l2), PurgeKind::Url) => Some(l2.purge_url(target).await),
-            (Some(l2), PurgeKind::Prefix) => Some(l2.purge_prefix(target).await),
-            (Some(l2), PurgeKind::Tag) => Some(l2.purge_tag(target).await),
-        };
-        let l1_removed = self.purge_l1(kind, target).await;
-        let (Some(l2), Some(deleted)) = (&self.l2, deleted) else {
-            return PurgeReport {
-                l1_removed,
-                l2_removed: 0,
-                l2_ok: true,
-                broadcast: false,
-            };
-        };
-        let broadcast = match PurgeMessage::new(&self.instance_id, kind, target).encode() {
-            Ok(payload) => l2.publish(&self.channel, payload).await.is_ok(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode purge message");
-                false
-            }
-        };
-        PurgeReport {
-            l1_removed,
-            l2_removed: *deleted.as_ref().unwrap_or(&0),
-            l2_ok: deleted.is_ok(),
-            broadcast,
-        }
-    }
-
-    async fn purge_l1(&self, kind: PurgeKind, target: &str) -> u64 {
+    /// Remove the entries `kind`/`target` names from L1 only; returns how many.
+    pub async fn purge_l1(&self, kind: PurgeKind, target: &str) -> u64 {
         match kind {
             PurgeKind::Url => self.l1.purge_url(target).await,
             PurgeKind::Prefix => self.l1.purge_prefix(target).await,
@@ -169,27 +146,14 @@ impl TieredCache {
         }
     }
 
-    /// Remove every variant of exactly `url` (as stored in `EntryContext::url`) from L1 and L2,
-    /// and broadcast it to the other instances.
-    pub async fn purge_url(&self, url: &str) -> PurgeReport {
-        self.purge(PurgeKind::Url, url).await
-    }
-
-    /// Remove every entry whose url starts with `prefix` from L1 and L2, and broadcast it.
-    pub async fn purge_prefix(&self, prefix: &str) -> PurgeReport {
-        self.purge(PurgeKind::Prefix, prefix).await
-    }
-
-    /// Remove every entry tagged `tag` from L1 and L2, and broadcast it.
-    pub async fn purge_tag(&self, tag: &str) -> PurgeReport {
-        self.purge(PurgeKind::Tag, tag).await
-    }
-
-    /// Apply another instance's purge to L1 only (it already purged L2). Counts
-    /// `purges{kind="remote"}`; returns the entries removed.
-    pub async fn purge_l1_remote(&self, kind: PurgeKind, target: &str) -> u64 {
-        metrics().purges.with_label_values(&["remote"]).inc();
-        self.purge_l1(kind, target).await
+    /// Remove the entries `kind`/`target` names from L2 (`None` without L2); returns how many.
+    pub async fn purge_l2(&self, kind: PurgeKind, target: &str) -> Option<Result<u64, L2Result>> {
+        let l2 = self.l2.as_ref()?;
+        Some(match kind {
+            PurgeKind::Url => l2.purge_url(target).await,
+            PurgeKind::Prefix => l2.purge_prefix(target).await,
+            PurgeKind::Tag => l2.purge_tag(target).await,
+        })
     }
 
     /// Drop everything from L1 only (used after a pub/sub gap).
@@ -221,8 +185,12 @@ impl TieredCache {
                 Some(e)
             }
             Err(err) => {
-                tracing::warn!(key = %l2.entry_key(key), error = %err, "corrupt L2 entry deleted");
-                metrics().corrupt_entry(TierLabel::L2);
+                CorruptEntry {
+                    tier: Tier::L2,
+                    key: &l2.entry_key(key),
+                    error: &err,
+                }
+                .emit();
                 let key = *key;
                 spawn_bg(async move {
                     let _ = l2.del_entry(&key).await;
@@ -258,7 +226,8 @@ impl Storage for TieredCache {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let k = key.combined_bin();
-        if let Some(e) = self.l1.get(&k) {
+        let probed = key.extensions.get::<L1Probe>().and_then(|p| p.take_for(&k));
+        if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
             return Ok(Some(hit(&e.entry, Tier::L1)));
         }
         match self.l2_lookup(&k).await {

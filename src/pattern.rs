@@ -1,6 +1,8 @@
 //! Next.js-style path patterns (`/api/contractors/:id/bundle`, `/api/:path*`, `/api/admin/*`)
 //! and the templates filled from their captured params.
 //!
+//! A leaf module: the config compiles every pattern and template here once (validation is
+//! where a bad one is reported), and routing only matches and fills the compiled values.
 //! Matching borrows from the pattern and the path and never allocates.
 
 /// Most named params a pattern may capture; [`Pattern::parse`] rejects more.
@@ -265,59 +267,105 @@ pub fn fill_path(template: &Pattern, params: &Params<'_>, out: &mut String) {
     }
 }
 
-/// Fill a tag / warm template ("contractor:{id}") from params. A `{name}` with no such param is
-/// left as written, so it can never collide with a real tag.
-pub fn fill_braces(template: &str, params: &Params<'_>) -> String {
-    let mut out = String::with_capacity(template.len() + 16);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        match after.find('}') {
-            Some(close) => {
-                let name = &after[..close];
-                match params.get(name) {
+/// A compiled brace template: a tag such as `contractor:{id}` or a warm URL such as
+/// `/api/contractors/{id}/bundle`, filled from captured params by [`Template::fill`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Literal(String),
+    Name(String),
+}
+
+impl Template {
+    /// Compile a brace template, checking that braces balance and every `{}` has a name.
+    pub fn parse(src: &str) -> Result<Template, PatternError> {
+        let mut parts = Vec::new();
+        let mut rest = src;
+        loop {
+            match (rest.find('{'), rest.find('}')) {
+                (None, None) => break,
+                (Some(o), Some(c)) if o < c => {
+                    let name = &rest[o + 1..c];
+                    if name.contains('{') {
+                        return Err(PatternError::UnbalancedBraces(src.to_string()));
+                    }
+                    if name.is_empty() {
+                        return Err(PatternError::EmptyBraces(src.to_string()));
+                    }
+                    if o > 0 {
+                        parts.push(TemplatePart::Literal(rest[..o].to_string()));
+                    }
+                    parts.push(TemplatePart::Name(name.to_string()));
+                    rest = &rest[c + 1..];
+                }
+                _ => return Err(PatternError::UnbalancedBraces(src.to_string())),
+            }
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Literal(rest.to_string()));
+        }
+        Ok(Template {
+            source: src.to_string(),
+            parts,
+        })
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The `{name}`s the template uses, in order (repeats included).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::Name(n) => Some(n.as_str()),
+            TemplatePart::Literal(_) => None,
+        })
+    }
+
+    /// Fill the template from `params`. A `{name}` with no such param is left as written, so a
+    /// filled tag can never collide with a real one.
+    pub fn fill(&self, params: &Params<'_>) -> String {
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(l) => out.push_str(l),
+                TemplatePart::Name(n) => match params.get(n) {
                     Some(value) => out.push_str(value),
                     None => {
                         out.push('{');
-                        out.push_str(name);
+                        out.push_str(n);
                         out.push('}');
                     }
-                }
-                rest = &after[close + 1..];
-            }
-            None => {
-                out.push_str(&rest[open..]);
-                rest = "";
+                },
             }
         }
+        out
     }
-    out.push_str(rest);
-    out
 }
 
-/// The `{name}`s used in a brace template, checked for balance and non-empty names.
-pub fn brace_names(template: &str) -> Result<Vec<&str>, PatternError> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    loop {
-        let open = rest.find('{');
-        let close = rest.find('}');
-        match (open, close) {
-            (None, None) => return Ok(names),
-            (Some(o), Some(c)) if o < c => {
-                let name = &rest[o + 1..c];
-                if name.contains('{') {
-                    return Err(PatternError::UnbalancedBraces(template.to_string()));
-                }
-                if name.is_empty() {
-                    return Err(PatternError::EmptyBraces(template.to_string()));
-                }
-                names.push(name);
-                rest = &rest[c + 1..];
-            }
-            _ => return Err(PatternError::UnbalancedBraces(template.to_string())),
-        }
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// Compiled values compare equal to the text they were compiled from.
+impl PartialEq<&str> for Template {
+    fn eq(&self, other: &&str) -> bool {
+        self.source == *other
+    }
+}
+
+/// Compiled values compare equal to the text they were compiled from.
+impl PartialEq<&str> for Pattern {
+    fn eq(&self, other: &&str) -> bool {
+        self.source == *other
     }
 }
 
@@ -466,23 +514,30 @@ mod tests {
     }
 
     #[test]
-    fn fill_braces_substitutes_known_names_and_keeps_unknown() {
+    fn templates_fill_known_names_and_keep_unknown() {
         let mut ps = Params::default();
         ps.push("id", "42");
-        assert_eq!(fill_braces("contractor:{id}", &ps), "contractor:42");
-        assert_eq!(fill_braces("/c/{id}/b/{id}", &ps), "/c/42/b/42");
-        assert_eq!(fill_braces("x:{other}", &ps), "x:{other}");
-        assert_eq!(fill_braces("plain", &ps), "plain");
-        assert_eq!(fill_braces("open{id", &ps), "open{id");
+        let fill = |t: &str| Template::parse(t).expect("template").fill(&ps);
+        assert_eq!(fill("contractor:{id}"), "contractor:42");
+        assert_eq!(fill("/c/{id}/b/{id}"), "/c/42/b/42");
+        assert_eq!(fill("x:{other}"), "x:{other}");
+        assert_eq!(fill("plain"), "plain");
+        assert_eq!(
+            Template::parse("contractor:{id}").expect("t"),
+            "contractor:{id}"
+        );
     }
 
     #[test]
-    fn brace_names_checks_balance() {
-        assert_eq!(brace_names("a:{id}:{x}").unwrap(), ["id", "x"]);
-        assert!(brace_names("none").unwrap().is_empty());
-        assert!(brace_names("a:{id").is_err());
-        assert!(brace_names("a:}id{").is_err());
-        assert!(brace_names("a:{}").is_err());
-        assert!(brace_names("a:{{id}}").is_err());
+    fn templates_check_balance() {
+        let names =
+            |t: &str| Template::parse(t).map(|t| t.names().map(String::from).collect::<Vec<_>>());
+        assert_eq!(names("a:{id}:{x}").unwrap(), ["id", "x"]);
+        assert!(names("none").unwrap().is_empty());
+        assert!(names("open{id").is_err());
+        assert!(names("a:{id").is_err());
+        assert!(names("a:}id{").is_err());
+        assert!(names("a:{}").is_err());
+        assert!(names("a:{{id}}").is_err());
     }
 }

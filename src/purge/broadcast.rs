@@ -2,15 +2,15 @@
 //! `cache.l2.channel` (default `sidecache:purge`) and every other instance drops the entries
 //! from its own L1.
 //!
-//! **Publishing.** [`TieredCache`]'s `purge_url/purge_prefix/purge_tag` (admin API,
-//! invalidate-on-write, RFC 9111 unsafe-method invalidation) delete from L2 once, purge the
-//! local L1, then `PUBLISH` a [`PurgeMessage`] (`PurgeReport::broadcast` says whether that worked).
+//! **Publishing.** [`PurgeService::apply`] (admin API, CLI, invalidate-on-write, RFC 9111
+//! unsafe-method invalidation) deletes from L2 once, purges the local L1, then `PUBLISH`es a
+//! [`PurgeMessage`] (`PurgeReport::broadcast` says whether that worked).
 //! While Redis is unreachable purges still reach the local L1 (and L2 as soon as it is back);
 //! only the broadcast is lost, which the gap rule below covers on the other instances.
 //!
 //! **Message.** Small JSON: `{"v":1,"from":"<instance id>","kind":"url|prefix|tag","target":"..."}`.
 //! A message whose `from` is this instance is skipped (the originator already purged L1 and L2).
-//! Remote messages purge **L1 only** and count as `sidecache_purges_total{kind="remote"}`.
+//! Remote messages purge **L1 only** and count as `sidecache_purges_total{source="remote"}`.
 //! Malformed messages and unknown versions are ignored and logged at debug.
 //!
 //! **Subscriber.** A dedicated (non-multiplexed) Redis connection in `SUBSCRIBE` mode, read by
@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 
-use super::TieredCache;
-use crate::telemetry::metrics::metrics;
+use super::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
+use crate::telemetry::events::{InternalEvent, PubsubLink, PubsubLinkState};
 
 /// Format version of [`PurgeMessage`] this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -49,31 +49,13 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Largest reconnect delay of the subscriber.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Received messages waiting to be applied. When it is full the reader thread waits, Redis
+/// buffers for it, and a client too far behind is disconnected by Redis, which is a gap: L1
+/// is cleared on reconnect, so nothing is lost, only re-fetched.
+const RECEIVED_QUEUE: usize = 1024;
+
 /// Bound on connecting and on waiting for the `SUBSCRIBE` confirmation.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What a purge targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PurgeKind {
-    /// Every variant of exactly this path+query.
-    Url,
-    /// Every entry whose url starts with this.
-    Prefix,
-    /// Every entry carrying this tag.
-    Tag,
-}
-
-impl PurgeKind {
-    /// The `kind` label / JSON value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Url => "url",
-            Self::Prefix => "prefix",
-            Self::Tag => "tag",
-        }
-    }
-}
 
 /// One purge as broadcast on the channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +150,7 @@ pub enum Event {
 
 /// Subscription state as seen by the async side (for the gap rule and the logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Link {
+enum Link {
     /// No attempt has finished yet.
     Starting,
     /// Subscribed.
@@ -177,26 +159,21 @@ pub enum Link {
     Down,
 }
 
-/// Applies [`Event`]s to a cache: the state machine of the gap rule.
+/// Applies [`Event`]s to the purge service: the state machine of the gap rule.
 pub struct Subscriber {
-    cache: &'static TieredCache,
+    service: &'static PurgeService,
     channel: String,
     link: Link,
 }
 
 impl Subscriber {
-    /// A subscriber for `cache` on `channel` that has not connected yet.
-    pub fn new(cache: &'static TieredCache, channel: &str) -> Self {
+    /// A subscriber for `service` on `channel` that has not connected yet.
+    pub fn new(service: &'static PurgeService, channel: &str) -> Self {
         Subscriber {
-            cache,
+            service,
             channel: channel.to_owned(),
             link: Link::Starting,
         }
-    }
-
-    /// The current state.
-    pub fn link(&self) -> Link {
-        self.link
     }
 
     /// Apply one event. Returns true when it was a gap (L1 was cleared).
@@ -206,32 +183,41 @@ impl Subscriber {
                 let gap = self.link == Link::Down;
                 self.link = Link::Up;
                 if gap {
-                    self.cache.clear_l1();
-                    metrics().pubsub_gaps.inc();
-                    tracing::warn!(channel = %self.channel,
-                        "purge subscription re-established after a gap; L1 cleared");
-                } else {
-                    tracing::info!(channel = %self.channel, "purge subscription established");
+                    self.service.cache().clear_l1();
                 }
+                PubsubLink {
+                    channel: &self.channel,
+                    state: if gap {
+                        PubsubLinkState::UpAfterGap
+                    } else {
+                        PubsubLinkState::Up
+                    },
+                    error: None,
+                }
+                .emit();
                 gap
             }
             Event::Down(error) => {
-                if self.link != Link::Down {
-                    tracing::warn!(channel = %self.channel, error = %error,
-                        "purge subscription down; purges from other instances are missed until it is back (then L1 is cleared)");
+                let state = if self.link == Link::Down {
+                    PubsubLinkState::StillDown
                 } else {
-                    tracing::debug!(channel = %self.channel, error = %error, "purge subscription still down");
-                }
+                    PubsubLinkState::Down
+                };
                 self.link = Link::Down;
+                PubsubLink {
+                    channel: &self.channel,
+                    state,
+                    error: Some(&error),
+                }
+                .emit();
                 false
             }
             Event::Message(payload) => {
-                match classify(&payload, self.cache.instance_id()) {
+                match classify(&payload, self.service.instance_id()) {
                     Received::Own => {}
                     Received::Remote(m) => {
-                        let n = self.cache.purge_l1_remote(m.kind, &m.target).await;
-                        tracing::debug!(kind = m.kind.label(), target = %m.target, from = %m.from,
-                            removed = n, "remote purge applied to L1");
+                        let request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
+                        self.service.apply(&request).await;
                     }
                     Received::Malformed(e) => {
                         tracing::debug!(error = %e, "ignored malformed purge message");
@@ -243,15 +229,21 @@ impl Subscriber {
     }
 }
 
-/// Run the purge subscriber for `cache` until `shutdown` flips (returns at once without L2).
-/// Spawns the blocking reader thread and applies its events in this task.
-pub async fn run(cache: &'static TieredCache, mut shutdown: watch::Receiver<bool>) {
-    let Some(l2) = cache.l2() else { return };
+/// Run the purge subscriber of `service` on `channel` until `shutdown` flips (returns at once
+/// without L2). Spawns the blocking reader thread and applies its events in this task.
+pub(super) async fn run(
+    service: &'static PurgeService,
+    channel: &str,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(l2) = service.cache().l2() else {
+        return;
+    };
     let Some(client) = l2.client().cloned() else {
         return;
     };
-    let channel = cache.channel().to_owned();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let channel = channel.to_owned();
+    let (tx, mut rx) = mpsc::channel(RECEIVED_QUEUE);
     let thread_channel = channel.clone();
     let spawned = std::thread::Builder::new()
         .name("sidecache-pubsub".into())
@@ -260,7 +252,7 @@ pub async fn run(cache: &'static TieredCache, mut shutdown: watch::Receiver<bool
         tracing::error!(error = %e, "cannot start the purge subscriber thread; purges are not received from other instances");
         return;
     }
-    let mut sub = Subscriber::new(cache, &channel);
+    let mut sub = Subscriber::new(service, &channel);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -274,7 +266,7 @@ pub async fn run(cache: &'static TieredCache, mut shutdown: watch::Receiver<bool
 
 /// The blocking side: connect, `SUBSCRIBE`, forward messages; on any failure back off and
 /// start again. Returns only when the async side is gone.
-fn reader_loop(client: &redis::Client, channel: &str, tx: &mpsc::UnboundedSender<Event>) {
+fn reader_loop(client: &redis::Client, channel: &str, tx: &mpsc::Sender<Event>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let err = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
@@ -289,14 +281,14 @@ fn reader_loop(client: &redis::Client, channel: &str, tx: &mpsc::UnboundedSender
                     Err(e) => e.to_string(),
                     Ok(()) => {
                         backoff = BACKOFF_MIN;
-                        if tx.send(Event::Up).is_err() {
+                        if tx.blocking_send(Event::Up).is_err() {
                             return;
                         }
                         loop {
                             match ps.get_message() {
                                 Ok(msg) => {
                                     let payload = msg.get_payload_bytes().to_vec();
-                                    if tx.send(Event::Message(payload)).is_err() {
+                                    if tx.blocking_send(Event::Message(payload)).is_err() {
                                         return;
                                     }
                                 }
@@ -307,7 +299,7 @@ fn reader_loop(client: &redis::Client, channel: &str, tx: &mpsc::UnboundedSender
                 }
             }
         };
-        if tx.send(Event::Down(err)).is_err() {
+        if tx.blocking_send(Event::Down(err)).is_err() {
             return;
         }
         let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 10));

@@ -1,0 +1,379 @@
+//! One typed event per thing that happens, each recording its log line and its metrics
+//! together (like vector's `InternalEvent`): a call site builds the event and calls
+//! [`InternalEvent::emit`], and never writes a metric or a log line of its own.
+//!
+//! Labels come from enums with static names ([`CacheOutcome`], [`Detail`], [`L2Op`],
+//! [`PurgeKind`], ...) or from handles resolved once per config label ([`RouteMetrics`],
+//! [`UpstreamMetrics`](super::metrics::UpstreamMetrics)); no event takes a free-form label.
+//! Events on the request path allocate nothing and log at most one line per request.
+
+use std::fmt::Display;
+use std::time::{Duration, SystemTime};
+
+use super::metrics::{
+    metrics, EvictionCause, L2Op, L2Result, MethodLabel, RouteMetrics, Success, UpstreamErrorKind,
+    WarmUrlResult,
+};
+use crate::cache::status::{CacheOutcome, Detail};
+use crate::cache::storage::{PurgeKind, Tier};
+use crate::config::ConfigErrors;
+use crate::purge::{PurgeReport, PurgeRequest, PurgeSource};
+use crate::routing::Upstream;
+
+/// Something that happened, recorded as its log line and its metrics together.
+pub trait InternalEvent {
+    /// Record the event.
+    fn emit(self);
+}
+
+/// A client request finished (not a background refresh): request counters and latency,
+/// coalescing, and the access log line when `server.access_log` is on.
+pub struct RequestFinished<'a> {
+    pub metrics: &'a RouteMetrics,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub outcome: CacheOutcome,
+    /// Why the cache was bypassed or the response not stored.
+    pub detail: Option<Detail>,
+    pub elapsed: Duration,
+    pub request_id: &'a str,
+    pub error: Option<&'a pingora_error::Error>,
+    /// How long the request waited on another's fetch of the same key, if it did.
+    pub lock_wait: Option<Duration>,
+    /// `cache.lock_timeout`: a wait this long gave up and went to the origin.
+    pub lock_timeout: Duration,
+    pub access_log: bool,
+}
+
+impl InternalEvent for RequestFinished<'_> {
+    fn emit(self) {
+        self.metrics.record_request(
+            MethodLabel::from_method(self.method),
+            self.status,
+            self.outcome,
+            self.elapsed,
+        );
+        if let Some(waited) = self.lock_wait {
+            self.metrics.record_coalesced();
+            if waited >= self.lock_timeout {
+                metrics().cache_lock_timeouts.inc();
+            }
+        }
+        if self.access_log {
+            tracing::info!(
+                target: "sidecache::access",
+                method = %self.method,
+                path = self.path,
+                status = self.status,
+                cache = self.outcome.label(),
+                detail = self.detail.map(Detail::as_str),
+                route = self.metrics.route(),
+                duration_ms = self.elapsed.as_secs_f64() * 1000.0,
+                request_id = self.request_id,
+                error = self.error.map(tracing::field::display),
+            );
+        }
+    }
+}
+
+/// An upstream's response header arrived.
+pub struct UpstreamResponded<'a> {
+    pub metrics: &'a RouteMetrics,
+    pub upstream: &'a Upstream,
+    /// From sending the request to the response header.
+    pub elapsed: Duration,
+    pub status: http::StatusCode,
+}
+
+impl InternalEvent for UpstreamResponded<'_> {
+    fn emit(self) {
+        self.metrics.record_upstream(
+            self.upstream.index,
+            &self.upstream.config.name,
+            self.elapsed,
+        );
+        if self.status.is_server_error() {
+            self.upstream.metrics.error(UpstreamErrorKind::Status5xx);
+        }
+    }
+}
+
+/// Proxying to an upstream failed (connect, timeout, reset).
+pub struct UpstreamFailed<'a> {
+    pub upstream: &'a Upstream,
+    pub kind: UpstreamErrorKind,
+}
+
+impl InternalEvent for UpstreamFailed<'_> {
+    fn emit(self) {
+        self.upstream.metrics.error(self.kind);
+    }
+}
+
+/// One Redis operation ended (or was skipped by the open breaker).
+pub struct L2Operation<'a> {
+    pub op: L2Op,
+    pub result: L2Result,
+    pub elapsed: Duration,
+    pub error: Option<&'a redis::RedisError>,
+}
+
+impl InternalEvent for L2Operation<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.l2_operations
+            .with_label_values(&[self.op.label(), self.result.label()])
+            .inc();
+        if self.result != L2Result::Skipped {
+            m.l2_duration
+                .with_label_values(&[self.op.label()])
+                .observe(self.elapsed.as_secs_f64());
+        }
+        if let Some(e) = self.error {
+            tracing::debug!(op = self.op.label(), error = %e, "redis error");
+        }
+    }
+}
+
+/// The state the Redis circuit breaker moved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Redis is used again.
+    Closed,
+    /// Redis is skipped until the cooldown has passed.
+    Open,
+}
+
+/// The Redis circuit breaker opened or closed.
+pub struct BreakerTransition {
+    pub to: BreakerState,
+}
+
+impl InternalEvent for BreakerTransition {
+    fn emit(self) {
+        match self.to {
+            BreakerState::Closed => {
+                tracing::info!("redis circuit breaker closed");
+                metrics().l2_up.set(1);
+            }
+            BreakerState::Open => {
+                tracing::warn!("redis circuit breaker open");
+                metrics().l2_up.set(0);
+            }
+        }
+    }
+}
+
+/// A stored entry failed to decode; it is treated as a miss and deleted.
+pub struct CorruptEntry<'a> {
+    pub tier: Tier,
+    pub key: &'a str,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for CorruptEntry<'_> {
+    fn emit(self) {
+        tracing::warn!(tier = self.tier.label(), key = self.key, error = %self.error,
+            "corrupt cache entry deleted");
+        metrics()
+            .corrupt_entries
+            .with_label_values(&[self.tier.label()])
+            .inc();
+    }
+}
+
+/// An entry left L1 (moka's eviction listener). Counted only: it can happen per request.
+pub struct L1Eviction {
+    pub cause: EvictionCause,
+    /// The bytes the entry weighed.
+    pub weight: u32,
+}
+
+impl InternalEvent for L1Eviction {
+    fn emit(self) {
+        let m = metrics();
+        m.l1_evictions
+            .with_label_values(&[self.cause.label()])
+            .inc();
+        m.l1_entries.dec();
+        m.l1_bytes.sub(i64::from(self.weight));
+    }
+}
+
+/// A purge was applied to this instance's tiers.
+pub struct PurgeApplied<'a> {
+    pub request: &'a PurgeRequest,
+    pub report: &'a PurgeReport,
+}
+
+impl InternalEvent for PurgeApplied<'_> {
+    fn emit(self) {
+        let r = self.request;
+        metrics()
+            .purges
+            .with_label_values(&[r.kind.label(), r.source.label()])
+            .inc();
+        let rep = self.report;
+        match r.source {
+            PurgeSource::Admin | PurgeSource::Cli => tracing::info!(
+                target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
+                target = %r.target, removed_l1 = rep.l1_removed, removed_l2 = rep.l2_removed,
+                l2_ok = rep.l2_ok, broadcast = rep.broadcast, "purged"),
+            PurgeSource::Write | PurgeSource::Remote => tracing::debug!(
+                target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
+                target = %r.target, removed_l1 = rep.l1_removed, removed_l2 = rep.l2_removed,
+                "purged"),
+        }
+    }
+}
+
+/// A purge was (or could not be) published to the other instances.
+pub struct PurgeBroadcast {
+    pub kind: PurgeKind,
+    pub ok: bool,
+}
+
+impl InternalEvent for PurgeBroadcast {
+    fn emit(self) {
+        let result = if self.ok { Success::Ok } else { Success::Error };
+        metrics()
+            .purge_broadcasts
+            .with_label_values(&[result.label()])
+            .inc();
+        if !self.ok {
+            tracing::warn!(target: "sidecache::purge", kind = self.kind.label(),
+                "purge not broadcast; other instances keep their L1 copy until it expires or their subscription has a gap");
+        }
+    }
+}
+
+/// What happened to the purge subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubsubLinkState {
+    /// Subscribed (the first time, or after start-up attempts that missed nothing).
+    Up,
+    /// Subscribed again after a period without: L1 was cleared (the gap rule).
+    UpAfterGap,
+    /// The subscription was lost, or an attempt failed.
+    Down,
+    /// Another attempt failed while already down.
+    StillDown,
+}
+
+/// The purge subscription changed state.
+pub struct PubsubLink<'a> {
+    pub channel: &'a str,
+    pub state: PubsubLinkState,
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for PubsubLink<'_> {
+    fn emit(self) {
+        let channel = self.channel;
+        let error = self.error.unwrap_or("");
+        match self.state {
+            PubsubLinkState::Up => {
+                tracing::info!(channel, "purge subscription established");
+            }
+            PubsubLinkState::UpAfterGap => {
+                metrics().pubsub_gaps.inc();
+                tracing::warn!(channel, "purge subscription re-established after a gap; L1 cleared");
+            }
+            PubsubLinkState::Down => tracing::warn!(channel, error,
+                "purge subscription down; purges from other instances are missed until it is back (then L1 is cleared)"),
+            PubsubLinkState::StillDown => {
+                tracing::debug!(channel, error, "purge subscription still down");
+            }
+        }
+    }
+}
+
+/// A new config is serving.
+pub struct ReloadApplied;
+
+impl InternalEvent for ReloadApplied {
+    fn emit(self) {
+        metrics()
+            .config_reloads
+            .with_label_values(&[Success::Ok.label()])
+            .inc();
+        tracing::info!(target: "sidecache::reload", result = "ok", "config reloaded");
+    }
+}
+
+/// A reload was refused; the previous config keeps serving.
+pub struct ReloadRejected<'a> {
+    pub errors: &'a ConfigErrors,
+}
+
+impl InternalEvent for ReloadRejected<'_> {
+    fn emit(self) {
+        metrics()
+            .config_reloads
+            .with_label_values(&[Success::Error.label()])
+            .inc();
+        tracing::error!(
+            target: "sidecache::reload",
+            result = "error",
+            errors = %self.errors.report(),
+            "config reload rejected; the previous config keeps serving"
+        );
+    }
+}
+
+/// What started a warming pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmTrigger {
+    /// `[warm] on_start = true`.
+    Start,
+}
+
+impl WarmTrigger {
+    /// The metric label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+        }
+    }
+}
+
+/// A warming pass inside this process finished.
+pub struct WarmFinished {
+    pub trigger: WarmTrigger,
+    /// URLs the origin was called for.
+    pub fetched: usize,
+    /// URLs already in L1 or L2.
+    pub already_warm: usize,
+    /// URLs that failed (status, timeout, transport error).
+    pub failed: usize,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for WarmFinished {
+    fn emit(self) {
+        let m = metrics();
+        for (result, n) in [
+            (WarmUrlResult::Fetched, self.fetched),
+            (WarmUrlResult::AlreadyWarm, self.already_warm),
+            (WarmUrlResult::Failed, self.failed),
+        ] {
+            m.warm_urls
+                .with_label_values(&[result.label()])
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+        m.warm_duration
+            .with_label_values(&[self.trigger.label()])
+            .observe(self.elapsed.as_secs_f64());
+        if self.failed == 0 {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            m.warm_last_success.set(now);
+        }
+        tracing::info!(target: "sidecache::warm", trigger = self.trigger.label(),
+            fetched = self.fetched, already_warm = self.already_warm, failed = self.failed,
+            elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
+            "warming finished");
+    }
+}
