@@ -336,6 +336,80 @@ async fn user_specific_responses_are_never_shared() {
     );
 }
 
+/// Why the cache was not used reaches the client as the RFC 9211 `detail` of `Cache-Status`:
+/// the bypass reason of the request, or the reason its response was not stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_status_names_why_the_cache_was_not_used() {
+    let (_backend, sc) = setup(0).await;
+    let respond = sc.url("/test/respond?who=detail");
+    for (method, url, headers, want) in [
+        (
+            "GET",
+            respond.clone(),
+            vec![("authorization", "Bearer a")],
+            "sidecache; fwd=bypass; detail=authorization",
+        ),
+        (
+            "GET",
+            respond.clone(),
+            vec![("cookie", "sid=1")],
+            "sidecache; fwd=bypass; detail=cookie",
+        ),
+        (
+            "POST",
+            sc.url("/test/echo"),
+            vec![],
+            "sidecache; fwd=bypass; detail=method",
+        ),
+        (
+            "GET",
+            sc.url("/api/admin/users"),
+            vec![],
+            "sidecache; fwd=bypass; detail=route-disabled",
+        ),
+        (
+            "GET",
+            sc.url("/test/respond?cache-control=private"),
+            vec![],
+            "sidecache; fwd=uri-miss; detail=private",
+        ),
+        (
+            "GET",
+            sc.url("/test/respond?set-cookie=s%3D1"),
+            vec![],
+            "sidecache; fwd=uri-miss; detail=set-cookie",
+        ),
+        (
+            "GET",
+            sc.url("/test/respond?cache-control=no-store"),
+            vec![],
+            "sidecache; fwd=uri-miss; detail=no-store",
+        ),
+        (
+            "GET",
+            sc.url("/test/respond?status=500"),
+            vec![],
+            "sidecache; fwd=uri-miss; detail=status",
+        ),
+        (
+            "GET",
+            sc.url("/o/test/respond?x=no-headers"),
+            vec![],
+            "sidecache; fwd=uri-miss; detail=no-freshness",
+        ),
+    ] {
+        let r = request(method, &url, &headers, Bytes::new()).await;
+        assert_eq!(
+            r.header("cache-status"),
+            Some(want),
+            "{method} {url} {headers:?}"
+        );
+    }
+    // X-Cache keeps its coarse value
+    let r = get(&respond, &[("authorization", "Bearer a")]).await;
+    assert_eq!(r.x_cache(), "BYPASS");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_keyed_on_authorization_caches_per_user() {
     let (backend, sc) = setup(0).await;

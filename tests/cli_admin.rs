@@ -281,3 +281,104 @@ async fn json_logs_with_one_access_line_per_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every config `run` refuses at start, `check` refuses too, with exit 64 and the same
+/// field named: start-time checks are part of validation.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_run_refuse_the_same_configs() {
+    let backend = start_backend(Duration::ZERO).await;
+    let public = format!("0.0.0.0:{}", free_addr().port());
+    let cases = [
+        (
+            "public admin without a token",
+            MINIMAL.replace("{admin}", &public),
+            "server.admin_listen",
+        ),
+        (
+            "bad duration",
+            MINIMAL.replace("grace_period = \"1s\"", "grace_period = \"soon\""),
+            "server.grace_period",
+        ),
+        (
+            "unknown upstream",
+            MINIMAL.replace(
+                "default_upstream = \"backend\"",
+                "default_upstream = \"ghost\"",
+            ),
+            "proxy.default_upstream",
+        ),
+    ];
+    for (what, config, field) in cases {
+        let sc = Sidecache::spawn(SidecacheOptions::new(config).backend(backend.addr()));
+        let checked = run_cli(
+            &[
+                "check",
+                "--config",
+                sc.config_path().to_str().expect("utf8"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            checked.status.code(),
+            Some(64),
+            "check, {what}: {}",
+            stderr(&checked)
+        );
+        assert!(
+            stderr(&checked).contains(field),
+            "check, {what}: {}",
+            stderr(&checked)
+        );
+        let mut sc = sc;
+        let status = sc
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("run, {what}: still running"));
+        assert_eq!(status.code(), Some(64), "run, {what}: {}", sc.stderr_text());
+        assert!(
+            sc.stderr_text().contains(field),
+            "run, {what}: {}",
+            sc.stderr_text()
+        );
+    }
+}
+
+/// The access log line says why the cache was bypassed, like `Cache-Status` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_line_names_the_bypass_reason() {
+    let backend = start_backend(Duration::ZERO).await;
+    let config = MINIMAL.replace(
+        "grace_period = \"1s\"",
+        "grace_period = \"1s\"\naccess_log = true",
+    );
+    let sc = Sidecache::start(
+        SidecacheOptions::new(config)
+            .backend(backend.addr())
+            .env("SIDECACHE_LOG_FORMAT", "json"),
+    )
+    .await;
+    let r = get(
+        &sc.url("/api/events/1/context"),
+        &[("x-request-id", "detail-1"), ("authorization", "Bearer x")],
+    )
+    .await;
+    assert_eq!(
+        r.header("cache-status"),
+        Some("sidecache; fwd=bypass; detail=authorization")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = sc.stderr_text();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "sidecache::access" && v["request_id"] == "detail-1");
+        if let Some(line) = line {
+            assert_eq!(line["cache"], "bypass");
+            assert_eq!(line["detail"], "authorization");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

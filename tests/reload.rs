@@ -244,3 +244,77 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     }
     new.sigint();
 }
+
+/// A reload that changes a restart-only setting (the Redis URL, key prefix or purge channel,
+/// adding or removing Redis, the grace period) is refused, naming the field and its line;
+/// `POST /admin/reload` answers non-2xx, and the old config keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
+    let redis = support::redis::RedisServer::start();
+    let other = support::redis::RedisServer::start();
+    let backend = start_backend(Duration::ZERO).await;
+    let l2 = |url: &str, prefix: &str, channel: &str| {
+        format!("\n[cache.l2]\nurl = \"{url}\"\nprefix = \"{prefix}\"\nchannel = \"{channel}\"\n")
+    };
+    let base = config("1h", false) + &l2(&redis.url(), "rr:", "rr:purge");
+    let sc = Sidecache::start(SidecacheOptions::new(base.clone()).backend(backend.addr())).await;
+    let url = sc.url("/api/events/1/context");
+    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
+    assert_eq!(get(&url, &[]).await.x_cache(), "HIT-L1");
+
+    let cases = [
+        (
+            "cache.l2.url",
+            config("1h", false) + &l2(&other.url(), "rr:", "rr:purge"),
+        ),
+        (
+            "cache.l2.prefix",
+            config("1h", false) + &l2(&redis.url(), "other:", "rr:purge"),
+        ),
+        (
+            "cache.l2.channel",
+            config("1h", false) + &l2(&redis.url(), "rr:", "other"),
+        ),
+        ("cache.l2", config("1h", false)),
+        (
+            "server.grace_period",
+            base.replace("grace_period = \"2s\"", "grace_period = \"9s\""),
+        ),
+    ];
+    for (field, text) in cases {
+        rewrite(&sc, &text, backend.addr());
+        let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+        assert_eq!(r.status, 422, "{field}: {}", r.text());
+        let body = r.json();
+        let error = &body["errors"][0];
+        assert_eq!(error["path"], field, "{}", r.text());
+        assert!(
+            error["message"].as_str().unwrap_or("").contains("restart"),
+            "{}",
+            r.text()
+        );
+        if field != "cache.l2" {
+            assert!(
+                error["line"].is_u64(),
+                "{field}: the line is named: {}",
+                r.text()
+            );
+        }
+        assert_eq!(
+            get(&url, &[]).await.x_cache(),
+            "HIT-L1",
+            "{field}: old config serves"
+        );
+    }
+    let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(reloads(&m, "error"), 5.0);
+    assert!(redis.keys("other:*").is_empty() && other.keys("*").is_empty());
+
+    rewrite(
+        &sc,
+        &base.replace("ttl = \"1h\"", "ttl = \"2h\""),
+        backend.addr(),
+    );
+    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -661,3 +661,48 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
         );
     }
 }
+
+/// The request plan probes L1 once and the storage lookup that follows uses that probe
+/// instead of probing again: once, for exactly that key. A later lookup of the same key
+/// (after waiting on the cache lock) and a lookup of another key probe L1 themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plans_l1_probe_is_used_once_by_the_next_lookup() {
+    let cfg = config(8 << 20, None);
+    let c = leak(&cfg);
+    let mut k = key("/probe/a");
+    assert!(c.probe_l1(&mut k).is_none(), "nothing stored yet");
+    // another request stores the entry between the probe and the lookup
+    write(c, &key("/probe/a"), &meta(60, "/probe/a", &[]), b"v")
+        .await
+        .expect("write");
+    assert!(
+        lookup(c, &k).await.is_none(),
+        "the first lookup uses the probe: a miss"
+    );
+    let (_, h) = lookup(c, &k)
+        .await
+        .expect("the next lookup probes L1 again");
+    assert_eq!(tier(&h), Tier::L1);
+
+    // a probe that found the entry hands it over even if it left L1 since
+    let mut k = key("/probe/a");
+    assert!(c.probe_l1(&mut k).is_some());
+    c.clear_l1();
+    let (_, h) = lookup(c, &k).await.expect("the probed entry is used");
+    assert_eq!(body(h).await, b"v");
+    assert!(lookup(c, &k).await.is_none(), "then L1 is probed again");
+
+    // the probe is for exactly its key: a Vary variant looks itself up
+    let mut k = key("/probe/b");
+    assert!(c.probe_l1(&mut k).is_none());
+    let mut variant = key("/probe/b");
+    variant.set_variance_key([9u8; 16]);
+    let mut m = meta(60, "/probe/b", &[]);
+    m.set_variance_key([9u8; 16]);
+    write(c, &variant, &m, b"variant").await.expect("write");
+    k.set_variance_key([9u8; 16]);
+    assert!(
+        lookup(c, &k).await.is_some(),
+        "a variant is not the probed key"
+    );
+}
