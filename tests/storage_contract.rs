@@ -670,7 +670,9 @@ async fn the_plans_l1_probe_is_used_once_by_the_next_lookup() {
     let cfg = config(8 << 20, None);
     let c = leak(&cfg);
     let mut k = key("/probe/a");
-    assert!(c.probe_l1(&mut k).is_none(), "nothing stored yet");
+    let probe = c.probe_l1(&k);
+    assert!(probe.found().is_none(), "nothing stored yet");
+    probe.remember_in(&mut k);
     // another request stores the entry between the probe and the lookup
     write(c, &key("/probe/a"), &meta(60, "/probe/a", &[]), b"v")
         .await
@@ -686,7 +688,9 @@ async fn the_plans_l1_probe_is_used_once_by_the_next_lookup() {
 
     // a probe that found the entry hands it over even if it left L1 since
     let mut k = key("/probe/a");
-    assert!(c.probe_l1(&mut k).is_some());
+    let probe = c.probe_l1(&k);
+    assert!(probe.found().is_some());
+    probe.remember_in(&mut k);
     c.clear_l1();
     let (_, h) = lookup(c, &k).await.expect("the probed entry is used");
     assert_eq!(body(h).await, b"v");
@@ -694,7 +698,9 @@ async fn the_plans_l1_probe_is_used_once_by_the_next_lookup() {
 
     // the probe is for exactly its key: a Vary variant looks itself up
     let mut k = key("/probe/b");
-    assert!(c.probe_l1(&mut k).is_none());
+    let probe = c.probe_l1(&k);
+    assert!(probe.found().is_none());
+    probe.remember_in(&mut k);
     let mut variant = key("/probe/b");
     variant.set_variance_key([9u8; 16]);
     let mut m = meta(60, "/probe/b", &[]);

@@ -4,11 +4,16 @@
 -- With ZIPF_N=N: GET /api/contractors/<id>/bundle, id in ZIPF_OFFSET + 1..N drawn from a zipf-like
 -- distribution with exponent ZIPF_S (default 1.0); the table and the per-id requests are
 -- precomputed, and every thread uses a fixed seed so every system sees the same sequence.
+-- With UNIQUE_IDS=PREFIX: GET /api/contractors/PREFIX-<thread>-<n>/bundle, n counting up, so
+-- every request is a miss (the miss-path profile of profile.sh).
 -- done() prints one line "WRKJSON {...}" with counts and latency percentiles (microseconds).
 
 local zipf_n = tonumber(os.getenv("ZIPF_N") or "0")
 local zipf_s = tonumber(os.getenv("ZIPF_S") or "1.0")
 local zipf_offset = tonumber(os.getenv("ZIPF_OFFSET") or "0")
+local unique = os.getenv("UNIQUE_IDS")
+if unique == "" then unique = nil end
+local counter = 0
 local thread_no = 0
 local threads = {}
 
@@ -36,6 +41,10 @@ function init(args)
 end
 
 function request()
+  if unique then
+    counter = counter + 1
+    return wrk.format("GET", "/api/contractors/" .. unique .. "-" .. (id or 0) .. "-" .. counter .. "/bundle")
+  end
   if not reqs then return wrk.request() end
   local r = math.random()
   local lo, hi = 1, zipf_n

@@ -3,6 +3,9 @@
 # `perf stat -e instructions true` says <not supported>).
 #
 #   benches/load/profile.sh [SECONDS]   (default 15; expects the release binaries, see run.sh)
+#   PROFILE_PATH=/api/events/1/context benches/load/profile.sh    pass-through (never cached)
+#   PROFILE_MISS=1 benches/load/profile.sh                         every request a stored miss
+#   SIDECACHE_BIN=/path/to/sidecache benches/load/profile.sh       another build (old vs new)
 #
 # Starts the load origin and sidecache (release, debug line tables) under valgrind
 # --tool=callgrind with instrumentation off, warms one contractor bundle, switches
@@ -40,7 +43,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@ORIGIN_PORT@|
 mkdir -p "$HERE/results"
 OUT=$HERE/results/callgrind.out.$(date -u +%Y%m%dT%H%M%SZ)
 taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
-  "$TARGET/release/sidecache" --config "$WORK/sidecache.toml" 2>"$WORK/valgrind.log" &
+  "${SIDECACHE_BIN:-$TARGET/release/sidecache}" --config "$WORK/sidecache.toml" 2>"$WORK/valgrind.log" &
 PIDS+=($!)
 VG=$!
 wait_http "http://127.0.0.1:$PORT/health"
@@ -48,7 +51,10 @@ wait_http "http://127.0.0.1:$PORT/health"
 URL=http://127.0.0.1:$PORT${PROFILE_PATH:-/api/contractors/hot/bundle}
 for _ in 1 2 3; do curl -s -o /dev/null "$URL"; done
 callgrind_control -i on "$VG" >/dev/null 2>&1
-taskset -c 1 wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/load.lua" "$URL" | tee "$WORK/wrk.out" | grep -E 'Requests/sec|WRKJSON'
+# PROFILE_MISS: every request a new contractor id, so a stored miss (the warm-up above used
+# the hot URL only).
+UNIQUE=${PROFILE_MISS:+miss$$}
+UNIQUE_IDS=$UNIQUE taskset -c 1 wrk -t1 -c4 -d"${SECONDS_LOAD}s" -s "$HERE/load.lua" "$URL" | tee "$WORK/wrk.out" | grep -E 'Requests/sec|WRKJSON'
 callgrind_control -i off "$VG" >/dev/null 2>&1
 callgrind_control -d "$VG" >/dev/null 2>&1
 sleep 1

@@ -6,7 +6,7 @@
 //! Components are separated by `\n`, which cannot appear in a request line, so two different
 //! requests never build the same key.
 
-use pingora_cache::key::hash_key;
+use pingora_cache::key::{hash_key, CacheHashKey};
 use pingora_cache::CacheKey;
 use pingora_http::RequestHeader;
 
@@ -14,10 +14,16 @@ use crate::config::KeyConfig;
 use crate::hex::push_hex;
 
 /// Build the cache key of a request under `key` rules (`None`: unmatched route, whole query).
+///
+/// The primary hash is computed here once and pinned (`set_primary_bin_override`, the same
+/// value pingora would compute), so the L1 probe, the lookup, the cache lock and the miss
+/// handler do not each hash the key again.
 pub fn cache_key(req: &RequestHeader, key: Option<&KeyConfig>) -> CacheKey {
     let mut primary = String::with_capacity(128);
     write_primary(req, key, &mut primary);
-    CacheKey::new(primary, "")
+    let mut k = CacheKey::new(primary, "");
+    k.set_primary_bin_override(k.primary_bin());
+    k
 }
 
 /// The URL part of the key (`path?query` as sent), also the entry's purge-by-url identity.

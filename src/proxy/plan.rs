@@ -177,19 +177,19 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
     };
     let mode = policy.mode;
     let mut cache_key = key::cache_key(req, policy.route.map(|c| &c.key));
-    if let Some(entry) = cache.probe_l1(&mut cache_key) {
-        if fast_path::can_answer(req, &entry) {
-            let cache = CachePlan {
-                mode,
-                key: None,
-                entry: EntryContext::default(),
-            };
-            return Resolved {
-                plan: Plan::Cache { target, cache },
-                fresh_hit: Some(entry),
-            };
-        }
+    let probe = cache.probe_l1(&cache_key);
+    if let Some(entry) = probe.found().filter(|e| fast_path::can_answer(req, e)) {
+        let cache = CachePlan {
+            mode,
+            key: None,
+            entry: EntryContext::default(),
+        };
+        return Resolved {
+            fresh_hit: Some(Arc::clone(entry)),
+            plan: Plan::Cache { target, cache },
+        };
     }
+    probe.remember_in(&mut cache_key);
     let entry = EntryContext {
         url: key::request_url(req).to_owned(),
         route: target

@@ -21,7 +21,7 @@ pub mod tiered;
 
 pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
-pub use tiered::{TieredCache, TieredHit};
+pub use tiered::{L1Probe, TieredCache, TieredHit};
 
 /// A storage tier: which one served a hit, or where a corrupt entry was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -42,24 +42,42 @@ pub struct TieredCache {
     max_object_bytes: AtomicU64,
 }
 
-/// What the request plan's L1 probe found under one key, carried in that key's extensions to
-/// the storage lookup that follows. Only the first lookup of exactly that key uses it: a
-/// later one (after waiting on the cache lock, whose holder has stored the entry meanwhile)
-/// and the lookup of a Vary variant probe L1 themselves.
-#[derive(Clone)]
-struct L1Probe(Arc<ProbeResult>);
-
-struct ProbeResult {
+/// What one L1 probe found under one key. [`L1Probe::remember_in`] leaves it in that key's
+/// extensions for the storage lookup that follows, which uses it instead of probing again:
+/// only the first lookup of exactly that key does (a later one, after waiting on the cache
+/// lock whose holder has stored the entry meanwhile, and the lookup of a Vary variant probe
+/// L1 themselves).
+pub struct L1Probe {
     key: EntryKey,
     found: Option<Arc<L1Entry>>,
     used: AtomicBool,
 }
 
+/// A copy carries the state of the original (used or not).
+impl Clone for L1Probe {
+    fn clone(&self) -> Self {
+        L1Probe {
+            key: self.key,
+            found: self.found.clone(),
+            used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 impl L1Probe {
-    /// The probe's result for `key`, once.
+    /// The live entry the probe found, if any.
+    pub fn found(&self) -> Option<&Arc<L1Entry>> {
+        self.found.as_ref()
+    }
+
+    /// Leave this result in `key` for the next storage lookup of it.
+    pub fn remember_in(self, key: &mut CacheKey) {
+        key.extensions.insert(self);
+    }
+
+    /// The result for `key`, once.
     fn take_for(&self, key: &EntryKey) -> Option<Option<Arc<L1Entry>>> {
-        let p = &self.0;
-        (p.key == *key && !p.used.swap(true, Ordering::Relaxed)).then(|| p.found.clone())
+        (self.key == *key && !self.used.swap(true, Ordering::Relaxed)).then(|| self.found.clone())
     }
 }
 
@@ -96,17 +114,14 @@ impl TieredCache {
         }
     }
 
-    /// Probe L1 for `key` (never L2), and leave the result in the key so the storage lookup
-    /// that follows for the same key does not probe again. Returns the live entry, if any.
-    pub fn probe_l1(&self, key: &mut CacheKey) -> Option<Arc<L1Entry>> {
+    /// Probe L1 (never L2) for `key`.
+    pub fn probe_l1(&self, key: &CacheKey) -> L1Probe {
         let k = key.combined_bin();
-        let found = self.l1.get(&k);
-        key.extensions.insert(L1Probe(Arc::new(ProbeResult {
+        L1Probe {
             key: k,
-            found: found.clone(),
+            found: self.l1.get(&k),
             used: AtomicBool::new(false),
-        })));
-        found
+        }
     }
 
     /// The L1 tier.
