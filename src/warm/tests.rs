@@ -166,6 +166,23 @@ fn outcomes_are_classified_by_x_cache_and_status() {
 }
 
 #[test]
+fn x_cache_is_read_as_a_cache_outcome_whatever_its_case_and_padding() {
+    assert_eq!(
+        Outcome::classify(200, Some(" hit-l2 ")),
+        Outcome::AlreadyWarm
+    );
+    assert_eq!(Outcome::classify(200, Some("Stale")), Outcome::AlreadyWarm);
+    assert_eq!(
+        Outcome::classify(200, Some("REVALIDATED")),
+        Outcome::Fetched
+    );
+    assert_eq!(
+        Outcome::classify(200, Some("HIT-L1, MISS")),
+        Outcome::Fetched
+    );
+}
+
+#[test]
 fn report_summary_and_exit_code() {
     let mut r = WarmReport::default();
     r.record("/a", Outcome::Fetched);
