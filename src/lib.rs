@@ -11,10 +11,10 @@
 pub mod admin;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod hex;
-pub mod http_client;
 pub mod live;
 pub mod pattern;
 pub mod probe;

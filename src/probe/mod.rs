@@ -14,37 +14,26 @@ mod report;
 
 pub use report::{judge, percentile, BenchReport, UrlReport, Verdict};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderName, HeaderValue, HOST};
-use http::{HeaderMap, Uri};
-use tokio::task::JoinSet;
+use http::header::HOST;
+use http::HeaderMap;
 
-use report::Tally;
+use report::{Sample, Tally};
 
-use crate::http_client::{GetConnection, GetResult};
+use crate::client::pool::{self, Job, PoolOptions};
+use crate::client::{header_map, Connection, HttpUrl, InvalidHeader, InvalidUrl};
 
 /// Why a bench run could not start (request failures are measured, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// A URL is malformed or not `http://`.
-    #[error("invalid URL {url:?}: {reason}")]
-    InvalidUrl {
-        /// The URL as given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidUrl(#[from] InvalidUrl),
     /// A request header name or value is not valid HTTP.
-    #[error("invalid header {name:?}: {reason}")]
-    InvalidHeader {
-        /// The header name as given.
-        name: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidHeader(#[from] InvalidHeader),
     /// Options out of range (no URLs, zero iterations or concurrency, rate outside 0..=1).
     #[error("invalid bench options: {0}")]
     InvalidOptions(String),
@@ -89,18 +78,6 @@ impl Default for BenchOptions {
     }
 }
 
-/// One URL, parsed once: where to connect and what to send.
-#[derive(Debug, Clone)]
-struct Target {
-    url: String,
-    /// `host:port` to connect to.
-    connect: String,
-    /// Origin-form request target (`/path?query`).
-    path: String,
-    /// Host header value.
-    host: HeaderValue,
-}
-
 /// Runs the benchmark: every URL in turn, then judges each and the whole run.
 ///
 /// Fails only for unusable options (bad URL, header or limits); unreachable servers are
@@ -110,13 +87,13 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ProbeError> {
     let targets = opts
         .urls
         .iter()
-        .map(|u| parse_target(u))
+        .map(|u| HttpUrl::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let headers = Arc::new(parse_headers(&opts.headers)?);
+    let headers = header_map(&opts.headers)?;
     let mut reports = Vec::with_capacity(targets.len());
-    for target in targets {
-        let tally = measure(Arc::new(target.clone()), Arc::clone(&headers), opts).await;
-        reports.push(tally.finish(&target.url, opts.p95_budget, opts.max_error_rate));
+    for (url, target) in opts.urls.iter().zip(targets) {
+        let tally = measure(target, &headers, opts).await;
+        reports.push(tally.finish(url, opts.p95_budget, opts.max_error_rate));
     }
     Ok(BenchReport::new(
         reports,
@@ -191,124 +168,60 @@ fn validate(opts: &BenchOptions) -> Result<(), ProbeError> {
     Ok(())
 }
 
-fn parse_target(url: &str) -> Result<Target, ProbeError> {
-    let bad = |reason: &str| ProbeError::InvalidUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let uri: Uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(bad(&format!("scheme {other:?} not supported, use http://"))),
-        None => return Err(bad("missing http:// scheme")),
-    }
-    let authority = uri.authority().ok_or_else(|| bad("missing host"))?;
-    let host = authority.host();
-    if host.is_empty() {
-        return Err(bad("missing host"));
-    }
-    let port = uri.port_u16().unwrap_or(80);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(&e.to_string()))?;
-    Ok(Target {
-        url: url.to_owned(),
-        connect: format!("{host}:{port}"),
-        path,
-        host: host_header,
-    })
-}
-
-fn parse_headers(headers: &[(String, String)]) -> Result<HeaderMap, ProbeError> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let bad = |reason: String| ProbeError::InvalidHeader {
-            name: name.clone(),
-            reason,
-        };
-        let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let v = HeaderValue::from_str(value.trim()).map_err(|e| bad(e.to_string()))?;
-        map.append(n, v);
-    }
-    Ok(map)
-}
-
-/// Measures one URL with `concurrency` workers sharing the iteration budget.
-async fn measure(target: Arc<Target>, headers: Arc<HeaderMap>, opts: &BenchOptions) -> Tally {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = JoinSet::new();
-    for _ in 0..opts.concurrency.min(opts.iterations) {
-        workers.spawn(worker(
-            Arc::clone(&target),
-            Arc::clone(&headers),
-            Arc::clone(&next),
-            opts.iterations,
-            opts.timeout,
-        ));
-    }
-    let mut total = Tally::default();
-    while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(tally) => total.merge(tally),
-            Err(err) => {
-                // A worker panicked or was cancelled; count it rather than lose it.
-                *total
-                    .errors_by_kind
-                    .entry(format!("worker: {err}"))
-                    .or_insert(0) += 1;
-            }
-        }
-    }
-    total
-}
-
-async fn worker(
-    target: Arc<Target>,
-    headers: Arc<HeaderMap>,
-    next: Arc<AtomicUsize>,
-    iterations: usize,
-    timeout: Duration,
-) -> Tally {
-    let mut tally = Tally::default();
-    let mut conn = GetConnection::new(target.connect.as_str());
-    let mut headers = (*headers).clone();
+/// Measures one URL: `iterations` requests over `concurrency` pool workers.
+async fn measure(target: HttpUrl, headers: &HeaderMap, opts: &BenchOptions) -> Tally {
+    let mut headers = headers.clone();
     if !headers.contains_key(HOST) {
-        headers.insert(HOST, target.host.clone());
+        headers.insert(HOST, target.host);
     }
-    while next.fetch_add(1, Ordering::SeqCst) < iterations {
-        tally.requests += 1;
-        let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, conn.get(&target.path, &headers)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The connection may be mid-response; start afresh next time.
-                conn.reset();
-                Err("timeout".to_owned())
-            }
-        };
-        match outcome {
-            Ok(GetResult { status, x_cache }) => {
-                tally.latencies.push(started.elapsed());
-                *tally
-                    .x_cache
-                    .entry(x_cache.unwrap_or_else(|| "none".to_owned()))
-                    .or_insert(0) += 1;
-                if (200..400).contains(&status) {
-                    tally.successes += 1;
-                } else {
-                    *tally
-                        .errors_by_kind
-                        .entry(format!("status {status}"))
-                        .or_insert(0) += 1;
-                }
-            }
-            Err(kind) => {
-                *tally.errors_by_kind.entry(kind).or_insert(0) += 1;
-            }
-        }
+    let pool_options = PoolOptions {
+        addr: Arc::from(target.connect),
+        concurrency: opts.concurrency,
+        rate_per_second: None,
+    };
+    let job = BenchRequest {
+        path: target.path,
+        headers,
+        timeout: opts.timeout,
+    };
+    let mut tally = Tally::default();
+    let failed_workers = pool::run(
+        &pool_options,
+        vec![(); opts.iterations].into(),
+        job,
+        |_, sample| tally.record(sample),
+    )
+    .await;
+    for err in failed_workers {
+        // A worker panicked; count it rather than lose it.
+        *tally
+            .errors_by_kind
+            .entry(format!("worker: {err}"))
+            .or_insert(0) += 1;
     }
     tally
+}
+
+/// The one request a URL's measurement repeats, timed from sending (including connecting,
+/// when a new connection is needed) to the last body byte.
+struct BenchRequest {
+    path: String,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Job for BenchRequest {
+    type Item = ();
+    type Output = Sample;
+
+    async fn run(&self, conn: &mut Connection, _: &()) -> Sample {
+        let started = Instant::now();
+        let result = conn.get(&self.path, &self.headers, self.timeout).await;
+        Sample {
+            latency: started.elapsed(),
+            result,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,27 +250,6 @@ mod tests {
         assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("-1ms").is_err());
-    }
-
-    #[test]
-    fn url_parsing() {
-        let t = parse_target("http://localhost:8080/api/x?y=1").unwrap();
-        assert_eq!(
-            (t.connect.as_str(), t.path.as_str()),
-            ("localhost:8080", "/api/x?y=1")
-        );
-        assert_eq!(t.host, "localhost:8080");
-        let t = parse_target("http://example.com").unwrap();
-        assert_eq!(
-            (t.connect.as_str(), t.path.as_str()),
-            ("example.com:80", "/")
-        );
-        for bad in ["https://x/", "x/y", "/path", "http://", "not a url"] {
-            assert!(
-                matches!(parse_target(bad), Err(ProbeError::InvalidUrl { .. })),
-                "{bad:?}"
-            );
-        }
     }
 
     #[test]
@@ -390,6 +282,6 @@ mod tests {
                 Err(ProbeError::InvalidOptions(_))
             ));
         }
-        assert!(parse_headers(&[("bad name".into(), "v".into())]).is_err());
+        assert!(header_map(&[("bad name".into(), "v".into())]).is_err());
     }
 }

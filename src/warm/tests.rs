@@ -1,4 +1,4 @@
-//! Unit tests for warming: expansion, ids files, pacing, targets and the report.
+//! Unit tests for warming: expansion, ids files, targets and the report.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -99,26 +99,6 @@ fn bad_id_is_an_error_naming_file_and_line() {
         }],
     );
     assert!(matches!(expand(&inline), Err(WarmError::InvalidId { .. })));
-}
-
-#[test]
-fn pacing_spaces_starts_by_the_rate_and_banks_no_credit() {
-    assert_eq!(Pacer::interval_for(50), Duration::from_millis(20));
-    assert_eq!(Pacer::interval_for(1), Duration::from_secs(1));
-    assert_eq!(Pacer::interval_for(0), Duration::from_secs(1));
-    let t0 = Instant::now();
-    let mut p = Pacer::new(10);
-    assert_eq!(p.reserve(t0), t0);
-    assert_eq!(p.reserve(t0), t0 + Duration::from_millis(100));
-    assert_eq!(p.reserve(t0), t0 + Duration::from_millis(200));
-    // After an idle second, the next start is immediate, then spaced again (no burst).
-    let later = t0 + Duration::from_secs(5);
-    assert_eq!(p.reserve(later), later);
-    assert_eq!(p.reserve(later), later + Duration::from_millis(100));
-    // 100 starts at 50/s take ~2 s.
-    let mut p = Pacer::new(50);
-    let last = (0..100).map(|_| p.reserve(t0)).last().unwrap();
-    assert_eq!(last - t0, Duration::from_millis(20 * 99));
 }
 
 #[test]
