@@ -379,14 +379,14 @@ fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
 }
 
 fn bench(args: &BenchArgs) -> ExitCode {
-    let max_error_rate = match crate::probe::parse_percent(&args.max_error_rate) {
+    let max_error_rate = match crate::bench::parse_percent(&args.max_error_rate) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sidecache bench: --max-error-rate: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let opts = crate::probe::BenchOptions {
+    let opts = crate::bench::BenchOptions {
         urls: args.urls.clone(),
         iterations: args.iterations,
         concurrency: args.concurrency,
@@ -395,7 +395,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
         timeout: Duration::from_secs(10),
         headers: Vec::new(),
     };
-    match block_on(crate::probe::run(&opts)) {
+    match block_on(crate::bench::run(&opts)) {
         Ok(Ok(report)) => {
             if args.json {
                 println!("{}", report.to_json());

@@ -139,12 +139,12 @@ mod tests {
 
     /// Records when each job started and how many ran at once; never touches the network.
     #[derive(Default)]
-    struct Probe {
+    struct Sleeper {
         running: AtomicUsize,
         most_at_once: AtomicUsize,
     }
 
-    impl Job for Arc<Probe> {
+    impl Job for Arc<Sleeper> {
         type Item = u32;
         type Output = (u32, Instant);
 
@@ -166,40 +166,40 @@ mod tests {
         }
     }
 
-    async fn run_probe(opts: &PoolOptions, n: u32) -> (Arc<Probe>, Vec<(u32, u32, Instant)>) {
-        let probe = Arc::new(Probe::default());
+    async fn run_sleepers(opts: &PoolOptions, n: u32) -> (Arc<Sleeper>, Vec<(u32, u32, Instant)>) {
+        let sleeper = Arc::new(Sleeper::default());
         let mut seen = Vec::new();
         let failed = run(
             opts,
             (0..n).collect::<Vec<_>>().into(),
-            Arc::clone(&probe),
+            Arc::clone(&sleeper),
             |item, (output, started)| seen.push((*item, output, started)),
         )
         .await;
         assert!(failed.is_empty());
         seen.sort_by_key(|(item, _, _)| *item);
-        (probe, seen)
+        (sleeper, seen)
     }
 
     #[tokio::test(start_paused = true)]
     async fn every_item_runs_once_on_at_most_concurrency_workers() {
-        let (probe, seen) = run_probe(&options(3, None), 10).await;
+        let (sleeper, seen) = run_sleepers(&options(3, None), 10).await;
         let items: Vec<_> = seen.iter().map(|(i, o, _)| (*i, *o)).collect();
         assert_eq!(items, (0..10).map(|i| (i, i * 10)).collect::<Vec<_>>());
-        assert_eq!(probe.most_at_once.load(Ordering::SeqCst), 3);
+        assert_eq!(sleeper.most_at_once.load(Ordering::SeqCst), 3);
 
-        let (probe, seen) = run_probe(&options(0, None), 3).await;
+        let (sleeper, seen) = run_sleepers(&options(0, None), 3).await;
         assert_eq!(seen.len(), 3, "concurrency 0 still runs one worker");
-        assert_eq!(probe.most_at_once.load(Ordering::SeqCst), 1);
+        assert_eq!(sleeper.most_at_once.load(Ordering::SeqCst), 1);
 
-        let (_, seen) = run_probe(&options(4, None), 0).await;
+        let (_, seen) = run_sleepers(&options(4, None), 0).await;
         assert!(seen.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn pacing_spaces_starts_across_all_workers() {
         let t0 = Instant::now();
-        let (_, seen) = run_probe(&options(5, Some(10)), 5).await;
+        let (_, seen) = run_sleepers(&options(5, Some(10)), 5).await;
         let mut starts: Vec<Duration> = seen.iter().map(|(_, _, s)| *s - t0).collect();
         starts.sort();
         let want: Vec<Duration> = (0..5).map(|n| Duration::from_millis(100 * n)).collect();

@@ -27,7 +27,7 @@ use crate::client::{header_map, Connection, HttpUrl, InvalidHeader, InvalidUrl};
 
 /// Why a bench run could not start (request failures are measured, not errors).
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub enum BenchError {
     /// A URL is malformed or not `http://`.
     #[error(transparent)]
     InvalidUrl(#[from] InvalidUrl),
@@ -82,7 +82,7 @@ impl Default for BenchOptions {
 ///
 /// Fails only for unusable options (bad URL, header or limits); unreachable servers are
 /// measured as errors and show up in the report.
-pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ProbeError> {
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     validate(opts)?;
     let targets = opts
         .urls
@@ -104,22 +104,22 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ProbeError> {
 
 /// Parses an error-rate limit: `"1%"` -> 0.01, `"0.5%"` -> 0.005, and a bare fraction
 /// `"0.01"` -> 0.01. The result must lie in `0.0..=1.0`.
-pub fn parse_percent(s: &str) -> Result<f64, ProbeError> {
+pub fn parse_percent(s: &str) -> Result<f64, BenchError> {
     let t = s.trim();
     let value = match t.strip_suffix('%') {
         Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
         None => t.parse::<f64>(),
     }
-    .map_err(|_| ProbeError::InvalidPercent(s.to_owned()))?;
+    .map_err(|_| BenchError::InvalidPercent(s.to_owned()))?;
     if value.is_finite() && (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(ProbeError::InvalidPercent(s.to_owned()))
+        Err(BenchError::InvalidPercent(s.to_owned()))
     }
 }
 
 /// Parses a latency budget or timeout: `"500ms"`, `"1.5s"`, or a bare number of ms.
-pub fn parse_duration(s: &str) -> Result<Duration, ProbeError> {
+pub fn parse_duration(s: &str) -> Result<Duration, BenchError> {
     let t = s.trim();
     let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1.0)
@@ -131,37 +131,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, ProbeError> {
     let ms = num
         .trim()
         .parse::<f64>()
-        .map_err(|_| ProbeError::InvalidDuration(s.to_owned()))?
+        .map_err(|_| BenchError::InvalidDuration(s.to_owned()))?
         * scale_ms;
     if ms.is_finite() && ms >= 0.0 {
         Ok(Duration::from_secs_f64(ms / 1000.0))
     } else {
-        Err(ProbeError::InvalidDuration(s.to_owned()))
+        Err(BenchError::InvalidDuration(s.to_owned()))
     }
 }
 
-fn validate(opts: &BenchOptions) -> Result<(), ProbeError> {
+fn validate(opts: &BenchOptions) -> Result<(), BenchError> {
     if opts.urls.is_empty() {
-        return Err(ProbeError::InvalidOptions("no URLs given".into()));
+        return Err(BenchError::InvalidOptions("no URLs given".into()));
     }
     if opts.iterations == 0 {
-        return Err(ProbeError::InvalidOptions(
+        return Err(BenchError::InvalidOptions(
             "iterations must be at least 1".into(),
         ));
     }
     if opts.concurrency == 0 {
-        return Err(ProbeError::InvalidOptions(
+        return Err(BenchError::InvalidOptions(
             "concurrency must be at least 1".into(),
         ));
     }
     if !(0.0..=1.0).contains(&opts.max_error_rate) {
-        return Err(ProbeError::InvalidOptions(format!(
+        return Err(BenchError::InvalidOptions(format!(
             "max error rate {} is outside 0..=1",
             opts.max_error_rate
         )));
     }
     if opts.timeout.is_zero() {
-        return Err(ProbeError::InvalidOptions(
+        return Err(BenchError::InvalidOptions(
             "timeout must be positive".into(),
         ));
     }
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(parse_percent("0").unwrap(), 0.0);
         for bad in ["", "%", "abc", "5", "101%", "-1%", "NaN", "inf%"] {
             assert!(
-                matches!(parse_percent(bad), Err(ProbeError::InvalidPercent(_))),
+                matches!(parse_percent(bad), Err(BenchError::InvalidPercent(_))),
                 "{bad:?}"
             );
         }
@@ -279,7 +279,7 @@ mod tests {
         ] {
             assert!(matches!(
                 validate(&opts),
-                Err(ProbeError::InvalidOptions(_))
+                Err(BenchError::InvalidOptions(_))
             ));
         }
         assert!(header_map(&[("bad name".into(), "v".into())]).is_err());
