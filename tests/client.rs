@@ -7,22 +7,25 @@ mod support;
 use std::time::Duration;
 
 use http::HeaderMap;
-use sidecache::client::{header_map, ClientError, Connection, MAX_KEPT_BODY};
+use sidecache::client::{header_map, ClientError, Connection, GetResponse, MAX_KEPT_BODY};
 use support::backend::start_backend;
 
 const BOUND: Duration = Duration::from_secs(10);
+
+/// A GET without extra headers, bounded by [`BOUND`].
+async fn get(conn: &mut Connection, path: &str) -> Result<GetResponse, ClientError> {
+    conn.get(path, &HeaderMap::new(), BOUND).await
+}
 
 #[tokio::test]
 async fn get_reports_status_and_x_cache_and_an_error_status_is_an_answer() {
     let b = start_backend(Duration::ZERO).await;
     let mut conn = Connection::new(b.addr().to_string());
-    let hit = conn
-        .get("/test/respond?h=X-Cache:HIT-L2", &HeaderMap::new(), BOUND)
+    let hit = get(&mut conn, "/test/respond?h=X-Cache:HIT-L2")
         .await
         .expect("answer");
     assert_eq!((hit.status, hit.x_cache.as_deref()), (200, Some("HIT-L2")));
-    let down = conn
-        .get("/test/respond?status=503", &HeaderMap::new(), BOUND)
+    let down = get(&mut conn, "/test/respond?status=503")
         .await
         .expect("a 503 is an answer");
     assert_eq!((down.status, down.x_cache), (503, None));
@@ -34,24 +37,14 @@ async fn an_outage_is_a_connect_error_and_the_next_call_reconnects() {
     let b = start_backend(Duration::ZERO).await;
     let mut conn = Connection::new(b.addr().to_string());
     let path = "/api/state-machine/metadata";
-    assert_eq!(
-        conn.get(path, &HeaderMap::new(), BOUND)
-            .await
-            .expect("up")
-            .status,
-        200
-    );
+    assert_eq!(get(&mut conn, path).await.expect("up").status, 200);
     b.stop().await;
-    let err = conn
-        .get(path, &HeaderMap::new(), BOUND)
-        .await
-        .expect_err("backend is down");
+    let err = get(&mut conn, path).await.expect_err("backend is down");
     assert!(
         matches!(err, ClientError::Connect(_) | ClientError::Http(_)),
         "{err:?}"
     );
-    let err = conn
-        .get(path, &HeaderMap::new(), BOUND)
+    let err = get(&mut conn, path)
         .await
         .expect_err("backend is still down");
     assert!(
@@ -63,13 +56,7 @@ async fn an_outage_is_a_connect_error_and_the_next_call_reconnects() {
     );
     assert_eq!(err.to_string(), "connect: connection refused");
     b.restart().await.expect("restart");
-    assert_eq!(
-        conn.get(path, &HeaderMap::new(), BOUND)
-            .await
-            .expect("back up")
-            .status,
-        200
-    );
+    assert_eq!(get(&mut conn, path).await.expect("back up").status, 200);
 }
 
 #[tokio::test]
@@ -83,8 +70,7 @@ async fn a_timeout_is_reported_and_the_next_call_starts_afresh() {
     assert!(matches!(err, ClientError::Timeout), "{err:?}");
     assert_eq!(err.to_string(), "timeout");
     // The stalled connection is mid-body; reusing it could never answer.
-    let ok = conn
-        .get("/api/events/1/context", &HeaderMap::new(), BOUND)
+    let ok = get(&mut conn, "/api/events/1/context")
         .await
         .expect("a fresh connection answers");
     assert_eq!(ok.status, 200);
