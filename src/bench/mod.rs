@@ -2,7 +2,8 @@
 //! `benchmarkProduction.js`, as a Rust HTTP/1.1 keep-alive client.
 //!
 //! Each URL is measured in turn with `iterations` GET requests spread over `concurrency`
-//! workers, each holding one keep-alive connection (reconnecting after an error). A
+//! workers of the [client pool](crate::client::pool), each holding one keep-alive
+//! connection (reconnecting after an error). A
 //! request's latency runs from sending (including connecting, when a new connection is
 //! needed) to the last body byte. Percentiles use the nearest-rank method over the
 //! latencies of requests that got a complete response (any status); see
@@ -23,7 +24,9 @@ use http::HeaderMap;
 use report::{Sample, Tally};
 
 use crate::client::pool::{self, Job, PoolOptions};
-use crate::client::{header_map, Connection, HttpUrl, InvalidHeader, InvalidUrl};
+use crate::client::{
+    block_on, header_map, CommandStatus, Connection, HttpUrl, InvalidHeader, InvalidUrl,
+};
 
 /// Why a bench run could not start (request failures are measured, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,33 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         opts.p95_budget,
         opts.max_error_rate,
     ))
+}
+
+/// Runs `sidecache bench`: measures `opts`, prints the report (as JSON when `json`) and
+/// says whether the run passed. Unusable options are reported on stderr as bad usage.
+pub fn command(opts: &BenchOptions, json: bool) -> CommandStatus {
+    match block_on(run(opts)) {
+        Ok(Ok(report)) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render_text());
+            }
+            if report.verdict.is_pass() {
+                CommandStatus::Succeeded
+            } else {
+                CommandStatus::Failed
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("sidecache bench: {e}");
+            CommandStatus::BadUsage
+        }
+        Err(e) => {
+            eprintln!("sidecache bench: {e}");
+            CommandStatus::Failed
+        }
+    }
 }
 
 /// Parses an error-rate limit: `"1%"` -> 0.01, `"0.5%"` -> 0.005, and a bare fraction
