@@ -5,8 +5,8 @@
 //! [`cache`] (policy, key, tiers L1/L2) -> [`proxy`] (the pingora pipeline that ties them
 //! together and talks to the upstream). Beside the data plane: [`admin`] (health, metrics,
 //! purge, reload) and [`telemetry`] (logs and metrics). [`demo`] is the stand-in legacy
-//! backend used by `sidecache demo`, tests and benches; [`bench`] and [`warm`] are clients
-//! built on the [`client`] toolkit.
+//! backend used by `sidecache demo`, tests and benches; [`bench`](mod@bench), [`warm`] and
+//! `sidecache purge` ([`purge::command`]) are clients built on the [`client`] toolkit.
 #![forbid(unsafe_code)]
 
 pub mod admin;

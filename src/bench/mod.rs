@@ -3,13 +3,13 @@
 //!
 //! Each URL is measured in turn with `iterations` GET requests spread over `concurrency`
 //! workers of the [client pool](crate::client::pool), each holding one keep-alive
-//! connection (reconnecting after an error). A
-//! request's latency runs from sending (including connecting, when a new connection is
-//! needed) to the last body byte. Percentiles use the nearest-rank method over the
-//! latencies of requests that got a complete response (any status); see
-//! [`percentile`]. 2xx and 3xx count as successes; other statuses, timeouts and
-//! transport errors count as errors. A URL fails when its p95 exceeds the budget or its
-//! error rate exceeds the maximum; the run fails when any URL fails.
+//! connection (reconnecting after an error). A request's latency runs from sending
+//! (including connecting, when a new connection is needed) to the last body byte.
+//! Percentiles use the nearest-rank method over the latencies of requests that got a
+//! complete response (any status); see [`percentile`]. 2xx and 3xx count as successes;
+//! other statuses, timeouts and transport errors count as errors. A URL fails when its p95
+//! exceeds the budget or its error rate exceeds the maximum; the run fails when any URL
+//! fails.
 
 mod report;
 

@@ -5,9 +5,9 @@
 //! Two halves:
 //! - *what* to fetch: [`expand`] turns `[warm]` (`urls`, and `templates` x `ids` / `ids_file`)
 //!   into an ordered, de-duplicated list of paths;
-//! - *how*: [`run`] fetches them on the client [`pool`](crate::client::pool) with at most
-//!   `concurrency` keep-alive connections, paced to `rate_per_second`, a per-request
-//!   timeout, and classifies each answer by its `X-Cache` header into a [`WarmReport`].
+//! - *how*: [`run`] fetches them on the client [`pool`] with at most `concurrency`
+//!   keep-alive connections, paced to `rate_per_second`, a per-request timeout, and
+//!   classifies each answer by its `X-Cache` header into a [`WarmReport`].
 //!
 //! Used by `sidecache warm` ([`command`]) and by `[warm] on_start = true` (see
 //! [`crate::server`]), which also holds `/ready` at 503 while warming runs, for at most
