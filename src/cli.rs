@@ -1,5 +1,9 @@
 //! The command line: `sidecache [run]`, `check`, `demo`, `bench`, `warm`, `purge`.
 //!
+//! Argument parsing and dispatch only: the client commands are [`crate::bench::command`],
+//! [`crate::warm::command`] and [`crate::purge::command`], the `check` summary is
+//! [`config::summary::render`].
+//!
 //! Exit codes: 0 success, 1 runtime failure (or a failed bench verdict), 64 bad config or
 //! usage (EX_USAGE).
 
@@ -10,9 +14,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::CommandStatus;
 use crate::config::{self, Config, ConfigErrors, EnvSource, ProcessEnv};
+use crate::purge::{PurgeCommand, PurgeKind};
 use crate::server::{self, RunOptions};
 use crate::telemetry::logging::{self, LogFormat};
+use crate::{bench, purge, warm};
 
 /// Exit code for a bad config (sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -198,92 +205,11 @@ fn start(config: Config, cli: &Cli) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match load_or_report(path, &ProcessEnv) {
         Ok(config) => {
-            print!("{}", summary(path, &config));
+            print!("{}", config::summary::render(path, &config));
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
-}
-
-/// The one-screen summary `sidecache check` prints.
-pub fn summary(path: &Path, c: &Config) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "{}: OK", path.display());
-    let _ = writeln!(
-        s,
-        "listen {}  admin {}  threads {}  grace {:?}",
-        c.server.listen, c.server.admin_listen, c.server.threads, c.server.grace_period
-    );
-    let _ = writeln!(s, "\nupstreams:");
-    for u in &c.upstreams {
-        let _ = writeln!(
-            s,
-            "  {:<16} {:<24} connect {:?}, read {:?}",
-            u.name, u.address, u.connect_timeout, u.read_timeout
-        );
-    }
-    let _ = writeln!(s, "\nrewrites (first match wins):");
-    for r in &c.rewrites {
-        let _ = writeln!(
-            s,
-            "  {:<32} -> {}:{}",
-            r.source.source(),
-            c.upstream_name(r.upstream),
-            r.path.as_ref().map_or("(same path)", |p| p.source())
-        );
-    }
-    match c.proxy.default_upstream {
-        Some(u) => {
-            let _ = writeln!(
-                s,
-                "  (unmatched)                      -> {}",
-                c.upstream_name(u)
-            );
-        }
-        None => {
-            let _ = writeln!(s, "  (unmatched)                      -> 404");
-        }
-    }
-    let _ = writeln!(s, "\nroutes (first match wins):");
-    for r in &c.routes {
-        let what = match &r.cache {
-            None => "cache off".to_owned(),
-            Some(rc) => {
-                let ttl = match rc.ttl {
-                    Some(config::Ttl::Fixed(d)) => format!("ttl {d:?}"),
-                    Some(config::Ttl::UntilInvalidated) => {
-                        format!(
-                            "until-invalidated (max {:?})",
-                            rc.max_ttl.unwrap_or_default()
-                        )
-                    }
-                    None => "origin headers".to_owned(),
-                };
-                format!("{:?} {ttl}", rc.mode).to_lowercase()
-            }
-        };
-        let methods: Vec<&str> = r.methods.iter().map(http::Method::as_str).collect();
-        let _ = writeln!(
-            s,
-            "  {:<20} {} {:<40} {what}",
-            r.name,
-            methods.join(","),
-            r.pattern.source()
-        );
-    }
-    let l2 = c.cache.l2.as_ref().map_or_else(
-        || "off (L1 only)".to_owned(),
-        |l2| format!("redis, timeout {:?}", l2.timeout),
-    );
-    let _ = writeln!(
-        s,
-        "\ncache: default mode {:?}, L1 {} MiB (objects <= {} KiB), L2 {l2}",
-        c.cache.default_mode,
-        c.cache.l1.max_bytes / (1024 * 1024),
-        c.cache.l1.max_object_bytes / 1024
-    );
-    s
 }
 
 /// An environment with a few variables set on top of the process environment.
@@ -297,7 +223,7 @@ impl EnvSource for OverlayEnv {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 fn demo(args: &DemoArgs, cli: &Cli) -> ExitCode {
-    let backend = match start_demo_backend(args.delay) {
+    let backend = match crate::demo::start_in_background(args.delay) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sidecache demo: cannot start the stand-in backend: {e}");
@@ -334,59 +260,15 @@ fn demo(args: &DemoArgs, cli: &Cli) -> ExitCode {
     start(config, cli)
 }
 
-/// Start the stand-in legacy backend on its own runtime thread; returns its address.
-fn start_demo_backend(delay: Duration) -> std::io::Result<std::net::SocketAddr> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("demo-backend".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let opts = crate::demo::BackendOptions {
-                    listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                    delay,
-                };
-                match crate::demo::Backend::start(opts).await {
-                    Ok(backend) => {
-                        let _ = tx.send(Ok(backend.addr()));
-                        std::future::pending::<()>().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            });
-        })?;
-    rx.recv()
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-}
-
-fn block_on<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    Ok(runtime.block_on(f))
-}
-
 fn bench(args: &BenchArgs) -> ExitCode {
-    let max_error_rate = match crate::probe::parse_percent(&args.max_error_rate) {
+    let max_error_rate = match bench::parse_percent(&args.max_error_rate) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sidecache bench: --max-error-rate: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let opts = crate::probe::BenchOptions {
+    let opts = bench::BenchOptions {
         urls: args.urls.clone(),
         iterations: args.iterations,
         concurrency: args.concurrency,
@@ -395,24 +277,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
         timeout: Duration::from_secs(10),
         headers: Vec::new(),
     };
-    match block_on(crate::probe::run(&opts)) {
-        Ok(Ok(report)) => {
-            if args.json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.render_text());
-            }
-            ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
-        }
-        Ok(Err(e)) => {
-            eprintln!("sidecache bench: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(e) => {
-            eprintln!("sidecache bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(bench::command(&opts, args.json))
 }
 
 fn warm(path: &Path, args: &WarmArgs) -> ExitCode {
@@ -420,125 +285,40 @@ fn warm(path: &Path, args: &WarmArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let target = match &args.target {
-        Some(t) => match crate::warm::parse_target(t) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("sidecache warm: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => crate::warm::local_target(config.server.listen),
+    let cmd = warm::WarmCommand {
+        target: args.target.clone(),
+        concurrency: args.concurrency,
+        rate_per_second: args.rate_per_second,
+        timeout: args.timeout,
+        progress_every: args.progress_every,
+        json: args.json,
     };
-    let paths = match crate::warm::expand(&config.warm) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sidecache warm: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let mut opts = crate::warm::WarmOptions::from_config(&config.warm, target);
-    opts.concurrency = args.concurrency.unwrap_or(opts.concurrency).max(1);
-    opts.rate_per_second = args.rate_per_second.unwrap_or(opts.rate_per_second).max(1);
-    opts.timeout = args.timeout;
-    eprintln!(
-        "sidecache warm: {} URL(s) via http://{} (concurrency {}, {}/s)",
-        paths.len(),
-        opts.target,
-        opts.concurrency,
-        opts.rate_per_second
-    );
-    let gate = std::sync::Mutex::new(crate::warm::ProgressGate::new(
-        args.progress_every,
-        Duration::from_secs(1),
-        std::time::Instant::now(),
-    ));
-    let progress = move |r: &crate::warm::WarmReport, total: usize| {
-        let now = std::time::Instant::now();
-        if gate.lock().is_ok_and(|mut g| g.should_print(r.done(), now)) {
-            eprintln!("{}", r.progress_line(total));
-        }
-    };
-    match block_on(crate::warm::run(paths, &opts, progress)) {
-        Ok(report) => {
-            if args.json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.render_text());
-            }
-            ExitCode::from(report.exit_code())
-        }
-        Err(e) => {
-            eprintln!("sidecache warm: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(warm::command(&config, &cmd))
 }
 
 fn purge(args: &PurgeArgs) -> ExitCode {
-    let body = match (&args.url, &args.prefix, &args.tag) {
-        (Some(u), _, _) => serde_json::json!({ "url": u }),
-        (_, Some(p), _) => serde_json::json!({ "prefix": p }),
-        (_, _, Some(t)) => serde_json::json!({ "tag": t }),
+    let (kind, target) = match (&args.url, &args.prefix, &args.tag) {
+        (Some(u), _, _) => (PurgeKind::Url, u),
+        (_, Some(p), _) => (PurgeKind::Prefix, p),
+        (_, _, Some(t)) => (PurgeKind::Tag, t),
         _ => {
             eprintln!("sidecache purge: give one of --url, --prefix or --tag");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let url = format!("{}/admin/purge", args.admin.trim_end_matches('/'));
-    match block_on(post_json(&url, body.to_string(), args.token.as_deref())) {
-        Ok(Ok((status, text))) => {
-            println!("{text}");
-            if status == 200 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Ok(Err(e)) | Err(e) => {
-            eprintln!("sidecache purge: {url}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(purge::command(&PurgeCommand {
+        admin: args.admin.clone(),
+        token: args.token.clone(),
+        kind,
+        target: target.clone(),
+    }))
 }
 
-async fn post_json(url: &str, body: String, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    use http_body_util::{BodyExt, Full};
-    let uri: http::Uri = url.parse().map_err(std::io::Error::other)?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| std::io::Error::other("URL has no host"))?
-        .clone();
-    let stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(authority.as_str()),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timed out"))??;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    let mut req = http::Request::post(uri.path())
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json");
-    if let Some(t) = token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+/// The exit code of a client command's ending.
+fn exit_code(status: CommandStatus) -> ExitCode {
+    match status {
+        CommandStatus::Succeeded => ExitCode::SUCCESS,
+        CommandStatus::Failed => ExitCode::FAILURE,
+        CommandStatus::BadUsage => ExitCode::from(EXIT_CONFIG),
     }
-    let req = req
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(std::io::Error::other)?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
-        .await
-        .map_err(|_| std::io::Error::other("request timed out"))?
-        .map_err(std::io::Error::other)?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }

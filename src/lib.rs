@@ -5,19 +5,20 @@
 //! [`cache`] (policy, key, tiers L1/L2) -> [`proxy`] (the pingora pipeline that ties them
 //! together and talks to the upstream). Beside the data plane: [`admin`] (health, metrics,
 //! purge, reload) and [`telemetry`] (logs and metrics). [`demo`] is the stand-in legacy
-//! backend used by `sidecache demo`, tests and benches; [`probe`] is the `bench` client.
+//! backend used by `sidecache demo`, tests and benches; [`bench`](mod@bench), [`warm`] and
+//! `sidecache purge` ([`purge::command`]) are clients built on the [`client`] toolkit.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod hex;
-pub mod http_client;
 pub mod live;
 pub mod pattern;
-pub mod probe;
 pub mod proxy;
 pub mod purge;
 pub mod routing;

@@ -1,5 +1,6 @@
 //! The command line and the admin plane: `check` and exit 64, env overrides, `--version`,
-//! `bench` verdicts, the admin token rules and `/admin/config` redaction.
+//! `bench` verdicts, the client commands' exit codes, the admin token rules and
+//! `/admin/config` redaction.
 
 mod support;
 
@@ -243,6 +244,61 @@ async fn bench_gives_the_verdict_budgets_call_for() {
     );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
     assert!(v.is_object(), "{v}");
+}
+
+#[test]
+fn client_commands_exit_64_on_bad_usage_and_1_when_the_server_is_unreachable() {
+    for args in [
+        &["bench", "--url", "https://example.com/"][..],
+        &[
+            "bench",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--max-error-rate",
+            "lots",
+        ],
+        &["purge", "--admin", "http://127.0.0.1:1"],
+    ] {
+        let out = run_cli(args, &[]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+    }
+    let out = run_cli(
+        &["purge", "--admin", "http://127.0.0.1:1", "--tag", "t"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("http://127.0.0.1:1/admin/purge: connect: connection refused"),
+        "{err}"
+    );
+    let out = run_cli(
+        &["purge", "--admin", "https://127.0.0.1:1", "--url", "/a"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("use http://"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_purges_reach_the_admin_api_as_the_cli_source() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc = Sidecache::start(SidecacheOptions::new(MINIMAL).backend(backend.addr())).await;
+    let admin = format!("http://{}/", sc.admin_addr());
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["purge", "--admin", &admin, "--prefix", "/api/"], &[])
+    })
+    .await
+    .expect("cli task");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    assert_eq!(answer["purged"], "prefix", "{answer}");
+    assert_eq!(answer["target"], "/api/", "{answer}");
+    let metrics = get(&sc.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("sidecache_purges_total{kind=\"prefix\",source=\"cli\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -283,3 +283,17 @@ async fn stop_is_a_real_outage_and_restart_recovers() {
     assert_eq!(get(&b.url("/test/count"), &[]).await.status, 200);
     assert_eq!(c.get(&b.url("/test/count"), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_background_backend_runs_on_its_own_thread_on_loopback() {
+    let delay = Duration::from_millis(20);
+    let addr = tokio::task::spawn_blocking(move || sidecache::demo::start_in_background(delay))
+        .await
+        .expect("join")
+        .expect("start in background");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let t = Instant::now();
+    let r = get(&format!("http://{addr}/api/state-machine/metadata"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() >= delay, "the delay applies");
+}

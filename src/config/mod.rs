@@ -6,6 +6,7 @@ mod env;
 mod json;
 mod model;
 mod raw;
+pub mod summary;
 pub mod units;
 mod validate;
 

@@ -241,6 +241,45 @@ impl Drop for Backend {
     }
 }
 
+/// Starts a backend on a free loopback port with `delay`, on its own thread and runtime, for
+/// a caller without a tokio runtime (`sidecache demo`); it runs until the process exits.
+/// Returns its address once it listens.
+pub fn start_in_background(delay: Duration) -> std::io::Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("demo-backend".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let opts = BackendOptions {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    delay,
+                };
+                match Backend::start(opts).await {
+                    Ok(backend) => {
+                        let _ = tx.send(Ok(backend.addr()));
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.recv()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conns: Arc<Mutex<JoinSet<()>>>) {
     loop {
         let stream = match listener.accept().await {

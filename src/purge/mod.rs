@@ -16,7 +16,10 @@
 //! The storage tiers only store and remove; the order and the broadcast live here.
 
 pub mod broadcast;
+mod command;
 pub mod writes;
+
+pub use command::{command, PurgeCommand};
 
 use serde::{Deserialize, Serialize};
 

@@ -5,28 +5,28 @@
 //! Two halves:
 //! - *what* to fetch: [`expand`] turns `[warm]` (`urls`, and `templates` x `ids` / `ids_file`)
 //!   into an ordered, de-duplicated list of paths;
-//! - *how*: [`run`] fetches them with at most `concurrency` keep-alive connections, paced to
-//!   `rate_per_second` by a shared [`Pacer`], a per-request timeout, and classifies each
-//!   answer by its `X-Cache` header into a [`WarmReport`].
+//! - *how*: [`run`] fetches them on the client [`pool`] with at most `concurrency`
+//!   keep-alive connections, paced to `rate_per_second`, a per-request timeout, and
+//!   classifies each answer by its `X-Cache` header into a [`WarmReport`].
 //!
-//! Used by `sidecache warm` (the CLI) and by `[warm] on_start = true` (see
+//! Used by `sidecache warm` ([`command`]) and by `[warm] on_start = true` (see
 //! [`crate::server`]), which also holds `/ready` at 503 while warming runs, for at most
 //! `max_ready_delay`.
 
-mod client;
+mod command;
+mod job;
 mod report;
 
+pub use command::{command, WarmCommand};
 pub use report::{Outcome, ProgressGate, WarmReport};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
-
+use crate::client::{pool, HttpUrl};
 use crate::config::WarmConfig;
 use crate::pattern::Params;
 
@@ -164,104 +164,42 @@ pub fn local_target(listen: SocketAddr) -> String {
 
 /// Parses `--target http://host:port` (a trailing `/` allowed) into `host:port`.
 pub fn parse_target(url: &str) -> Result<String, WarmError> {
-    let bad = || WarmError::InvalidTarget(url.to_owned());
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-        return Err(bad());
-    }
-    let uri: http::uri::Authority = authority.parse().map_err(|_| bad())?;
-    if uri.host().is_empty() {
-        return Err(bad());
-    }
-    Ok(match uri.port_u16() {
-        Some(_) => authority.to_owned(),
-        None => format!("{authority}:80"),
-    })
-}
-
-/// Interval pacing for `rate_per_second`: request *n* may start no earlier than
-/// `first + n * interval`; a late start does not bank credit beyond one slot.
-#[derive(Debug)]
-pub struct Pacer {
-    interval: Duration,
-    next: Option<Instant>,
-}
-
-impl Pacer {
-    /// A pacer for at most `rate_per_second` starts per second (0 is treated as 1).
-    pub fn new(rate_per_second: u32) -> Self {
-        Self {
-            interval: Self::interval_for(rate_per_second),
-            next: None,
-        }
-    }
-
-    /// The spacing between request starts for a rate.
-    pub fn interval_for(rate_per_second: u32) -> Duration {
-        Duration::from_secs(1) / rate_per_second.max(1)
-    }
-
-    /// Reserves the next start slot at or after `now`; returns when to start.
-    pub fn reserve(&mut self, now: Instant) -> Instant {
-        let slot = match self.next {
-            Some(next) if next > now => next,
-            _ => now,
-        };
-        self.next = Some(slot + self.interval);
-        slot
+    match HttpUrl::parse(url) {
+        Ok(parsed) if parsed.is_base() => Ok(parsed.connect),
+        _ => Err(WarmError::InvalidTarget(url.to_owned())),
     }
 }
 
 /// Fetches every path in `paths` through `opts.target` and reports what happened.
-/// `on_progress` is called after each finished request with the running totals (it must be
-/// quick; it runs under the report lock).
-pub async fn run<F>(paths: Vec<String>, opts: &WarmOptions, on_progress: F) -> WarmReport
+/// `on_progress` is called after each finished request with the running totals and the
+/// number of paths.
+pub async fn run<F>(paths: Vec<String>, opts: &WarmOptions, mut on_progress: F) -> WarmReport
 where
-    F: Fn(&WarmReport, usize) + Send + Sync + 'static,
+    F: FnMut(&WarmReport, usize),
 {
     let started = Instant::now();
     let total = paths.len();
-    let paths = Arc::new(paths);
-    let next = Arc::new(AtomicUsize::new(0));
-    let pacer = Arc::new(tokio::sync::Mutex::new(Pacer::new(opts.rate_per_second)));
-    let report = Arc::new(Mutex::new(WarmReport::default()));
-    let on_progress = Arc::new(on_progress);
-    let target: Arc<str> = Arc::from(opts.target.as_str());
-    let mut workers = JoinSet::new();
-    for _ in 0..opts.concurrency.max(1).min(total) {
-        let paths = Arc::clone(&paths);
-        let next = Arc::clone(&next);
-        let pacer = Arc::clone(&pacer);
-        let report = Arc::clone(&report);
-        let on_progress = Arc::clone(&on_progress);
-        let target = Arc::clone(&target);
-        let timeout = opts.timeout;
-        workers.spawn(async move {
-            let mut conn = client::Conn::new(target);
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(path) = paths.get(i) else { break };
-                let at = pacer.lock().await.reserve(Instant::now());
-                tokio::time::sleep_until(at.into()).await;
-                let outcome = conn.warm(path, timeout).await;
-                if let Ok(mut r) = report.lock() {
-                    r.record(path, outcome);
-                    on_progress(&r, total);
-                }
-            }
-        });
+    let pool_options = pool::PoolOptions {
+        addr: Arc::from(opts.target.as_str()),
+        concurrency: opts.concurrency,
+        rate_per_second: Some(opts.rate_per_second),
+    };
+    let mut report = WarmReport::default();
+    let failed_workers = pool::run(
+        &pool_options,
+        paths.into(),
+        job::WarmJob::new(&opts.target, opts.timeout),
+        |path: &String, outcome| {
+            report.record(path, outcome);
+            on_progress(&report, total);
+        },
+    )
+    .await;
+    for e in failed_workers {
+        report.record("(worker)", Outcome::Failed(format!("worker ended: {e}")));
     }
-    while let Some(joined) = workers.join_next().await {
-        if let Err(e) = joined {
-            if let Ok(mut r) = report.lock() {
-                r.record("(worker)", Outcome::Failed(format!("worker ended: {e}")));
-            }
-        }
-    }
-    let mut out = report.lock().map(|r| r.clone()).unwrap_or_default();
-    out.elapsed = started.elapsed();
-    out
+    report.elapsed = started.elapsed();
+    report
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::cache::status::CacheOutcome;
+
 /// How many failures the text summary lists (the JSON has them all).
 const LISTED_FAILURES: usize = 20;
 
@@ -20,17 +22,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Classifies a response by status and `X-Cache`.
+    /// Classifies a response by status and `X-Cache` (read as a [`CacheOutcome`]; an unknown
+    /// or missing value counts as fetched).
     pub fn classify(status: u16, x_cache: Option<&str>) -> Outcome {
         if !(200..400).contains(&status) {
             return Outcome::Failed(format!("status {status}"));
         }
-        match x_cache.map(str::trim) {
-            Some(v)
-                if v.eq_ignore_ascii_case("HIT-L1")
-                    || v.eq_ignore_ascii_case("HIT-L2")
-                    || v.eq_ignore_ascii_case("STALE") =>
-            {
+        match x_cache.and_then(CacheOutcome::from_x_cache) {
+            Some(CacheOutcome::HitL1 | CacheOutcome::HitL2 | CacheOutcome::Stale) => {
                 Outcome::AlreadyWarm
             }
             _ => Outcome::Fetched,

@@ -1,4 +1,4 @@
-//! Unit tests for warming: expansion, ids files, pacing, targets and the report.
+//! Unit tests for warming: expansion, ids files, targets and the report.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -102,26 +102,6 @@ fn bad_id_is_an_error_naming_file_and_line() {
 }
 
 #[test]
-fn pacing_spaces_starts_by_the_rate_and_banks_no_credit() {
-    assert_eq!(Pacer::interval_for(50), Duration::from_millis(20));
-    assert_eq!(Pacer::interval_for(1), Duration::from_secs(1));
-    assert_eq!(Pacer::interval_for(0), Duration::from_secs(1));
-    let t0 = Instant::now();
-    let mut p = Pacer::new(10);
-    assert_eq!(p.reserve(t0), t0);
-    assert_eq!(p.reserve(t0), t0 + Duration::from_millis(100));
-    assert_eq!(p.reserve(t0), t0 + Duration::from_millis(200));
-    // After an idle second, the next start is immediate, then spaced again (no burst).
-    let later = t0 + Duration::from_secs(5);
-    assert_eq!(p.reserve(later), later);
-    assert_eq!(p.reserve(later), later + Duration::from_millis(100));
-    // 100 starts at 50/s take ~2 s.
-    let mut p = Pacer::new(50);
-    let last = (0..100).map(|_| p.reserve(t0)).last().unwrap();
-    assert_eq!(last - t0, Duration::from_millis(20 * 99));
-}
-
-#[test]
 fn targets() {
     assert_eq!(
         parse_target("http://127.0.0.1:8080").unwrap(),
@@ -162,6 +142,23 @@ fn outcomes_are_classified_by_x_cache_and_status() {
     assert_eq!(
         Outcome::classify(502, Some("MISS")),
         Outcome::Failed("status 502".into())
+    );
+}
+
+#[test]
+fn x_cache_is_read_as_a_cache_outcome_whatever_its_case_and_padding() {
+    assert_eq!(
+        Outcome::classify(200, Some(" hit-l2 ")),
+        Outcome::AlreadyWarm
+    );
+    assert_eq!(Outcome::classify(200, Some("Stale")), Outcome::AlreadyWarm);
+    assert_eq!(
+        Outcome::classify(200, Some("REVALIDATED")),
+        Outcome::Fetched
+    );
+    assert_eq!(
+        Outcome::classify(200, Some("HIT-L1, MISS")),
+        Outcome::Fetched
     );
 }
 

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::cache::status::CacheOutcome;
+use crate::client::{ClientError, GetResponse};
+
 /// Whether a URL (or the whole run) met its budget, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -131,17 +134,35 @@ pub(crate) struct Tally {
     pub(crate) errors_by_kind: BTreeMap<String, u64>,
 }
 
+/// One timed request: how long it took and what it got.
+#[derive(Debug)]
+pub(crate) struct Sample {
+    /// From sending (connecting included) to the last body byte, or to the error.
+    pub(crate) latency: Duration,
+    pub(crate) result: Result<GetResponse, ClientError>,
+}
+
 impl Tally {
-    pub(crate) fn merge(&mut self, other: Tally) {
-        self.requests += other.requests;
-        self.successes += other.successes;
-        self.latencies.extend(other.latencies);
-        for (k, v) in other.x_cache {
-            *self.x_cache.entry(k).or_insert(0) += v;
-        }
-        for (k, v) in other.errors_by_kind {
-            *self.errors_by_kind.entry(k).or_insert(0) += v;
-        }
+    /// Counts one request: its latency when it got a complete response, its `X-Cache`
+    /// value (see [`x_cache_label`]) and, unless 2xx/3xx, its error kind.
+    pub(crate) fn record(&mut self, sample: Sample) {
+        self.requests += 1;
+        let kind = match sample.result {
+            Ok(GetResponse { status, x_cache }) => {
+                self.latencies.push(sample.latency);
+                *self
+                    .x_cache
+                    .entry(x_cache_label(x_cache.as_deref()))
+                    .or_insert(0) += 1;
+                if (200..400).contains(&status) {
+                    self.successes += 1;
+                    return;
+                }
+                format!("status {status}")
+            }
+            Err(e) => e.to_string(),
+        };
+        *self.errors_by_kind.entry(kind).or_insert(0) += 1;
     }
 
     pub(crate) fn finish(mut self, url: &str, budget: Duration, max_error_rate: f64) -> UrlReport {
@@ -302,6 +323,19 @@ impl BenchReport {
     }
 }
 
+/// What an `X-Cache` value is counted under: the [`CacheOutcome`]'s own spelling when it
+/// names one (`hit-l1 ` counts as `HIT-L1`), the value as received otherwise, and `none`
+/// when the response had no `X-Cache`.
+fn x_cache_label(value: Option<&str>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(v) => CacheOutcome::from_x_cache(v)
+            .and_then(CacheOutcome::x_cache)
+            .unwrap_or(v)
+            .to_owned(),
+    }
+}
+
 /// Milliseconds rounded to 3 decimals, as a JSON-friendly number.
 fn ms_f64(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1_000.0
@@ -399,5 +433,55 @@ mod tests {
 
         let ok = BenchReport::new(vec![], Duration::from_millis(1), 0.0);
         assert_eq!(ok.exit_code(), 0);
+    }
+
+    #[test]
+    fn samples_count_x_cache_by_outcome_and_keep_unknown_and_missing_values() {
+        let mut t = Tally::default();
+        let answer = |status: u16, x_cache: Option<&str>| Sample {
+            latency: Duration::from_millis(5),
+            result: Ok(GetResponse {
+                status,
+                x_cache: x_cache.map(str::to_owned),
+            }),
+        };
+        for x_cache in [
+            Some("HIT-L1"),
+            Some(" hit-l1"),
+            Some("Miss"),
+            Some("warm?"),
+            None,
+        ] {
+            t.record(answer(200, x_cache));
+        }
+        t.record(answer(503, Some("BYPASS")));
+        t.record(Sample {
+            latency: Duration::from_millis(100),
+            result: Err(ClientError::Timeout),
+        });
+        let u = t.finish("http://x/a", Duration::from_secs(1), 1.0);
+        let x_cache: Vec<_> = u.x_cache.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            x_cache,
+            [
+                ("BYPASS", 1),
+                ("HIT-L1", 2),
+                ("MISS", 1),
+                ("none", 1),
+                ("warm?", 1)
+            ]
+        );
+        assert_eq!((u.requests, u.successes, u.errors), (7, 5, 2));
+        let errors: Vec<_> = u
+            .errors_by_kind
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(errors, [("status 503", 1), ("timeout", 1)]);
+        assert_eq!(
+            u.max,
+            Duration::from_millis(5),
+            "only complete answers are timed"
+        );
     }
 }

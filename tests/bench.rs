@@ -1,10 +1,10 @@
-//! `sidecache bench` (probe::run) against the stand-in backend over real sockets.
+//! `sidecache bench` (bench::run) against the stand-in backend over real sockets.
 
 mod support;
 
 use std::time::Duration;
 
-use sidecache::probe::{self, BenchOptions, ProbeError, Verdict};
+use sidecache::bench::{self, BenchError, BenchOptions, Verdict};
 use support::backend::start_backend;
 
 fn opts(urls: Vec<String>) -> BenchOptions {
@@ -19,7 +19,7 @@ fn opts(urls: Vec<String>) -> BenchOptions {
 #[tokio::test]
 async fn generous_budget_passes_and_reports_every_url() {
     let b = start_backend(Duration::from_millis(20)).await;
-    let report = probe::run(&BenchOptions {
+    let report = bench::run(&BenchOptions {
         p95_budget: Duration::from_secs(2),
         headers: vec![("x-bench".into(), "1".into())],
         ..opts(vec![
@@ -52,7 +52,7 @@ async fn generous_budget_passes_and_reports_every_url() {
 #[tokio::test]
 async fn one_millisecond_budget_fails_on_p95() {
     let b = start_backend(Duration::from_millis(20)).await;
-    let report = probe::run(&BenchOptions {
+    let report = bench::run(&BenchOptions {
         p95_budget: Duration::from_millis(1),
         ..opts(vec![b.url("/api/events/1/context")])
     })
@@ -68,14 +68,14 @@ async fn one_millisecond_budget_fails_on_p95() {
 #[tokio::test]
 async fn error_statuses_and_outages_are_measured_as_errors() {
     let b = start_backend(Duration::ZERO).await;
-    let report = probe::run(&opts(vec![b.url("/api/health")])).await.unwrap();
+    let report = bench::run(&opts(vec![b.url("/api/health")])).await.unwrap();
     let u = &report.urls[0];
     assert_eq!((u.successes, u.errors), (0, 10));
     assert_eq!(u.errors_by_kind.get("status 404"), Some(&10));
     assert!(u.verdict.reasons()[0].contains("error rate 100.00%"));
 
     b.stop().await;
-    let report = probe::run(&BenchOptions {
+    let report = bench::run(&BenchOptions {
         timeout: Duration::from_secs(2),
         ..opts(vec![b.url("/api/state-machine/metadata")])
     })
@@ -88,7 +88,7 @@ async fn error_statuses_and_outages_are_measured_as_errors() {
 #[tokio::test]
 async fn timeouts_count_as_errors() {
     let b = start_backend(Duration::ZERO).await;
-    let report = probe::run(&BenchOptions {
+    let report = bench::run(&BenchOptions {
         iterations: 2,
         concurrency: 1,
         timeout: Duration::from_millis(100),
@@ -101,8 +101,8 @@ async fn timeouts_count_as_errors() {
 
 #[tokio::test]
 async fn bad_urls_are_rejected_before_sending() {
-    let err = probe::run(&opts(vec!["https://example.com/".into()]))
+    let err = bench::run(&opts(vec!["https://example.com/".into()]))
         .await
         .unwrap_err();
-    assert!(matches!(err, ProbeError::InvalidUrl { .. }), "{err}");
+    assert!(matches!(err, BenchError::InvalidUrl { .. }), "{err}");
 }
