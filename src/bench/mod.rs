@@ -43,9 +43,6 @@ pub enum BenchError {
     /// A percentage such as `1%` could not be parsed.
     #[error("invalid percentage {0:?}: expected e.g. \"1%\", \"0.5%\" or \"0.01\"")]
     InvalidPercent(String),
-    /// A duration such as `500ms` could not be parsed.
-    #[error("invalid duration {0:?}: expected e.g. \"500ms\", \"1.5s\" or \"500\" (ms)")]
-    InvalidDuration(String),
 }
 
 /// What to measure and the limits to judge it by.
@@ -145,28 +142,6 @@ pub fn parse_percent(s: &str) -> Result<f64, BenchError> {
         Ok(value)
     } else {
         Err(BenchError::InvalidPercent(s.to_owned()))
-    }
-}
-
-/// Parses a latency budget or timeout: `"500ms"`, `"1.5s"`, or a bare number of ms.
-pub fn parse_duration(s: &str) -> Result<Duration, BenchError> {
-    let t = s.trim();
-    let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (t, 1.0)
-    };
-    let ms = num
-        .trim()
-        .parse::<f64>()
-        .map_err(|_| BenchError::InvalidDuration(s.to_owned()))?
-        * scale_ms;
-    if ms.is_finite() && ms >= 0.0 {
-        Ok(Duration::from_secs_f64(ms / 1000.0))
-    } else {
-        Err(BenchError::InvalidDuration(s.to_owned()))
     }
 }
 
@@ -271,15 +246,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn duration_parsing() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("-1ms").is_err());
     }
 
     #[test]
