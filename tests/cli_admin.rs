@@ -301,19 +301,24 @@ async fn cli_purges_reach_the_admin_api_as_the_cli_source() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn json_logs_with_one_access_line_per_request() {
-    let backend = start_backend(Duration::ZERO).await;
+/// A sidecache in front of `backend` writing JSON logs with an access line per request.
+async fn with_json_access_log(backend: &sidecache::demo::Backend) -> Sidecache {
     let config = MINIMAL.replace(
         "grace_period = \"1s\"",
         "grace_period = \"1s\"\naccess_log = true",
     );
-    let sc = Sidecache::start(
+    Sidecache::start(
         SidecacheOptions::new(config)
             .backend(backend.addr())
             .env("SIDECACHE_LOG_FORMAT", "json"),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_with_one_access_line_per_request() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc = with_json_access_log(&backend).await;
     get(
         &sc.url("/api/events/1/context?x=1"),
         &[("x-request-id", "json-log-1")],
@@ -403,16 +408,7 @@ async fn check_and_run_refuse_the_same_configs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_access_log_line_names_the_bypass_reason() {
     let backend = start_backend(Duration::ZERO).await;
-    let config = MINIMAL.replace(
-        "grace_period = \"1s\"",
-        "grace_period = \"1s\"\naccess_log = true",
-    );
-    let sc = Sidecache::start(
-        SidecacheOptions::new(config)
-            .backend(backend.addr())
-            .env("SIDECACHE_LOG_FORMAT", "json"),
-    )
-    .await;
+    let sc = with_json_access_log(&backend).await;
     let r = get(
         &sc.url("/api/events/1/context"),
         &[("x-request-id", "detail-1"), ("authorization", "Bearer x")],

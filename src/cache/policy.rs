@@ -33,6 +33,15 @@ pub enum BypassReason {
 }
 
 impl BypassReason {
+    /// Every reason.
+    pub const ALL: [BypassReason; 5] = [
+        Self::Method,
+        Self::RouteDisabled,
+        Self::DefaultOff,
+        Self::Authorization,
+        Self::Cookie,
+    ];
+
     /// Static name for `Cache-Status` and logs.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +74,19 @@ pub enum NoStoreReason {
 }
 
 impl NoStoreReason {
+    /// Every reason.
+    pub const ALL: [NoStoreReason; 9] = [
+        Self::NoStore,
+        Self::Private,
+        Self::SetCookie,
+        Self::VaryStar,
+        Self::Status,
+        Self::NoFreshness,
+        Self::TooLarge,
+        Self::LockTimeout,
+        Self::StorageError,
+    ];
+
     /// Static name for `Cache-Status`, logs and pingora's `NoCacheReason::Custom`.
     pub const fn as_str(self) -> &'static str {
         match self {
