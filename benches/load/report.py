@@ -96,7 +96,15 @@ def rows_of(runs):
 
 
 def with_ratios(rows):
-    """Ratios against nginx in the same scenario."""
+    """Ratios against nginx in the same scenario, and of sidecache against its baseline build
+    (run.sh --baseline) when one ran."""
+    base = {r["scenario"]: r for r in rows if r["system"] == "sidecache-base" and r["status"] == "ok"}
+    for r in rows:
+        peer = base.get(r["scenario"])
+        if r["system"] == "sidecache" and r["status"] == "ok" and peer:
+            for key in ("rps", "cpu_us_per_req", "p99_ms"):
+                a, b = r.get(key), peer.get(key)
+                r[key + "_x_base"] = a / b if a is not None and b else None
     nginx = {r["scenario"]: r for r in rows if r["system"] == "nginx" and r["status"] == "ok"}
     for r in rows:
         peer = nginx.get(r["scenario"])
@@ -189,6 +197,10 @@ def main():
     print()
     for t in tg:
         print(f"- {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['detail']}")
+    for r in rows:
+        if r.get("cpu_us_per_req_x_base") is not None:
+            print(f"- sidecache vs baseline, {r['scenario']}: CPU/req {r['cpu_us_per_req_x_base']:.3f}x, "
+                  f"req/s {r['rps_x_base']:.3f}x, p99 {r['p99_ms_x_base']:.3f}x")
     for r in rows:
         if "sidecache_outcomes" in r:
             print(f"- sidecache outcomes, {r['scenario']}/{r['system']}: {r['sidecache_outcomes']}")

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Load harness: sidecache vs nginx proxy_cache vs Varnish, all in one run, on loopback.
 #
-#   ./dev bench-load [--quick] [--scenarios 1,2,...] [--rounds N]  (builds release first)
+#   ./dev bench-load [--quick] [--scenarios 1,2,...] [--rounds N] [--baseline BIN]
+#                                                                   (builds release first)
 #   benches/load/run.sh [same options]                             (expects the release binaries)
+# --baseline BIN also runs BIN (another sidecache build, e.g. the previous commit's) as the
+# system "sidecache-base" in scenarios 1, 2, 4 and 5, interleaved with the others, so a change
+# is measured as new vs old in one run ("×base" in the report).
 # Full: 3 rounds of 8 s per system and scenario (~10 min); --quick: 1 round of 3 s (~1.5 min).
 #
 # Scenarios: 1 hot L1 hit (64 conns) | 2 mixed, 10,000 ids, zipf skew (64 conns) |
@@ -46,11 +50,13 @@ STAMPEDE=$TARGET/release/examples/load_stampede
 
 QUICK=0
 ROUNDS_ARG=
+BASELINE=
 SCENARIOS=1,2,3,4,5,6
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --rounds) ROUNDS_ARG=${2:?--rounds needs a number}; shift ;;
+    --baseline) BASELINE=${2:?--baseline needs a sidecache binary}; shift ;;
     --scenarios) SCENARIOS=${2:?--scenarios needs a list, e.g. 1,2}; shift ;;
     --scenarios=*) SCENARIOS=${1#*=} ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
@@ -192,19 +198,24 @@ declare -A PORT=([origin]=$ORIGIN_PORT)
 declare -A ADMIN=()
 
 start_sidecache() { # NAME L1_MAX_BYTES L1_MAX_OBJECT_BYTES [REDIS_PORT]
-  local name=$1 conf=$WORK/$1.toml
+  local name=$1 conf=$WORK/$1.toml bin=$SIDECACHE
+  [[ $name == sidecache-base ]] && bin=$BASELINE
   PORT[$name]=$(free_port); ADMIN[$name]=$(free_port)
   fill "$HERE/sidecache.toml.tmpl" "$conf" PORT="${PORT[$name]}" ADMIN_PORT="${ADMIN[$name]}" \
     ORIGIN_PORT="$ORIGIN_PORT" L1_MAX_BYTES="$2" L1_MAX_OBJECT_BYTES="$3"
   if [[ -n ${4:-} ]]; then
     printf '\n[cache.l2]\nurl = "redis://127.0.0.1:%s"\nprefix = "bench:"\ntimeout = "50ms"\n' "$4" >>"$conf"
   fi
-  RUST_LOG=warn "${ON_SERVER[@]}" "$SIDECACHE" --config "$conf" 2>"$WORK/$name.log" &
+  RUST_LOG=warn "${ON_SERVER[@]}" "$bin" --config "$conf" 2>"$WORK/$name.log" &
   PID[$name]=$!
   wait_http "http://127.0.0.1:${PORT[$name]}/health"
 }
 
 start_sidecache sidecache 256MiB 8MiB
+if [[ -n $BASELINE ]]; then
+  [[ -x $BASELINE ]] || { log "--baseline $BASELINE is not an executable"; exit 1; }
+  start_sidecache sidecache-base 256MiB 8MiB
+fi
 
 if [[ $HAVE_NGINX -eq 1 ]]; then
   mkdir -p "$WORK/nginx"
@@ -291,7 +302,15 @@ wrk_run() {
   log "$scenario $system: $(grep -E 'Requests/sec' <<<"$out" | tr -s ' ')"
 }
 
-systems() { echo sidecache nginx varnish; }
+# With a baseline, the two sidecache builds swap places every round: the first system of a
+# round measured a few percent slower than an identical second one.
+systems() {
+  if [[ -n $BASELINE && $(( ${round:-1} % 2 )) -eq 0 ]]; then
+    echo sidecache-base sidecache nginx varnish
+  else
+    echo sidecache ${BASELINE:+sidecache-base} nginx varnish
+  fi
+}
 run_in() { [[ ,$SCENARIOS, == *,$1,* ]]; }
 
 # --- scenarios ---------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
 
 /// A fresh random id (32 hex characters).
 pub fn new_request_id() -> HeaderValue {
-    let id = crate::hex::hex(&fastrand::u128(..).to_be_bytes());
+    let id: [u8; 32] = crate::hex::hex_array(fastrand::u128(..).to_be_bytes());
     // 32 ASCII hex digits always make a valid header value.
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Add `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`
