@@ -17,6 +17,7 @@ use crate::admin;
 use crate::config::{Config, ProcessEnv};
 use crate::live::{Live, WarmState};
 use crate::proxy;
+use crate::telemetry::events::{InternalEvent, WarmFinished, WarmTrigger};
 use crate::warm;
 
 /// How the process was asked to start.
@@ -261,12 +262,15 @@ impl WarmService {
             }
         })
         .await;
-        for (url, reason) in report.failures.iter().take(20) {
-            tracing::warn!(target: "sidecache::warm", url = %url, reason = %reason, "warming request failed");
+        WarmFinished {
+            trigger: WarmTrigger::Start,
+            fetched: report.fetched,
+            already_warm: report.already_warm,
+            failed: report.failed,
+            failures: &report.failures,
+            elapsed: report.elapsed,
         }
-        tracing::info!(target: "sidecache::warm", fetched = report.fetched,
-            already_warm = report.already_warm, failed = report.failed,
-            elapsed_ms = report.elapsed.as_millis() as u64, "start-up warming finished");
+        .emit();
     }
 }
 

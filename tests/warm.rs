@@ -260,3 +260,48 @@ async fn max_ready_delay_bounds_readiness_while_warming_continues() {
     }
     assert!(origin_hits(&backend, &paths) > fetched);
 }
+
+/// A finished start-up warming pass is counted: URLs by result, the pass's duration, and the
+/// time of the last pass without a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warming_pass_is_counted_in_the_metrics() {
+    let backend = start_backend(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let warm = format!(
+        "[warm]\non_start = true\nurls = [\"{DIAGRAM}\", \"/api/contractors/1/bundle\", \"/missing/x\"]\n"
+    );
+    let sc = Sidecache::start(SidecacheOptions::new(config(&redis, &warm)).backend(backend.addr()))
+        .await;
+    wait_ready_status(&sc, 200, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+        if support::http::metric(
+            &m,
+            "sidecache_warm_duration_seconds_count{trigger=\"start\"}",
+        ) >= 1.0
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warm pass counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let urls = |r: &str| {
+        support::http::metric(
+            &scrape,
+            &format!("sidecache_warm_urls_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(
+        (urls("fetched"), urls("already_warm"), urls("failed")),
+        (2.0, 0.0, 1.0)
+    );
+    assert_eq!(
+        support::http::metric(&scrape, "sidecache_warm_last_success_timestamp_seconds"),
+        0.0,
+        "a pass with a failure is not a success"
+    );
+}

@@ -159,8 +159,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn metrics_response() -> AdminResponse {
-    let l1 = metrics();
-    let _ = l1; // the registry is filled lazily; touching it registers every family
+    // The families are registered on first use: touch them so a scrape always lists them.
+    metrics();
     let families = prometheus::gather();
     let mut buf = Vec::with_capacity(16 * 1024);
     let encoder = prometheus::TextEncoder::new();

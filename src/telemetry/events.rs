@@ -183,6 +183,20 @@ impl InternalEvent for CorruptEntry<'_> {
     }
 }
 
+/// An entry went into L1. Counted only: it can happen per request.
+pub struct L1Stored {
+    /// The bytes the entry weighs.
+    pub weight: u32,
+}
+
+impl InternalEvent for L1Stored {
+    fn emit(self) {
+        let m = metrics();
+        m.l1_entries.inc();
+        m.l1_bytes.add(i64::from(self.weight));
+    }
+}
+
 /// An entry left L1 (moka's eviction listener). Counted only: it can happen per request.
 pub struct L1Eviction {
     pub cause: EvictionCause,
@@ -338,8 +352,11 @@ impl WarmTrigger {
     }
 }
 
+/// How many failed warming URLs the log names (the metrics count them all).
+const LOGGED_WARM_FAILURES: usize = 20;
+
 /// A warming pass inside this process finished.
-pub struct WarmFinished {
+pub struct WarmFinished<'a> {
     pub trigger: WarmTrigger,
     /// URLs the origin was called for.
     pub fetched: usize,
@@ -347,11 +364,17 @@ pub struct WarmFinished {
     pub already_warm: usize,
     /// URLs that failed (status, timeout, transport error).
     pub failed: usize,
+    /// `(url, reason)` of the failures.
+    pub failures: &'a [(String, String)],
     pub elapsed: Duration,
 }
 
-impl InternalEvent for WarmFinished {
+impl InternalEvent for WarmFinished<'_> {
     fn emit(self) {
+        for (url, reason) in self.failures.iter().take(LOGGED_WARM_FAILURES) {
+            tracing::warn!(target: "sidecache::warm", url = %url, reason = %reason,
+                "warming request failed");
+        }
         let m = metrics();
         for (result, n) in [
             (WarmUrlResult::Fetched, self.fetched),

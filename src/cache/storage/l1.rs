@@ -23,7 +23,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::codec::StoredEntry;
-use crate::telemetry::events::{InternalEvent, L1Eviction};
+use crate::telemetry::events::{InternalEvent, L1Eviction, L1Stored};
 use crate::telemetry::metrics::{metrics, EvictionCause};
 
 /// Removals between two `yield_now()` calls in a purge.
@@ -244,8 +244,7 @@ impl L1Store {
             weight,
         });
         lock(&inner.index).add(key, &v);
-        metrics().l1_entries.inc();
-        metrics().l1_bytes.add(i64::from(weight));
+        L1Stored { weight }.emit();
         cache.insert(key, v);
         true
     }
