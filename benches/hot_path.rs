@@ -91,6 +91,7 @@ fn l1(c: &mut Criterion) {
         .expect("runtime");
     let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&CacheConfig {
         default_mode: None,
+        key_host: true,
         lock_timeout: Duration::from_secs(5),
         l1: L1Config {
             max_bytes: 64 << 20,

@@ -25,6 +25,7 @@ const POLL: Duration = Duration::from_secs(5);
 fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
     CacheConfig {
         default_mode: None,
+        key_host: true,
         lock_timeout: Duration::from_secs(5),
         l1: L1Config {
             max_bytes: l1_bytes,
@@ -39,6 +40,7 @@ fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(400),
             channel: "test:purge".into(),
+            channel_secret: None,
         }),
     }
 }

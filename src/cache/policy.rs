@@ -294,6 +294,7 @@ mod tests {
             statuses: vec![200, 203, 204, 301, 404],
             negative_ttl: Duration::from_secs(30),
             invalidate_on: vec![],
+            forward_unkeyed_query: false,
         }
     }
 

@@ -47,6 +47,22 @@ pub(crate) fn apply(config: &mut Config, env: &dyn EnvSource, errors: &mut Vec<C
             Err(msg) => bad(errors, "SIDECACHE_REDIS_URL", msg),
         }
     }
+    if let Some(secret) = env.var("SIDECACHE_CHANNEL_SECRET") {
+        match config.cache.l2.as_mut() {
+            _ if secret.len() < 16 => bad(
+                errors,
+                "SIDECACHE_CHANNEL_SECRET",
+                "must be at least 16 characters".to_string(),
+            ),
+            Some(l2) => l2.channel_secret = Some(Secret::new(secret)),
+            None => bad(
+                errors,
+                "SIDECACHE_CHANNEL_SECRET",
+                "set, but there is no [cache.l2] (or SIDECACHE_REDIS_URL) to broadcast on"
+                    .to_string(),
+            ),
+        }
+    }
     if let Some(token) = env.var("SIDECACHE_ADMIN_TOKEN") {
         if token.trim().is_empty() {
             bad(

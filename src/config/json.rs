@@ -53,6 +53,7 @@ fn route(r: &RouteConfig) -> Value {
             "invalidate_on": c.invalidate_on.iter()
                 .map(MethodPattern::to_config_string)
                 .collect::<Vec<_>>(),
+            "forward_unkeyed_query": c.forward_unkeyed_query,
         })
     });
     json!({
@@ -77,6 +78,15 @@ impl Config {
                 "max_request_body_bytes": s.max_request_body_bytes,
                 "admin_token": s.admin_token.as_ref().map(|_| REDACTED),
                 "watch": s.watch,
+                "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "allow_body_on_safe_methods": s.allow_body_on_safe_methods,
+                "max_header_bytes": s.limits.max_header_bytes,
+                "max_headers": s.limits.max_headers,
+                "header_timeout": duration(s.limits.header_timeout),
+                "keepalive_timeout": duration(s.limits.keepalive_timeout),
+                "max_requests_per_connection": s.limits.max_requests_per_connection,
+                "max_connections": s.limits.max_connections,
+                "admin_body_timeout": duration(s.limits.admin_body_timeout),
             },
             "proxy": {
                 "default_upstream": self.proxy.default_upstream.map(|i| self.upstream_name(i)),
@@ -99,6 +109,7 @@ impl Config {
             "routes": self.routes.iter().map(route).collect::<Vec<_>>(),
             "cache": {
                 "default_mode": self.cache.default_mode.map_or("off", mode),
+                "key_host": self.cache.key_host,
                 "lock_timeout": duration(self.cache.lock_timeout),
                 "l1": {
                     "max_bytes": self.cache.l1.max_bytes,
@@ -112,6 +123,7 @@ impl Config {
                     "breaker_failures": l2.breaker_failures,
                     "breaker_cooldown": duration(l2.breaker_cooldown),
                     "channel": l2.channel,
+                    "channel_secret": l2.channel_secret.as_ref().map(|_| REDACTED),
                 })),
             },
             "warm": {

@@ -149,7 +149,8 @@ fn l2_field_changed<T: PartialEq>(old: &Config, new: &Config, field: fn(&L2Confi
 
 /// Every restart-only setting, and why: listeners, the thread count and the grace period are
 /// fixed when pingora's server starts; the cache lock's age limit when the lock is built; the
-/// Redis connection, key prefix and purge channel when the tiers and the subscriber start.
+/// Redis connection, key prefix, purge channel and its secret when the tiers and the
+/// subscriber start.
 pub const RESTART_ONLY: &[RestartOnly] = &[
     RestartOnly {
         path: "server.listen",
@@ -195,6 +196,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         path: "cache.l2.channel",
         what: "the purge channel",
         changed: |o, n| l2_field_changed(o, n, |l2| &l2.channel),
+    },
+    RestartOnly {
+        path: "cache.l2.channel_secret",
+        what: "the purge channel secret",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.channel_secret),
     },
 ];
 

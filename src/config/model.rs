@@ -76,6 +76,119 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Reload when the config file changes on disk. Default `false`.
     pub watch: bool,
+    /// Peers whose `X-Forwarded-For`, `-Host`, `-Proto` and `Forwarded` are believed.
+    /// Default: none (not even loopback); from every other peer sidecache sets them itself.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Accept (and forward, never cache) bodies on GET, HEAD, DELETE and OPTIONS. Default
+    /// `false`: such requests are refused with 400.
+    pub allow_body_on_safe_methods: bool,
+    /// Limits of each downstream connection and request head.
+    pub limits: ConnectionLimits,
+}
+
+/// How much one client may hold: header size and count, deadlines, connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// Largest request head (request line and headers). Default `32KiB`; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request. Default `100`; more gets 431.
+    pub max_headers: usize,
+    /// The whole request head must arrive within this, counted from the connection's accept
+    /// (first request) or from its first byte (later requests). Default `10s`; then the
+    /// connection is closed.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request. Default `60s`.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed (`Connection: close` on the
+    /// last). Default `1000`.
+    pub max_requests_per_connection: u32,
+    /// Open downstream connections at most; past it a new connection gets 503 and is closed.
+    /// Default `16384`.
+    pub max_connections: usize,
+    /// Deadline of reading an admin request body (a purge). Default `10s`.
+    pub admin_body_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_header_bytes: 32 << 10,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_requests_per_connection: 1000,
+            max_connections: 16384,
+            admin_body_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An IP network such as `10.0.0.0/8` or `::1/128` (a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `addr/prefix` or a bare address.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || {
+            format!(
+                "invalid CIDR {s:?}: expected e.g. \"10.0.0.0/8\", \"::1/128\" or \"127.0.0.1\""
+            )
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let bits = |ip: IpAddr| -> (u128, u32) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = width - u32::from(self.prefix);
+        let mask = if host_bits >= 128 {
+            0
+        } else {
+            u128::MAX << host_bits
+        };
+        let mask = mask
+            & if width == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
+        net & mask == addr & mask
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// `[proxy]`: what happens to requests that no rewrite matches.
@@ -159,6 +272,10 @@ pub struct RouteCacheConfig {
     /// Writes that purge this route's entries with the same params,
     /// e.g. `POST /api/concierge/sessions/:id/end`.
     pub invalidate_on: Vec<MethodPattern>,
+    /// With `key.query`, also send the query parameters the key leaves out to the upstream.
+    /// Default `false`: the upstream receives only the keyed parameters, so nothing the key
+    /// ignores can change the stored response.
+    pub forward_unkeyed_query: bool,
 }
 
 impl RouteCacheConfig {
@@ -218,6 +335,9 @@ pub struct KeyConfig {
 pub struct CacheConfig {
     /// For requests matching no route: `Origin` (default) or `None` for `"off"`.
     pub default_mode: Option<CacheMode>,
+    /// Key entries by scheme and host (lower-cased, default port dropped) too. Default
+    /// `true`; `false` only for a sidecar that serves one host (then any Host shares entries).
+    pub key_host: bool,
     /// How long a request waits for another's in-flight fetch of the same key. Default `5s`.
     pub lock_timeout: Duration,
     pub l1: L1Config,
@@ -251,6 +371,10 @@ pub struct L2Config {
     pub breaker_cooldown: Duration,
     /// Pub/sub channel for purges across instances. Default `sidecache:purge`.
     pub channel: String,
+    /// Shared secret that signs (HMAC-SHA256) every purge broadcast; received messages
+    /// without a valid signature are dropped. Default none (unsigned). File or env
+    /// `SIDECACHE_CHANNEL_SECRET`; redacted when shown.
+    pub channel_secret: Option<Secret>,
 }
 
 /// `[warm]`: cache warming.

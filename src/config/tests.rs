@@ -206,7 +206,7 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
     assert!(
-        server.ends_with("expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch"),
+        server.ends_with("expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
         "{server}"
     );
 }
@@ -690,7 +690,7 @@ fn sample_report_reads_well() {
     assert_eq!(
         report,
         "server.listen (line 2): expected a string, found a datetime\n\
-         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
          routes[0].ttl (line 10): expected a string, found an integer"
     );
     let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();
@@ -699,5 +699,143 @@ fn sample_report_reads_well() {
             .starts_with("line 3: TOML syntax error: duplicate key"),
         "{}",
         dup.report()
+    );
+}
+
+#[test]
+fn edge_limits_default_to_safe_values() {
+    let c = ok(UPSTREAM);
+    let s = &c.server;
+    assert!(
+        s.trusted_proxies.is_empty(),
+        "no peer is trusted by default"
+    );
+    assert!(!s.allow_body_on_safe_methods);
+    let l = &s.limits;
+    assert_eq!((l.max_header_bytes, l.max_headers), (32 << 10, 100));
+    assert_eq!(l.header_timeout, Duration::from_secs(10));
+    assert_eq!(l.keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(l.max_requests_per_connection, 1000);
+    assert_eq!(l.max_connections, 16384);
+    assert_eq!(l.admin_body_timeout, Duration::from_secs(10));
+    assert!(c.cache.key_host, "the host is keyed by default");
+    let r = ok(&route("ttl = \"5m\"\nkey = { query = [\"a\"] }\n"));
+    assert!(!r.routes[0].cache.as_ref().unwrap().forward_unkeyed_query);
+}
+
+#[test]
+fn edge_limits_are_parsed_and_checked() {
+    let c = ok(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_header_bytes = \"8KiB\"\n\
+         max_headers = 50\nheader_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\n\
+         max_requests_per_connection = 10\nmax_connections = 100\n\
+         allow_body_on_safe_methods = true\n[cache]\nkey_host = false\n{UPSTREAM}"
+    ));
+    let s = &c.server;
+    assert_eq!(s.trusted_proxies.len(), 2);
+    assert!(s.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(!s.trusted_proxies[0].contains("11.0.0.1".parse().unwrap()));
+    assert!(s.trusted_proxies[1].contains("::1".parse().unwrap()));
+    assert_eq!(
+        (s.limits.max_header_bytes, s.limits.max_headers),
+        (8 << 10, 50)
+    );
+    assert_eq!(s.limits.max_connections, 100);
+    assert!(s.allow_body_on_safe_methods && !c.cache.key_host);
+    for (text, expected) in [
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "server.trusted_proxies[0] (line 2): invalid CIDR \"10.0.0.0/33\"",
+        ),
+        (
+            "[server]\nmax_header_bytes = \"2MiB\"\n",
+            "server.max_header_bytes (line 2): must be between 1KiB and 1MiB",
+        ),
+        (
+            "[server]\nmax_headers = 0\n",
+            "server.max_headers (line 2): 0 is out of range",
+        ),
+        (
+            "[server]\nheader_timeout = \"0s\"\n",
+            "server.header_timeout (line 2): must be greater than 0",
+        ),
+    ] {
+        let errs = errors(&format!("{text}{UPSTREAM}"));
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{expected:?} in {errs:?}"
+        );
+    }
+    assert_error(
+        &route("ttl = \"5m\"\nforward_unkeyed_query = true\n"),
+        "routes[0].forward_unkeyed_query (line 8): only meaningful with key = { query = [...] }: without it the whole query is keyed and forwarded",
+    );
+}
+
+#[test]
+fn cidrs_match_their_networks_only() {
+    let c = Cidr::parse("192.168.1.0/24").unwrap();
+    assert!(c.contains("192.168.1.200".parse().unwrap()));
+    assert!(!c.contains("192.168.2.1".parse().unwrap()));
+    assert!(
+        c.contains("::ffff:192.168.1.7".parse().unwrap()),
+        "IPv4-mapped counts as IPv4"
+    );
+    assert!(!c.contains("::1".parse().unwrap()));
+    assert!(Cidr::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+    assert!(Cidr::parse("::/0")
+        .unwrap()
+        .contains("2001:db8::1".parse().unwrap()));
+    assert!(Cidr::parse("127.0.0.1")
+        .unwrap()
+        .contains("127.0.0.1".parse().unwrap()));
+    assert!(!Cidr::parse("127.0.0.1")
+        .unwrap()
+        .contains("127.0.0.2".parse().unwrap()));
+    for bad in ["", "10.0.0.0/", "10.0.0/8", "::1/129", "host/8"] {
+        assert!(Cidr::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_channel_secret_is_redacted_and_restart_only() {
+    let text = format!(
+        "{UPSTREAM}[cache.l2]\nurl = \"redis://127.0.0.1:1\"\nchannel_secret = \"0123456789abcdef\"\n"
+    );
+    let c = ok(&text);
+    assert_eq!(
+        c.redacted_json()["cache"]["l2"]["channel_secret"],
+        "[redacted]"
+    );
+    let mut other = c.clone();
+    other.cache.l2.as_mut().unwrap().channel_secret = Some(Secret::new("fedcba9876543210"));
+    let report = check_reloadable(&c, &other).unwrap_err().report();
+    assert!(report.starts_with("cache.l2.channel_secret"), "{report}");
+    assert_error(
+        &format!(
+            "{UPSTREAM}[cache.l2]\nurl = \"redis://127.0.0.1:1\"\nchannel_secret = \"short\"\n"
+        ),
+        "cache.l2.channel_secret (line 6): must be at least 16 characters",
+    );
+}
+
+#[test]
+fn the_channel_secret_can_come_from_the_env() {
+    let with_l2 = format!("{UPSTREAM}[cache.l2]\nurl = \"redis://127.0.0.1:1\"\n");
+    let secret = env(&[("SIDECACHE_CHANNEL_SECRET", "0123456789abcdef0123")]);
+    let c = parse(&with_l2, None, &secret).unwrap();
+    let got = c.cache.l2.unwrap().channel_secret.unwrap();
+    assert_eq!(got.expose(), "0123456789abcdef0123");
+    let errs = errors_with(UPSTREAM, &secret);
+    assert!(
+        errs[0].starts_with("SIDECACHE_CHANNEL_SECRET: set, but there is no [cache.l2]"),
+        "{errs:?}"
+    );
+    let short = env(&[("SIDECACHE_CHANNEL_SECRET", "short")]);
+    assert_eq!(
+        errors_with(&with_l2, &short),
+        ["SIDECACHE_CHANNEL_SECRET: must be at least 16 characters"]
     );
 }

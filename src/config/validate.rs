@@ -19,7 +19,8 @@ const METHODS: [http::Method; 7] = [
     http::Method::OPTIONS,
 ];
 /// Keys of a route that configure caching (forbidden with `cache = false`).
-const ROUTE_CACHE_KEYS: [&str; 10] = [
+const ROUTE_CACHE_KEYS: [&str; 11] = [
+    "forward_unkeyed_query",
     "mode",
     "ttl",
     "max_ttl",
@@ -120,6 +121,7 @@ pub(crate) fn default_l2() -> L2Config {
         breaker_failures: 3,
         breaker_cooldown: Duration::from_secs(5),
         channel: "sidecache:purge".to_string(),
+        channel_secret: None,
     }
 }
 
@@ -205,6 +207,18 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .get(doc, "watch")
             .and_then(|e| e.bool(doc))
             .unwrap_or(false),
+        trusted_proxies: t
+            .get(doc, "trusted_proxies")
+            .and_then(|e| e.strings(doc))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(s, e)| e.parsed(doc, |_| Cidr::parse(&s)))
+            .collect(),
+        allow_body_on_safe_methods: t
+            .get(doc, "allow_body_on_safe_methods")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(false),
+        limits: limits(doc, &mut t),
     };
     t.forbid(
         doc,
@@ -213,6 +227,47 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
     );
     t.finish(doc);
     server
+}
+
+fn limits(doc: &mut Doc<'_>, t: &mut Table<'_>) -> ConnectionLimits {
+    let d = ConnectionLimits::default();
+    let mut duration = |t: &mut Table<'_>, key, default| {
+        t.get(doc, key)
+            .and_then(|e| e.positive_duration(doc))
+            .unwrap_or(default)
+    };
+    let header_timeout = duration(t, "header_timeout", d.header_timeout);
+    let keepalive_timeout = duration(t, "keepalive_timeout", d.keepalive_timeout);
+    let admin_body_timeout = duration(t, "admin_body_timeout", d.admin_body_timeout);
+    let max_header_bytes = t
+        .get(doc, "max_header_bytes")
+        .and_then(|e| {
+            let n = e.size(doc)?;
+            if !(1024..=1 << 20).contains(&n) {
+                e.error(doc, "must be between 1KiB and 1MiB (pingora's own limit)");
+                return None;
+            }
+            usize::try_from(n).ok()
+        })
+        .unwrap_or(d.max_header_bytes);
+    ConnectionLimits {
+        max_header_bytes,
+        max_headers: t
+            .get(doc, "max_headers")
+            .and_then(|e| e.int_in(doc, 1, 256))
+            .unwrap_or(d.max_headers),
+        header_timeout,
+        keepalive_timeout,
+        max_requests_per_connection: t
+            .get(doc, "max_requests_per_connection")
+            .and_then(|e| e.int_in(doc, 1, 1_000_000_000))
+            .unwrap_or(d.max_requests_per_connection),
+        max_connections: t
+            .get(doc, "max_connections")
+            .and_then(|e| e.int_in(doc, 1, 1_000_000))
+            .unwrap_or(d.max_connections),
+        admin_body_timeout,
+    }
 }
 
 fn proxy(doc: &mut Doc<'_>, root: &mut Table<'_>, upstreams: &[&str]) -> ProxyConfig {
@@ -486,6 +541,19 @@ fn route_cache(
     let stale_if_error = duration("stale_if_error", Duration::ZERO);
     let negative_ttl = duration("negative_ttl", Duration::from_secs(30));
     let key = key_config(doc, t);
+    let forward_unkeyed_query = match t.get(doc, "forward_unkeyed_query") {
+        Some(e) => {
+            let v = e.bool(doc).unwrap_or(false);
+            if v && key.query.is_none() {
+                e.error(
+                    doc,
+                    "only meaningful with key = { query = [...] }: without it the whole query is keyed and forwarded",
+                );
+            }
+            v
+        }
+        None => false,
+    };
     let params: Vec<&str> = pattern
         .map(|p| p.param_names().collect())
         .unwrap_or_default();
@@ -544,6 +612,7 @@ fn route_cache(
         statuses,
         negative_ttl,
         invalidate_on,
+        forward_unkeyed_query,
     }
 }
 
@@ -594,6 +663,10 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         .get(doc, "lock_timeout")
         .and_then(|e| e.positive_duration(doc))
         .unwrap_or(Duration::from_secs(5));
+    let key_host = t
+        .get(doc, "key_host")
+        .and_then(|e| e.bool(doc))
+        .unwrap_or(true);
 
     let mut l1t = t.table(doc, "l1");
     let max_bytes = l1t.get(doc, "max_bytes").and_then(|e| e.size(doc));
@@ -631,6 +704,12 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         };
         l2.prefix = string(&mut l2t, doc, "prefix", l2.prefix);
         l2.channel = string(&mut l2t, doc, "channel", l2.channel);
+        l2.channel_secret = l2t.get(doc, "channel_secret").and_then(|e| {
+            e.parsed(doc, |s| match s.len() {
+                16.. => Ok(Secret::new(s)),
+                _ => Err("must be at least 16 characters"),
+            })
+        });
         let mut duration = |key, default| {
             l2t.get(doc, key)
                 .and_then(|e| e.positive_duration(doc))
@@ -649,6 +728,7 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
     t.finish(doc);
     let cache = CacheConfig {
         default_mode,
+        key_host,
         lock_timeout,
         l1,
         l2,
