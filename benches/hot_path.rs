@@ -77,7 +77,15 @@ fn routing(c: &mut Criterion) {
             };
             let route = router.route(&Method::GET, path);
             let rules = route.and_then(|m| m.policy.cache.as_ref()).map(|c| &c.key);
-            let k: CacheKey = key::cache_key(black_box(&req), rules);
+            let req = black_box(&req);
+            let query = key::keyed_query(req.uri.query(), rules);
+            let input = key::KeyInput {
+                site: "http://127.0.0.1:8080",
+                path: req.uri.path(),
+                query: query.as_deref(),
+                headers: &req.headers,
+            };
+            let k: CacheKey = key::cache_key(&input, rules);
             (upstream, k.combined_bin())
         })
     });

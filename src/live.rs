@@ -12,8 +12,10 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
-use crate::cache::storage::TieredCache;
+use crate::cache::key::keyed_query;
+use crate::cache::storage::{PurgeKind, TieredCache};
 use crate::config::{self, Config, ConfigErrors, EnvSource};
+use crate::proxy::normalize::{normalize_path, BadPath};
 use crate::purge::PurgeService;
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};
@@ -32,6 +34,38 @@ impl Snapshot {
             router: Router::new(&config),
             config: Arc::new(config),
         }
+    }
+
+    /// A url or prefix purge target in the form entries are indexed by: an absolute URL's
+    /// path and query (the path of every host), the path normalized as the data plane
+    /// normalizes it, and for a url whose GET route keys listed query parameters, the query
+    /// canonical as that route keys it. Tags are returned as they are. `Err` for a path the
+    /// data plane would refuse.
+    pub fn purge_target(&self, kind: PurgeKind, target: &str) -> Result<String, BadPath> {
+        if kind == PurgeKind::Tag {
+            return Ok(target.to_owned());
+        }
+        let relative = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| target.strip_prefix(scheme))
+            .map_or(target, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
+        let (path, query) = match relative.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (relative, None),
+        };
+        let path = normalize_path(path)?;
+        let query = match kind {
+            PurgeKind::Url => {
+                let route = self.router.route(&http::Method::GET, &path);
+                let key = route.and_then(|m| m.policy.cache.as_ref()).map(|c| &c.key);
+                keyed_query(query, key).map(|q| q.into_owned())
+            }
+            _ => query.map(str::to_owned),
+        };
+        Ok(match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        })
     }
 }
 

@@ -541,3 +541,42 @@ mod tests {
         assert!(names("a:{{id}}").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Parsing and matching never panic, and what a match captures is part of the path.
+        #[test]
+        fn patterns_never_panic_and_capture_pieces_of_the_path(
+            pattern in "(/(:?[a-z]{1,3}|\\*|:[a-z]{1,3}[*+]?)){0,5}/?",
+            path in "(/[a-z0-9%.]{0,4}){0,6}/?",
+        ) {
+            let pattern = if pattern.is_empty() { "/".to_owned() } else { pattern };
+            let path = if path.is_empty() { "/".to_owned() } else { path };
+            if let Ok(p) = Pattern::parse(&pattern) {
+                if let Some(params) = p.matches(&path) {
+                    for (_, value) in params.iter() {
+                        prop_assert!(path.contains(value));
+                    }
+                    let mut filled = String::new();
+                    fill_path(&p, &params, &mut filled);
+                    prop_assert!(filled.starts_with('/'));
+                }
+            }
+            let _ = Template::parse(&path);
+        }
+
+        /// A pattern made only of literal segments matches exactly its own path.
+        #[test]
+        fn literal_patterns_match_themselves(segments in proptest::collection::vec("[a-z0-9]{1,5}", 0..5)) {
+            let path = format!("/{}", segments.join("/"));
+            let p = Pattern::parse(&path).expect("literal pattern");
+            prop_assert!(p.matches(&path).is_some());
+            let longer = format!("{path}/x");
+            prop_assert!(p.matches(&longer).is_none() || path == "/");
+        }
+    }
+}

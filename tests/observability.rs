@@ -54,6 +54,10 @@ name = "no_cache_here"
 match = "GET /api/admin/*"
 cache = false
 
+# the instances are sidecars of one API, each addressed by its own address
+[cache]
+key_host = false
+
 [cache.l2]
 url = "{redis_url}"
 "#

@@ -17,6 +17,8 @@ listen = "{listen}"
 admin_listen = "{admin}"
 threads = 2
 grace_period = "3s"
+# the test client stands for a front proxy on loopback: its forwarded headers are believed
+trusted_proxies = ["127.0.0.1"]
 
 [proxy]
 default_upstream = "backend"

@@ -31,6 +31,10 @@ name = "contractor_bundle"
 match = "GET /api/contractors/:id/bundle"
 ttl = "60s"
 
+# the instances are sidecars of one API, each addressed by its own address
+[cache]
+key_host = false
+
 [cache.l2]
 url = "{redis_url}"
 timeout = "50ms"

@@ -204,7 +204,8 @@ start_sidecache() { # NAME L1_MAX_BYTES L1_MAX_OBJECT_BYTES [REDIS_PORT]
   fill "$HERE/sidecache.toml.tmpl" "$conf" PORT="${PORT[$name]}" ADMIN_PORT="${ADMIN[$name]}" \
     ORIGIN_PORT="$ORIGIN_PORT" L1_MAX_BYTES="$2" L1_MAX_OBJECT_BYTES="$3"
   if [[ -n ${4:-} ]]; then
-    printf '\n[cache.l2]\nurl = "redis://127.0.0.1:%s"\nprefix = "bench:"\ntimeout = "50ms"\n' "$4" >>"$conf"
+    # The writer and the reader share entries though clients address each by its own port.
+    printf '\n[cache]\nkey_host = false\n\n[cache.l2]\nurl = "redis://127.0.0.1:%s"\nprefix = "bench:"\ntimeout = "50ms"\n' "$4" >>"$conf"
   fi
   RUST_LOG=warn "${ON_SERVER[@]}" "$bin" --config "$conf" 2>"$WORK/$name.log" &
   PID[$name]=$!

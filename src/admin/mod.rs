@@ -230,12 +230,21 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
             )
         }
     };
-    let Some(request) = parsed.into_request() else {
+    let Some(mut request) = parsed.into_request() else {
         return json_value(
             400,
             json!({"error": "invalid_purge", "hint": "send exactly one of {\"url\": ...}, {\"prefix\": ...} or {\"tag\": ...}"}),
         );
     };
+    match live.snapshot().purge_target(request.kind, &request.target) {
+        Ok(target) => request.target = target,
+        Err(why) => {
+            return json_value(
+                400,
+                json!({"error": "bad_path", "detail": why.to_string(), "target": request.target}),
+            )
+        }
+    }
     let report = live.purges.apply(&request).await;
     json_value(
         200,

@@ -30,16 +30,20 @@ pub enum BypassReason {
     Authorization,
     /// `Cookie` present and not part of the route's key.
     Cookie,
+    /// A body on GET, HEAD, DELETE or OPTIONS (allowed by `allow_body_on_safe_methods`): the
+    /// key never holds a body.
+    RequestBody,
 }
 
 impl BypassReason {
     /// Every reason.
-    pub const ALL: [BypassReason; 5] = [
+    pub const ALL: [BypassReason; 6] = [
         Self::Method,
         Self::RouteDisabled,
         Self::DefaultOff,
         Self::Authorization,
         Self::Cookie,
+        Self::RequestBody,
     ];
 
     /// Static name for `Cache-Status` and logs.
@@ -50,6 +54,7 @@ impl BypassReason {
             Self::DefaultOff => "default-off",
             Self::Authorization => "authorization",
             Self::Cookie => "cookie",
+            Self::RequestBody => "request-body",
         }
     }
 }

@@ -130,6 +130,7 @@ const fn bypass_status(r: BypassReason) -> &'static str {
         BypassReason::DefaultOff => "sidecache; fwd=bypass; detail=default-off",
         BypassReason::Authorization => "sidecache; fwd=bypass; detail=authorization",
         BypassReason::Cookie => "sidecache; fwd=bypass; detail=cookie",
+        BypassReason::RequestBody => "sidecache; fwd=bypass; detail=request-body",
     }
 }
 

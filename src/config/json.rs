@@ -131,6 +131,7 @@ impl Config {
                 "concurrency": self.warm.concurrency,
                 "rate_per_second": self.warm.rate_per_second,
                 "max_ready_delay": duration(self.warm.max_ready_delay),
+                "host": self.warm.host,
                 "urls": self.warm.urls,
                 "templates": self.warm.templates.iter().map(|t| json!({
                     "template": t.template.source(),

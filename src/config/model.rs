@@ -388,6 +388,9 @@ pub struct WarmConfig {
     pub rate_per_second: u32,
     /// Readiness waits for warming at most this long. Default `30s`.
     pub max_ready_delay: Duration,
+    /// The `Host` warming requests send (`host[:port]`). With `[cache] key_host = true` the
+    /// key holds the host, so set it to the host clients use. Default: the address warmed.
+    pub host: Option<String>,
     /// Plain paths to warm.
     pub urls: Vec<String>,
     /// Templated paths with ids.

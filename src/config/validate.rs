@@ -754,6 +754,14 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
         .get(doc, "max_ready_delay")
         .and_then(|e| e.duration(doc))
         .unwrap_or(Duration::from_secs(30));
+    let host = t.get(doc, "host").and_then(|e| {
+        e.parsed(doc, |s| {
+            let mut normal = String::new();
+            crate::proxy::normalize::normalize_authority(s, "http", &mut normal)
+                .map(|()| s.to_owned())
+                .map_err(|_| format!("invalid host {s:?}: expected host[:port]"))
+        })
+    });
     let urls = t
         .get(doc, "urls")
         .and_then(|e| e.strings(doc))
@@ -807,6 +815,7 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
         concurrency,
         rate_per_second,
         max_ready_delay,
+        host,
         urls,
         templates,
     }

@@ -9,6 +9,7 @@
 mod fast_path;
 pub mod forwarded;
 pub mod local;
+pub mod normalize;
 mod phases;
 mod plan;
 

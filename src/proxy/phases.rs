@@ -77,7 +77,21 @@ impl ProxyHttp for SidecacheProxy {
     /// Hazard: everything the plan holds is what later phases key, store and forward by;
     /// deciding here from anything but the request and the snapshot leads to cache poisoning.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let resolved = plan::resolve(session.req_header(), &ctx.snapshot, self.live.cache);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let has_body = !session.is_body_empty();
+        let resolved = match plan::prepare(session.req_header_mut(), peer, &ctx.snapshot.config) {
+            Ok(origin) => plan::resolve(
+                session.req_header(),
+                &ctx.snapshot,
+                self.live.cache,
+                origin,
+                has_body,
+            ),
+            Err(refusal) => Plan::Local(refusal).into(),
+        };
         ctx.plan = resolved.plan;
         if let Some(entry) = resolved.fresh_hit {
             fast_path::answer(session, ctx, &entry).await?;
@@ -112,7 +126,23 @@ impl ProxyHttp for SidecacheProxy {
                 );
                 (413, body)
             }
+            LocalAnswer::BadPath(why) => {
+                let detail = ("detail", json!(why.to_string()));
+                (400, error_body("bad_path", detail, &ctx.request_id))
+            }
+            LocalAnswer::BadHost => {
+                let detail = ("detail", json!("the host is not a valid authority"));
+                (400, error_body("bad_host", detail, &ctx.request_id))
+            }
+            LocalAnswer::BodyNotAllowed => {
+                let method = ("method", json!(session.req_header().method.as_str()));
+                (400, error_body("body_not_allowed", method, &ctx.request_id))
+            }
         };
+        if !answer.is_endpoint() {
+            // A refused request's connection is not reused: its body, if any, was not read.
+            session.set_keepalive(None);
+        }
         ctx.progress.status = status;
         respond_json(session, status, body, &ctx.request_id).await?;
         Ok(true)
@@ -204,29 +234,29 @@ impl ProxyHttp for SidecacheProxy {
         Ok(Box::new(peer))
     }
 
-    /// Applies the plan's rewritten path (query unchanged) and adds `X-Forwarded-For/Proto/Host`
-    /// and `X-Request-Id`.
+    /// Sends the plan's path and query (the normalized request's, or the rewritten path and
+    /// the keyed query), and sets `X-Forwarded-For/Proto/Host` (believed only from trusted
+    /// proxies) and `X-Request-Id`.
+    ///
+    /// Hazard: anything the upstream receives that the key does not hold (a query parameter,
+    /// a forwarded host) lets one client choose what others are served.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(path) = ctx.plan.target().and_then(|t| t.path.as_deref()) {
-            let uri = match upstream_request.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_owned(),
-            };
+        let target = ctx
+            .plan
+            .target()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream planned"))?;
+        if let Some(uri) = &target.uri {
             let uri = uri
                 .parse::<http::Uri>()
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path", e))?;
             upstream_request.set_uri(uri);
         }
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        forwarded::add_forwarded(upstream_request, client_ip, &ctx.request_id)
+        forwarded::add_forwarded(upstream_request, &target.origin, &ctx.request_id)
     }
 
     /// Records upstream latency (to the response header) and counts 5xx answers.
@@ -278,7 +308,8 @@ impl ProxyHttp for SidecacheProxy {
         }
     }
 
-    /// Honours the origin's `Vary`: the variant is the hash of the named request headers.
+    /// Honours the origin's `Vary`: the variant is the hash of every value of each named
+    /// request header (in order, after the hop-by-hop headers were removed).
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
@@ -288,11 +319,13 @@ impl ProxyHttp for SidecacheProxy {
         let mut variance = VarianceBuilder::new();
         for name in policy::vary_names(meta.response_header()) {
             let lower = name.to_ascii_lowercase();
-            let value = req
-                .headers
-                .get(lower.as_str())
-                .map(|v| v.as_bytes().to_vec())
-                .unwrap_or_default();
+            let mut value = Vec::new();
+            for (i, v) in req.headers.get_all(lower.as_str()).iter().enumerate() {
+                if i > 0 {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(v.as_bytes());
+            }
             variance.add_owned_name_value(lower, value);
         }
         variance.finalize()

@@ -1,21 +1,28 @@
 //! The request plan: what sidecache does with one request, decided once by [`resolve`] in
 //! `request_filter` and only read by the phases after it.
 //!
-//! Resolving reads the request and the config snapshot, and probes L1 once: it answers what
-//! sidecache owns (health, readiness, its own refusals), picks the upstream through the
-//! rewrites, matches the route once (its params fill the entry's tags), asks the cache policy
-//! whether the request may use the cache, and builds the cache key. Nothing later looks any
-//! of this up again: the plan carries the upstream and the route as `Arc`s, and the key
-//! carries the L1 probe's result to the storage lookup (so a miss probes L1 once).
+//! First [`prepare`] normalizes the request in place (hop-by-hop headers removed, the path
+//! normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
+//! forwarded headers only from configured proxies), or refuses it. Then [`resolve`] reads the
+//! normalized request and the config snapshot, and probes L1 once: it answers what sidecache
+//! owns (health, readiness, its own refusals), picks the upstream through the rewrites,
+//! matches the route once (its params fill the entry's tags), asks the cache policy whether
+//! the request may use the cache, and builds the cache key from the site, the normalized path
+//! and the keyed query. Nothing later looks any of this up again: the plan carries the
+//! upstream, the route and the client's origin, and the key carries the L1 probe's result
+//! to the storage lookup (so a miss probes L1 once).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use pingora_cache::CacheKey;
 use pingora_http::RequestHeader;
 
 use super::fast_path;
+use super::forwarded::ClientOrigin;
 use super::local::LocalEndpoint;
-use crate::cache::key;
+use super::normalize::{self, BadPath};
+use crate::cache::key::{self, KeyInput};
 use crate::cache::policy::{self, BypassReason, EffectivePolicy};
 use crate::cache::storage::{EntryContext, L1Entry, TieredCache};
 use crate::config::{CacheMode, Config};
@@ -50,6 +57,12 @@ pub(crate) enum LocalAnswer {
     NotFound,
     /// The declared body is over `server.max_request_body` (413).
     BodyTooLarge,
+    /// The path is refused by normalization (400 `bad_path`).
+    BadPath(BadPath),
+    /// The host (or a trusted proxy's forwarded host) is not a valid authority (400).
+    BadHost,
+    /// A body on GET, HEAD, DELETE or OPTIONS, without `allow_body_on_safe_methods` (400).
+    BodyNotAllowed,
 }
 
 impl LocalAnswer {
@@ -60,14 +73,17 @@ impl LocalAnswer {
     }
 }
 
-/// Where a forwarded request goes and which route it matched.
+/// Where a forwarded request goes, which route it matched, and who sent it.
 pub(crate) struct Target {
     /// The upstream the rewrites chose.
     pub upstream: Arc<Upstream>,
-    /// The rewritten path (`None`: the client's path, unchanged). The query is kept.
-    pub path: Option<String>,
+    /// The path and query the upstream receives, when not the (normalized) request's own:
+    /// the rewritten path, and for a route with `key.query` only the keyed parameters.
+    pub uri: Option<String>,
     /// The matched route (`None`: no route matched; the default policy applies).
     pub route: Option<Arc<RoutePolicy>>,
+    /// The client's origin, for the forwarded headers.
+    pub origin: ClientOrigin,
 }
 
 impl Target {
@@ -135,10 +151,59 @@ impl From<Plan> for Resolved {
     }
 }
 
-/// Decide what to do with `req` under `snapshot`, probing L1 (never L2) once for cacheable
-/// requests.
-pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCache) -> Resolved {
+/// Normalize `req` in place and work out who sent it, before anything routes, keys or
+/// forwards it: hop-by-hop headers removed, the path normalized (the upstream receives the
+/// normal form; the query is kept as sent), the client's origin from the connection and the
+/// forwarded headers of trusted proxies only. Or the refusal.
+pub(crate) fn prepare(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    config: &Config,
+) -> Result<ClientOrigin, LocalAnswer> {
+    normalize::strip_hop_by_hop(req);
+    let origin = ClientOrigin::of(req, peer, &config.server.trusted_proxies)
+        .map_err(|_| LocalAnswer::BadHost)?;
+    if !req.headers.contains_key(http::header::HOST) && !origin.authority().is_empty() {
+        // HTTP/2 names the host in :authority; the HTTP/1.1 upstream request needs Host.
+        let host =
+            http::HeaderValue::from_str(origin.authority()).map_err(|_| LocalAnswer::BadHost)?;
+        req.insert_header(http::header::HOST, host)
+            .map_err(|_| LocalAnswer::BadHost)?;
+    }
+    let normal = match normalize::normalize_path(req.uri.path()) {
+        Ok(p) if p.as_ref() == req.uri.path() && req.uri.scheme().is_none() => None,
+        Ok(p) => Some(p.into_owned()),
+        Err(why) => return Err(LocalAnswer::BadPath(why)),
+    };
+    if let Some(path) = normal {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        // A normalized path of a valid URI is a valid origin-form target.
+        let uri = uri
+            .parse()
+            .map_err(|_| LocalAnswer::BadPath(BadPath::BadEscape))?;
+        req.set_uri(uri);
+    }
+    Ok(origin)
+}
+
+/// Decide what to do with the normalized `req` ([`prepare`]) under `snapshot`, probing L1
+/// (never L2) once for cacheable requests. `has_body`: the request carries a body.
+pub(crate) fn resolve(
+    req: &RequestHeader,
+    snapshot: &Snapshot,
+    cache: &TieredCache,
+    origin: ClientOrigin,
+    has_body: bool,
+) -> Resolved {
     let path = req.uri.path();
+    let config: &Config = &snapshot.config;
+    let body_on_safe_method = has_body && is_body_free(&req.method);
+    if body_on_safe_method && !config.server.allow_body_on_safe_methods {
+        return Plan::Local(LocalAnswer::BodyNotAllowed).into();
+    }
     if req.method == http::Method::GET || req.method == http::Method::HEAD {
         match LocalEndpoint::from_path(path) {
             Some(LocalEndpoint::Health) => return Plan::Local(LocalAnswer::Health).into(),
@@ -146,7 +211,6 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
             None => {}
         }
     }
-    let config: &Config = &snapshot.config;
     if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
         return Plan::Local(LocalAnswer::BodyTooLarge).into();
     }
@@ -156,11 +220,34 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
         RewriteDecision::NotFound => return Plan::Local(LocalAnswer::NotFound).into(),
     };
     let matched = router.route(&req.method, path);
+    let route_cache = matched.and_then(|m| m.policy.cache.as_ref());
+    let key_rules = route_cache.map(|c| &c.key);
+    let keyed_query = key::keyed_query(req.uri.query(), key_rules);
+    let query_changed = key_rules.is_some_and(|k| k.query.is_some())
+        && route_cache.is_some_and(|c| !c.forward_unkeyed_query)
+        && keyed_query.as_deref() != req.uri.query();
+    let uri = (upstream_path.is_some() || query_changed).then(|| {
+        let path = upstream_path.as_deref().unwrap_or(path);
+        let query = if query_changed {
+            keyed_query.as_deref()
+        } else {
+            req.uri.query()
+        };
+        match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        }
+    });
     let target = Target {
         upstream,
-        path: upstream_path,
+        uri,
         route: matched.map(|m| Arc::clone(m.policy)),
+        origin,
     };
+    if body_on_safe_method {
+        let reason = BypassReason::RequestBody;
+        return Plan::Bypass { target, reason }.into();
+    }
     let effective = match &target.route {
         Some(r) => r.cache.as_ref().map(|c| EffectivePolicy {
             mode: c.mode,
@@ -176,7 +263,18 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
         Err(reason) => return Plan::Bypass { target, reason }.into(),
     };
     let mode = policy.mode;
-    let mut cache_key = key::cache_key(req, policy.route.map(|c| &c.key));
+    let site = if config.cache.key_host {
+        target.origin.site()
+    } else {
+        ""
+    };
+    let input = KeyInput {
+        site,
+        path,
+        query: keyed_query.as_deref(),
+        headers: &req.headers,
+    };
+    let mut cache_key = key::cache_key(&input, policy.route.map(|c| &c.key));
     let probe = cache.probe_l1(&cache_key);
     if let Some(entry) = probe.found().filter(|e| fast_path::can_answer(req, e)) {
         let cache = CachePlan {
@@ -191,7 +289,10 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
     }
     probe.remember_in(&mut cache_key);
     let entry = EntryContext {
-        url: key::request_url(req).to_owned(),
+        url: match keyed_query.as_deref() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        },
         route: target
             .route
             .as_ref()
@@ -207,6 +308,13 @@ pub(crate) fn resolve(req: &RequestHeader, snapshot: &Snapshot, cache: &TieredCa
         entry,
     };
     Plan::Cache { target, cache }.into()
+}
+
+/// Methods whose requests carry no body: one there is refused (or, when allowed, never
+/// cached), since the key never holds a body.
+fn is_body_free(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS].contains(method)
 }
 
 /// The request's `Content-Length`, when it is one valid number.

@@ -20,10 +20,10 @@ pub(super) struct WarmJob {
 }
 
 impl WarmJob {
-    /// Warming requests to `target` (`host:port`), each bounded by `timeout`.
-    pub(super) fn new(target: &str, timeout: Duration) -> Self {
+    /// Warming requests naming `host` (`host[:port]`), each bounded by `timeout`.
+    pub(super) fn new(host: &str, timeout: Duration) -> Self {
         let mut headers = HeaderMap::new();
-        if let Ok(host) = HeaderValue::from_str(target) {
+        if let Ok(host) = HeaderValue::from_str(host) {
             headers.insert(HOST, host);
         }
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));

@@ -68,12 +68,15 @@ pub struct WarmOptions {
     pub rate_per_second: u32,
     /// Per-request timeout (connect + response + body); a timeout counts as failed.
     pub timeout: Duration,
+    /// The `Host` header sent (`warm.host`, else the target).
+    pub host: String,
 }
 
 impl WarmOptions {
     /// Options from `[warm]`, aimed at `target`.
     pub fn from_config(config: &WarmConfig, target: String) -> Self {
         Self {
+            host: config.host.clone().unwrap_or_else(|| target.clone()),
             target,
             concurrency: config.concurrency.max(1),
             rate_per_second: config.rate_per_second.max(1),
@@ -188,7 +191,7 @@ where
     let failed_workers = pool::run(
         &pool_options,
         paths.into(),
-        job::WarmJob::new(&opts.target, opts.timeout),
+        job::WarmJob::new(&opts.host, opts.timeout),
         |path: &String, outcome| {
             report.record(path, outcome);
             on_progress(&report, total);

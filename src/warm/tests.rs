@@ -12,6 +12,7 @@ fn config(urls: &[&str], templates: Vec<WarmTemplate>) -> WarmConfig {
         concurrency: 4,
         rate_per_second: 50,
         max_ready_delay: Duration::from_secs(30),
+        host: None,
         urls: urls.iter().map(|u| (*u).to_owned()).collect(),
         templates,
     }

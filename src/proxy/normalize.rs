@@ -1,0 +1,434 @@
+//! What a client sends, normalized or refused before it is routed, keyed or forwarded.
+//!
+//! - [`normalize_path`]: RFC 3986 §6.2.2 syntax-based normalization of the request path:
+//!   percent-encoded unreserved characters decoded, the hex of other escapes upper-cased,
+//!   repeated slashes merged, dot segments removed. Encoded `/`, `\` or NUL, a raw `\`, and
+//!   dot segments that climb above the root are refused: an origin that decodes or
+//!   normalizes them differently would see another path than the one sidecache routed and
+//!   keyed (a `cache = false` route, an `invalidate_on` pattern or a rewrite prefix dodged).
+//! - [`normalize_authority`]: the host a request is for, lower-cased, default port dropped.
+//! - [`strip_hop_by_hop`]: headers meant for this hop only (those named in `Connection`, and
+//!   the standard ones) are removed before the key, the Vary variant and the upstream request
+//!   are computed from the request (RFC 9110 §7.6.1).
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderName};
+use pingora_http::RequestHeader;
+
+/// Why a request path was refused (400 `bad_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("the path encodes '/', '\\' or NUL (%2F, %5C, %00)")]
+    EncodedSeparator,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path has a malformed percent-escape")]
+    BadEscape,
+    #[error("the path climbs above the root with '..'")]
+    AboveRoot,
+}
+
+impl BadPath {
+    /// Static name for the error body and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAbsolute => "not-absolute",
+            Self::EncodedSeparator => "encoded-separator",
+            Self::Backslash => "backslash",
+            Self::BadEscape => "bad-escape",
+            Self::AboveRoot => "above-root",
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The normalized form of `path` (no query), borrowed when it is already normal.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(BadPath::NotAbsolute);
+    }
+    if is_normal(bytes)? {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode escapes of unreserved characters, upper-case the others' hex.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (hi, lo) = escape_at(bytes, i)?;
+            let c = hi * 16 + lo;
+            if is_unreserved(c) {
+                decoded.push(char::from(c));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
+                decoded.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+            }
+            i += 3;
+        } else {
+            // `path` is a str and only ASCII bytes are handled one by one: push the char.
+            let ch_len = utf8_len(b);
+            decoded.push_str(&path[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    // Merge repeated slashes and remove dot segments (RFC 3986 §5.2.4 on a rooted path).
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" => trailing_slash = n == last,
+            "." => trailing_slash = n == last,
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(BadPath::AboveRoot);
+                }
+                trailing_slash = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if trailing_slash || out.is_empty() {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
+}
+
+/// The two hex digits of the escape at `i`, or the refusal it calls for.
+fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, u8), BadPath> {
+    let hi = bytes.get(i + 1).copied().and_then(hex_value);
+    let lo = bytes.get(i + 2).copied().and_then(hex_value);
+    let (Some(hi), Some(lo)) = (hi, lo) else {
+        return Err(BadPath::BadEscape);
+    };
+    match hi * 16 + lo {
+        b'/' | b'\\' | 0 => Err(BadPath::EncodedSeparator),
+        _ => Ok((hi, lo)),
+    }
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// Whether `bytes` is already normal (the common case: no allocation), or the refusal.
+fn is_normal(bytes: &[u8]) -> Result<bool, BadPath> {
+    let mut normal = true;
+    let mut i = 0;
+    let mut segment_start = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(BadPath::Backslash),
+            b'%' => {
+                let (hi, lo) = escape_at(bytes, i)?;
+                let lower_hex = bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase);
+                if is_unreserved(hi * 16 + lo) || lower_hex {
+                    normal = false;
+                }
+                i += 3;
+                continue;
+            }
+            b'/' if i > 0 => {
+                if !segment_ok(&bytes[segment_start..i]) {
+                    normal = false;
+                }
+                segment_start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let last = &bytes[segment_start.min(bytes.len())..];
+    if last == b"." || last == b".." {
+        normal = false;
+    }
+    Ok(normal)
+}
+
+/// A segment followed by `/` that normalization keeps as it is.
+fn segment_ok(seg: &[u8]) -> bool {
+    !seg.is_empty() && seg != b"." && seg != b".."
+}
+
+/// Why a request's host was refused (400 `bad_host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid host")]
+pub struct BadHost;
+
+/// Append `host[:port]` lower-cased, with the scheme's default port dropped, to `out`: a name
+/// or an IPv4 address of allowed characters, or a bracketed IPv6 literal; a port of digits.
+pub fn normalize_authority(authority: &str, scheme: &str, out: &mut String) -> Result<(), BadHost> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']').ok_or(BadHost)?;
+        if literal.is_empty()
+            || !literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(BadHost);
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(BadHost)?),
+        };
+        (&authority[..literal.len() + 2], port)
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !host_ok {
+            return Err(BadHost);
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            let n: u32 = p.parse().map_err(|_| BadHost)?;
+            if n > 65_535 {
+                return Err(BadHost);
+            }
+            let default = match scheme {
+                "https" => 443,
+                _ => 80,
+            };
+            (n != default).then_some(n)
+        }
+        Some(_) => return Err(BadHost),
+    };
+    out.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(&p.to_string());
+    }
+    Ok(())
+}
+
+/// Request headers that belong to one connection (RFC 9110 §7.6.1), besides those the
+/// `Connection` header names. `Transfer-Encoding` is not removed: pingora needs it to read
+/// the body. `Proxy-Authorization` is for a proxy, never for the origin.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Headers the `Connection` header may never remove: framing and routing.
+const NEVER_NOMINATED: [HeaderName; 3] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+];
+
+/// Remove the hop-by-hop headers from `req`: the ones every `Connection` line names (except
+/// framing and `Host`), then the standard ones and `Proxy-Connection`.
+pub fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let has_connection = req.headers.contains_key(header::CONNECTION);
+    if has_connection {
+        let nominated: Vec<HeaderName> = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !NEVER_NOMINATED.contains(name))
+            .collect();
+        for name in nominated {
+            req.remove_header(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
+    }
+    if req.headers.contains_key("proxy-connection") {
+        req.remove_header("proxy-connection");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn norm(p: &str) -> Result<String, BadPath> {
+        normalize_path(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn paths_are_normalized_as_rfc_3986_says() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/api/contractors/42/bundle", "/api/contractors/42/bundle"),
+            ("/api//admin/x", "/api/admin/x"),
+            ("/api/./admin/x", "/api/admin/x"),
+            ("/api/%61dmin/x", "/api/admin/x"),
+            ("/public/../admin/x", "/admin/x"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a/..", "/"),
+            ("//", "/"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/%7euser", "/~user"),
+            ("/a/...", "/a/..."),
+            ("/café", "/café"),
+        ] {
+            assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn dangerous_paths_are_refused() {
+        for (raw, why) in [
+            ("/a%2Fb", BadPath::EncodedSeparator),
+            ("/a%2fb", BadPath::EncodedSeparator),
+            ("/a%5Cb", BadPath::EncodedSeparator),
+            ("/a%00b", BadPath::EncodedSeparator),
+            ("/a\\b", BadPath::Backslash),
+            ("/..", BadPath::AboveRoot),
+            ("/../admin", BadPath::AboveRoot),
+            ("/a/../../b", BadPath::AboveRoot),
+            ("/%2e%2e/admin", BadPath::AboveRoot),
+            ("/a%2", BadPath::BadEscape),
+            ("/a%zz", BadPath::BadEscape),
+            ("api", BadPath::NotAbsolute),
+            ("*", BadPath::NotAbsolute),
+            ("", BadPath::NotAbsolute),
+        ] {
+            assert_eq!(norm(raw), Err(why), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_normal_path_is_borrowed() {
+        assert!(matches!(normalize_path("/api/x/y"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize_path("/a%20b/"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize_path("/a//b"), Ok(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn authorities_are_lower_cased_without_default_ports() {
+        for (raw, scheme, want) in [
+            ("API.Example.com", "http", "api.example.com"),
+            ("api.example.com:80", "http", "api.example.com"),
+            ("api.example.com:443", "https", "api.example.com"),
+            ("api.example.com:443", "http", "api.example.com:443"),
+            ("api.example.com:8080", "http", "api.example.com:8080"),
+            ("127.0.0.1:80", "http", "127.0.0.1"),
+            ("[::1]:80", "http", "[::1]"),
+            ("[::1]:8443", "https", "[::1]:8443"),
+        ] {
+            let mut out = String::new();
+            assert_eq!(normalize_authority(raw, scheme, &mut out), Ok(()), "{raw}");
+            assert_eq!(out, want, "{raw}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "evil.example/x",
+            "a@b",
+            "h:",
+            "h:99999",
+            "h:8a",
+            "[::1",
+            "[zz]",
+        ] {
+            let mut out = String::new();
+            assert_eq!(
+                normalize_authority(bad, "http", &mut out),
+                Err(BadHost),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (k, v) in [
+            ("connection", "keep-alive, Accept-Language, x-secret"),
+            ("connection", "content-length, host"),
+            ("accept-language", "de"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic abc"),
+            ("host", "api.example"),
+            ("content-length", "0"),
+            ("accept", "*/*"),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        strip_hop_by_hop(&mut r);
+        let mut left: Vec<&str> = r.headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "content-length", "host"]);
+    }
+
+    proptest! {
+        #[test]
+        fn normalizing_never_panics_and_is_idempotent(p in "(/|[a-z]|%[0-9a-fA-F]{2}|\\.|%2[eE]|/\\.\\.|[~_-]){0,24}") {
+            let path = format!("/{p}");
+            if let Ok(once) = normalize_path(&path) {
+                let twice = normalize_path(&once).map(Cow::into_owned);
+                prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()));
+                prop_assert!(!once.contains("//") && !once.contains("/./") && !once.contains("/../"));
+                prop_assert!(once.parse::<http::Uri>().is_ok(), "{}", once);
+            }
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(p in "\\PC{0,40}") {
+            let _ = normalize_path(&p);
+            let _ = normalize_authority(&p, "http", &mut String::new());
+        }
+    }
+}
