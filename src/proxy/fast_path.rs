@@ -74,6 +74,8 @@ pub(super) async fn answer(
 fn hit_header(stored: &StoredEntry) -> ResponseHeader {
     let mut resp = stored.header.clone();
     resp.set_version(http::Version::HTTP_11);
+    // Entries written before hop-by-hop headers were stripped at the origin may hold some.
+    super::normalize::strip_hop_by_hop(&mut resp, &header::PROXY_AUTHENTICATE);
     resp.remove_header(&header::AGE);
     resp.remove_header(&REQUEST_ID_HEADER);
     // Inserting these known-good values cannot fail; a failure would only drop the header.

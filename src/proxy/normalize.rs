@@ -241,15 +241,14 @@ pub fn normalize_authority(authority: &str, scheme: &str, out: &mut String) -> R
     Ok(())
 }
 
-/// Request headers that belong to one connection (RFC 9110 §7.6.1), besides those the
-/// `Connection` header names. `Transfer-Encoding` is not removed: pingora needs it to read
-/// the body. `Proxy-Authorization` is for a proxy, never for the origin.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Headers that belong to one connection (RFC 9110 §7.6.1), besides those the `Connection`
+/// header names, in requests and responses alike. `Transfer-Encoding` is not among them:
+/// pingora frames the body by it on both sides.
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
     header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
 ];
 
@@ -260,13 +259,38 @@ const NEVER_NOMINATED: [HeaderName; 3] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Remove the hop-by-hop headers from `req`: the ones every `Connection` line names (except
-/// framing and `Host`), then the standard ones and `Proxy-Connection`.
-pub fn strip_hop_by_hop(req: &mut RequestHeader) {
-    let has_connection = req.headers.contains_key(header::CONNECTION);
-    if has_connection {
-        let nominated: Vec<HeaderName> = req
-            .headers
+/// A message whose header fields can be read and removed (a pingora request or response).
+pub trait HeaderFields {
+    fn fields(&self) -> &http::HeaderMap;
+    fn remove_field(&mut self, name: &HeaderName);
+}
+
+impl HeaderFields for RequestHeader {
+    fn fields(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove_field(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl HeaderFields for pingora_http::ResponseHeader {
+    fn fields(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove_field(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// Remove the hop-by-hop headers from a message: the ones every `Connection` line names
+/// (except framing and `Host`), the standard ones, `Proxy-Connection`, and `proxy_only`
+/// (`Proxy-Authorization` in requests, `Proxy-Authenticate` in responses: they are for a
+/// proxy, never for the origin or the client).
+pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
+    if msg.fields().contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = msg
+            .fields()
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -274,19 +298,18 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader) {
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .filter(|name| !NEVER_NOMINATED.contains(name))
             .collect();
-        for name in nominated {
-            req.remove_header(&name);
+        for name in &nominated {
+            msg.remove_field(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
+    for name in HOP_BY_HOP.iter().chain([proxy_only, &PROXY_CONNECTION]) {
+        if msg.fields().contains_key(name) {
+            msg.remove_field(name);
         }
-    }
-    if req.headers.contains_key("proxy-connection") {
-        req.remove_header("proxy-connection");
     }
 }
+
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 #[cfg(test)]
 mod tests {
@@ -389,6 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_response_headers_are_removed() {
+        let mut r = pingora_http::ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("trailer", "x-sum"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        strip_hop_by_hop(&mut r, &header::PROXY_AUTHENTICATE);
+        let mut left: Vec<&str> = r.headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "transfer-encoding"]);
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
         for (k, v) in [
@@ -407,7 +451,7 @@ mod tests {
         ] {
             r.append_header(k.to_string(), v).unwrap();
         }
-        strip_hop_by_hop(&mut r);
+        strip_hop_by_hop(&mut r, &header::PROXY_AUTHORIZATION);
         let mut left: Vec<&str> = r.headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "content-length", "host"]);

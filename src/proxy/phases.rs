@@ -37,6 +37,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
 use super::forwarded::{self, REQUEST_ID};
+use super::normalize;
 use super::plan::{self, LocalAnswer, Plan};
 use super::{error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy};
 use crate::cache::policy::{self, NoStoreReason};
@@ -259,7 +260,8 @@ impl ProxyHttp for SidecacheProxy {
         forwarded::add_forwarded(upstream_request, &target.origin, &ctx.request_id)
     }
 
-    /// Records upstream latency (to the response header) and counts 5xx answers.
+    /// Records upstream latency (to the response header), counts 5xx answers, and removes the
+    /// response's hop-by-hop headers before the cache or the client sees them.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -275,6 +277,9 @@ impl ProxyHttp for SidecacheProxy {
             }
             .emit();
         }
+        // Before the cache stores the header: what is for this hop only is neither stored nor
+        // sent to clients (RFC 9110 §7.6.1).
+        normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
         Ok(())
     }
 
@@ -353,6 +358,17 @@ impl ProxyHttp for SidecacheProxy {
     ) -> Result<()> {
         ctx.progress.status = upstream_response.status.as_u16();
         let (outcome, detail) = outcome(session, ctx);
+        if matches!(
+            outcome,
+            CacheOutcome::HitL1
+                | CacheOutcome::HitL2
+                | CacheOutcome::Stale
+                | CacheOutcome::Revalidated
+        ) {
+            // A stored header: entries written by an older build may still hold hop-by-hop
+            // fields (the origin's own responses were stripped in upstream_response_filter).
+            normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
+        }
         if let Some(x) = outcome.x_cache() {
             upstream_response.insert_header("x-cache", x)?;
         }

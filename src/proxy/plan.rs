@@ -160,7 +160,7 @@ pub(crate) fn prepare(
     peer: Option<IpAddr>,
     config: &Config,
 ) -> Result<ClientOrigin, LocalAnswer> {
-    normalize::strip_hop_by_hop(req);
+    normalize::strip_hop_by_hop(req, &http::header::PROXY_AUTHORIZATION);
     let origin = ClientOrigin::of(req, peer, &config.server.trusted_proxies)
         .map_err(|_| LocalAnswer::BadHost)?;
     if !req.headers.contains_key(http::header::HOST) && !origin.authority().is_empty() {
