@@ -100,6 +100,8 @@ fn l1(c: &mut Criterion) {
     let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&CacheConfig {
         default_mode: None,
         key_host: true,
+        targeted_cache_control: vec![],
+        honor_request_directives: true,
         lock_timeout: Duration::from_secs(5),
         l1: L1Config {
             max_bytes: 64 << 20,

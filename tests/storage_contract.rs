@@ -26,6 +26,8 @@ fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
     CacheConfig {
         default_mode: None,
         key_host: true,
+        targeted_cache_control: vec![],
+        honor_request_directives: true,
         lock_timeout: Duration::from_secs(5),
         l1: L1Config {
             max_bytes: l1_bytes,

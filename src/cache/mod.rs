@@ -2,6 +2,7 @@
 //! [`key`] (what varies an entry), [`storage`] (the L1/L2 tiers behind pingora-cache) and
 //! [`status`] (what the response says about it). Purges are [`crate::purge`]'s.
 
+pub mod freshness;
 pub mod key;
 pub mod policy;
 pub mod status;

@@ -9,12 +9,13 @@
 //!   route's mode decides freshness: [`CacheMode::Override`] uses the route's TTL,
 //!   [`CacheMode::Origin`] follows RFC 9111 from the origin's headers.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pingora_cache::cache_control::CacheControl;
-use pingora_cache::{filters, CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora_cache::cache_control::{CacheControl, DirectiveKey, InterpretCacheControl};
+use pingora_cache::{filters, CacheMeta, NoCacheReason};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::freshness::{self, Directives, Received};
 use crate::config::{CacheMode, KeyConfig, RouteCacheConfig, Ttl};
 
 /// Why a request skipped the cache (the `detail` of its `Cache-Status` and access log line).
@@ -33,17 +34,20 @@ pub enum BypassReason {
     /// A body on GET, HEAD, DELETE or OPTIONS (allowed by `allow_body_on_safe_methods`): the
     /// key never holds a body.
     RequestBody,
+    /// The request says `Cache-Control: no-store` (and the route honours request directives).
+    RequestNoStore,
 }
 
 impl BypassReason {
     /// Every reason.
-    pub const ALL: [BypassReason; 6] = [
+    pub const ALL: [BypassReason; 7] = [
         Self::Method,
         Self::RouteDisabled,
         Self::DefaultOff,
         Self::Authorization,
         Self::Cookie,
         Self::RequestBody,
+        Self::RequestNoStore,
     ];
 
     /// Static name for `Cache-Status` and logs.
@@ -55,6 +59,7 @@ impl BypassReason {
             Self::Authorization => "authorization",
             Self::Cookie => "cookie",
             Self::RequestBody => "request-body",
+            Self::RequestNoStore => "request-no-store",
         }
     }
 }
@@ -76,11 +81,14 @@ pub enum NoStoreReason {
     LockTimeout,
     /// The storage could not take the entry.
     StorageError,
+    /// Origin mode, a request with `Authorization` (keyed by the route), and the response
+    /// has none of `public`, `s-maxage`, `must-revalidate` (RFC 9111 §3.5).
+    Authorization,
 }
 
 impl NoStoreReason {
     /// Every reason.
-    pub const ALL: [NoStoreReason; 9] = [
+    pub const ALL: [NoStoreReason; 10] = [
         Self::NoStore,
         Self::Private,
         Self::SetCookie,
@@ -90,6 +98,7 @@ impl NoStoreReason {
         Self::TooLarge,
         Self::LockTimeout,
         Self::StorageError,
+        Self::Authorization,
     ];
 
     /// Static name for `Cache-Status`, logs and pingora's `NoCacheReason::Custom`.
@@ -104,6 +113,7 @@ impl NoStoreReason {
             Self::TooLarge => "too-large",
             Self::LockTimeout => "lock-timeout",
             Self::StorageError => "storage-error",
+            Self::Authorization => "authorization",
         }
     }
 
@@ -163,20 +173,129 @@ fn key_names(key: Option<&KeyConfig>, header: &http::HeaderName) -> bool {
     key.is_some_and(|k| k.headers.contains(header))
 }
 
-/// No heuristic freshness: origin mode stores only what the origin says is fresh.
-fn no_default_fresh(_: http::StatusCode) -> Option<Duration> {
-    None
+/// The client's request directives sidecache honours (RFC 9111 §5.2.1), parsed once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestDirectives {
+    /// `max-age=N`: only a response at most N seconds old.
+    pub max_age: Option<u64>,
+    /// `min-fresh=N`: only a response fresh for at least N more seconds.
+    pub min_fresh: Option<u64>,
+    /// `max-stale[=N]`: a stale response is acceptable (stale by at most N seconds).
+    pub max_stale: Option<Option<u64>>,
+    /// `no-cache` (or `Pragma: no-cache` without `Cache-Control`): validate before reuse.
+    pub no_cache: bool,
+    /// `no-store`: nothing of this exchange is stored (it bypasses the cache).
+    pub no_store: bool,
+    /// `only-if-cached`: answer from the cache or 504, never from the origin.
+    pub only_if_cached: bool,
 }
-static ORIGIN_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(no_default_fresh, 0, 0);
+
+/// What the request directives make of a stored response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectiveVerdict {
+    /// Revalidate before reusing it (and serve nothing stale meanwhile).
+    Revalidate,
+    /// Reuse it although it is stale (`max-stale`).
+    ServeStale,
+}
+
+impl RequestDirectives {
+    /// The directives of `req`: its `Cache-Control`, or `Pragma: no-cache` when it has no
+    /// `Cache-Control` (RFC 9111 §5.4 keeps that rule from RFC 7234 for HTTP/1.0 clients).
+    pub fn of(req: &RequestHeader) -> Self {
+        let Some(cc) = CacheControl::from_req_headers(req) else {
+            let pragma_no_cache = req
+                .headers
+                .get_all(http::header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|v| v.trim().eq_ignore_ascii_case("no-cache"));
+            return RequestDirectives {
+                no_cache: pragma_no_cache,
+                ..Self::default()
+            };
+        };
+        let delta = |key: &str| -> Option<u64> {
+            let value = cc
+                .directives
+                .get(&DirectiveKey::from_lowercase(key))?
+                .as_ref()?;
+            value.parse_as_delta_seconds().ok().map(u64::from)
+        };
+        RequestDirectives {
+            max_age: delta("max-age"),
+            min_fresh: delta("min-fresh"),
+            max_stale: cc.has_key("max-stale").then(|| delta("max-stale")),
+            no_cache: cc.has_key("no-cache"),
+            no_store: cc.no_store(),
+            only_if_cached: cc.only_if_cached(),
+        }
+    }
+
+    /// Whether these directives can change which stored response is acceptable (the L1 fast
+    /// path then leaves the request to pingora-cache and [`Self::verdict`]).
+    pub fn constrain_reuse(&self) -> bool {
+        self.max_age.is_some()
+            || self.min_fresh.is_some()
+            || self.max_stale.is_some()
+            || self.no_cache
+    }
+
+    /// The verdict on a stored response of `age`, fresh `until`, whose own directives
+    /// `forbid_stale`, at `now`. `None`: reuse it as pingora-cache would.
+    pub fn verdict(
+        &self,
+        age: Duration,
+        until: SystemTime,
+        forbid_stale: bool,
+        now: SystemTime,
+    ) -> Option<DirectiveVerdict> {
+        let left = until.duration_since(now).ok();
+        let too_old = self.max_age.is_some_and(|m| age.as_secs() > m);
+        let too_close = self
+            .min_fresh
+            .is_some_and(|m| left.is_none_or(|l| l.as_secs() < m));
+        if self.no_cache || too_old || too_close {
+            return Some(DirectiveVerdict::Revalidate);
+        }
+        let stale_for = now.duration_since(until).unwrap_or_default();
+        let stale_ok = self
+            .max_stale
+            .is_some_and(|limit| limit.is_none_or(|m| stale_for.as_secs() <= m));
+        (left.is_none() && stale_ok && !forbid_stale).then_some(DirectiveVerdict::ServeStale)
+    }
+}
+
+/// What a response's storing depends on besides its header.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseContext<'a> {
+    /// When it arrived (for its age).
+    pub received: Received,
+    /// The request carried `Authorization` (a route that keys it let it through): origin
+    /// mode then stores only with `public`, `s-maxage` or `must-revalidate` (§3.5).
+    pub authorization: bool,
+    /// The targeted Cache-Control fields honoured, first match wins (RFC 9213).
+    pub targets: &'a [http::HeaderName],
+}
 
 /// May this response be stored, and with what freshness?
+///
+/// In both modes: `no-store` and bare `private` (of the targeted field when one applies,
+/// else of `Cache-Control`), `Vary: *`, partial content and statuses below 200 are refused,
+/// the fields a `private="..."`/`no-cache="..."` names are removed from the stored copy, and
+/// `Set-Cookie` left after that is refused. Override mode then uses the route's TTL, statuses
+/// and stale windows. Origin mode follows RFC 9111: any final status with an explicit
+/// lifetime, the heuristic for heuristically cacheable ones, the lifetime counted from the
+/// corrected initial age (the stored epoch is back-dated by it), no stale serving where the
+/// directives forbid it, and the route's `max_ttl` and stale windows on top.
 pub fn response_decision(
     resp: &ResponseHeader,
     policy: EffectivePolicy<'_>,
-    now: SystemTime,
+    cx: ResponseContext<'_>,
 ) -> Result<CacheMeta, NoStoreReason> {
-    let cc = CacheControl::from_resp_headers(resp);
-    if let Some(cc) = &cc {
+    let directives = Directives::of(resp, cx.targets);
+    if let Some(cc) = &directives.cc {
         if cc.no_store() {
             return Err(NoStoreReason::NoStore);
         }
@@ -184,61 +303,72 @@ pub fn response_decision(
             return Err(NoStoreReason::Private);
         }
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    let mut header = resp.clone();
+    if let Some(cc) = &directives.cc {
+        cc.strip_private_headers(&mut header);
+    }
+    header.remove_header(&http::header::AGE);
+    if header.headers.contains_key(http::header::SET_COOKIE) {
         return Err(NoStoreReason::SetCookie);
     }
     if vary_star(resp) {
         return Err(NoStoreReason::VaryStar);
     }
     let status = resp.status.as_u16();
-    let statuses = policy
-        .route
-        .map_or(&RouteCacheConfig::DEFAULT_STATUSES[..], |r| {
-            r.statuses.as_slice()
-        });
-    if !statuses.contains(&status) {
+    if status < 200 || status == 206 || status == 304 {
         return Err(NoStoreReason::Status);
     }
-    let (swr, sie) = policy.route.map_or((0, 0), |r| {
-        (secs(r.stale_while_revalidate), secs(r.stale_if_error))
-    });
+    let received_at = cx.received.response_time;
     match (policy.mode, policy.route) {
         (CacheMode::Override, Some(route)) => {
-            let fresh = override_freshness(route, status);
-            Ok(CacheMeta::new(now + fresh, now, swr, sie, resp.clone()))
-        }
-        _ => match filters::resp_cacheable(cc.as_ref(), resp.clone(), false, &ORIGIN_DEFAULTS) {
-            RespCacheable::Cacheable(mut meta) => {
-                if let Some(route) = policy.route {
-                    // Origin mode on a route: the route bounds freshness and supplies stale windows
-                    // the origin did not give.
-                    if let Some(max) = route.max_ttl {
-                        let cap = now + max;
-                        if meta.fresh_until() > cap {
-                            meta = CacheMeta::new(
-                                cap,
-                                now,
-                                meta.stale_while_revalidate_sec().max(swr),
-                                meta.stale_if_error_sec().max(sie),
-                                meta.response_header_copy(),
-                            );
-                            return Ok(meta);
-                        }
-                    }
-                    if swr > meta.stale_while_revalidate_sec() || sie > meta.stale_if_error_sec() {
-                        meta = CacheMeta::new(
-                            meta.fresh_until(),
-                            now,
-                            meta.stale_while_revalidate_sec().max(swr),
-                            meta.stale_if_error_sec().max(sie),
-                            meta.response_header_copy(),
-                        );
-                    }
-                }
-                Ok(meta)
+            if !route.statuses.contains(&status) {
+                return Err(NoStoreReason::Status);
             }
-            RespCacheable::Uncacheable(_) => Err(NoStoreReason::NoFreshness),
-        },
+            let fresh = override_freshness(route, status);
+            let (swr, sie) = (
+                secs(route.stale_while_revalidate),
+                secs(route.stale_if_error),
+            );
+            Ok(CacheMeta::new(
+                received_at + fresh,
+                received_at,
+                swr,
+                sie,
+                header,
+            ))
+        }
+        _ => {
+            let cc = directives.cc.as_ref();
+            if cx.authorization && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
+                return Err(NoStoreReason::Authorization);
+            }
+            let lifetime = freshness::lifetime(resp, &directives)
+                .ok_or(NoStoreReason::NoFreshness)?
+                .duration();
+            let age = freshness::corrected_initial_age(&resp.headers, cx.received);
+            let epoch = received_at
+                .checked_sub(age)
+                .unwrap_or(UNIX_EPOCH)
+                .max(UNIX_EPOCH);
+            let mut fresh_until = epoch
+                .checked_add(lifetime)
+                .unwrap_or(received_at + lifetime);
+            let (mut swr, mut sie) = freshness::origin_stale_windows(&directives);
+            if let Some(route) = policy.route {
+                if let Some(max) = route.max_ttl {
+                    fresh_until = fresh_until.min(received_at + max);
+                }
+                if !directives.forbid_stale() {
+                    swr = swr.max(route.stale_while_revalidate);
+                    sie = sie.max(route.stale_if_error);
+                }
+            }
+            let mut meta = CacheMeta::new(fresh_until, received_at, secs(swr), secs(sie), header);
+            if epoch != received_at {
+                meta.set_epoch_override(epoch);
+            }
+            Ok(meta)
+        }
     }
 }
 
@@ -300,6 +430,7 @@ mod tests {
             negative_ttl: Duration::from_secs(30),
             invalidate_on: vec![],
             forward_unkeyed_query: false,
+            honor_request_directives: None,
         }
     }
 
@@ -317,6 +448,18 @@ mod tests {
             r.append_header(k.to_string(), *v).expect("header");
         }
         r
+    }
+
+    /// A response received at `now`, without delay, for a request without Authorization.
+    fn at(now: SystemTime) -> ResponseContext<'static> {
+        ResponseContext {
+            received: Received {
+                response_time: now,
+                response_delay: Duration::ZERO,
+            },
+            authorization: false,
+            targets: &[],
+        }
     }
 
     fn over(r: &RouteCacheConfig) -> EffectivePolicy<'_> {
@@ -386,11 +529,11 @@ mod tests {
             ("set-cookie", "a=b", NoStoreReason::SetCookie),
             ("vary", "accept, *", NoStoreReason::VaryStar),
         ] {
-            let got = response_decision(&resp(200, &[(h, v)]), over(&r), now).err();
+            let got = response_decision(&resp(200, &[(h, v)]), over(&r), at(now)).err();
             assert_eq!(got, Some(why), "{h}: {v}");
         }
         assert_eq!(
-            response_decision(&resp(500, &[]), over(&r), now).err(),
+            response_decision(&resp(500, &[]), over(&r), at(now)).err(),
             Some(NoStoreReason::Status)
         );
     }
@@ -399,11 +542,11 @@ mod tests {
     fn override_mode_uses_route_ttl_without_origin_headers() {
         let r = route(Ttl::Fixed(Duration::from_secs(300)));
         let now = SystemTime::now();
-        let meta = response_decision(&resp(200, &[]), over(&r), now).expect("stored");
+        let meta = response_decision(&resp(200, &[]), over(&r), at(now)).expect("stored");
         assert_eq!(meta.fresh_until(), now + Duration::from_secs(300));
         assert_eq!(meta.stale_while_revalidate_sec(), 30);
         assert_eq!(meta.stale_if_error_sec(), 600);
-        let neg = response_decision(&resp(404, &[]), over(&r), now).expect("stored");
+        let neg = response_decision(&resp(404, &[]), over(&r), at(now)).expect("stored");
         assert_eq!(neg.fresh_until(), now + Duration::from_secs(30));
     }
 
@@ -424,16 +567,20 @@ mod tests {
         };
         let now = SystemTime::now();
         assert_eq!(
-            response_decision(&resp(200, &[]), origin, now).err(),
+            response_decision(&resp(200, &[]), origin, at(now)).err(),
             Some(NoStoreReason::NoFreshness)
         );
-        let meta = response_decision(&resp(200, &[("cache-control", "max-age=60")]), origin, now)
-            .expect("stored");
+        let meta = response_decision(
+            &resp(200, &[("cache-control", "max-age=60")]),
+            origin,
+            at(now),
+        )
+        .expect("stored");
         assert!(meta.fresh_until() > now + Duration::from_secs(50));
         let shared = response_decision(
             &resp(200, &[("cache-control", "max-age=5, s-maxage=90")]),
             origin,
-            now,
+            at(now),
         )
         .expect("stored");
         assert!(shared.fresh_until() > now + Duration::from_secs(80));

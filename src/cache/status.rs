@@ -131,6 +131,7 @@ const fn bypass_status(r: BypassReason) -> &'static str {
         BypassReason::Authorization => "sidecache; fwd=bypass; detail=authorization",
         BypassReason::Cookie => "sidecache; fwd=bypass; detail=cookie",
         BypassReason::RequestBody => "sidecache; fwd=bypass; detail=request-body",
+        BypassReason::RequestNoStore => "sidecache; fwd=bypass; detail=request-no-store",
     }
 }
 
@@ -145,6 +146,7 @@ const fn no_store_status(r: NoStoreReason) -> &'static str {
         NoStoreReason::TooLarge => "sidecache; fwd=uri-miss; detail=too-large",
         NoStoreReason::LockTimeout => "sidecache; fwd=uri-miss; detail=lock-timeout",
         NoStoreReason::StorageError => "sidecache; fwd=uri-miss; detail=storage-error",
+        NoStoreReason::Authorization => "sidecache; fwd=uri-miss; detail=authorization",
     }
 }
 

@@ -54,6 +54,7 @@ fn route(r: &RouteConfig) -> Value {
                 .map(MethodPattern::to_config_string)
                 .collect::<Vec<_>>(),
             "forward_unkeyed_query": c.forward_unkeyed_query,
+            "honor_request_directives": c.honor_request_directives,
         })
     });
     json!({
@@ -110,6 +111,9 @@ impl Config {
             "cache": {
                 "default_mode": self.cache.default_mode.map_or("off", mode),
                 "key_host": self.cache.key_host,
+                "targeted_cache_control": self.cache.targeted_cache_control.iter()
+                    .map(http::HeaderName::as_str).collect::<Vec<_>>(),
+                "honor_request_directives": self.cache.honor_request_directives,
                 "lock_timeout": duration(self.cache.lock_timeout),
                 "l1": {
                     "max_bytes": self.cache.l1.max_bytes,

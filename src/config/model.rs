@@ -272,6 +272,9 @@ pub struct RouteCacheConfig {
     /// Writes that purge this route's entries with the same params,
     /// e.g. `POST /api/concierge/sessions/:id/end`.
     pub invalidate_on: Vec<MethodPattern>,
+    /// Honour the client's request `Cache-Control` (and `Pragma: no-cache`) directives on
+    /// this route; `None`: as `[cache] honor_request_directives` says.
+    pub honor_request_directives: Option<bool>,
     /// With `key.query`, also send the query parameters the key leaves out to the upstream.
     /// Default `false`: the upstream receives only the keyed parameters, so nothing the key
     /// ignores can change the stored response.
@@ -338,6 +341,14 @@ pub struct CacheConfig {
     /// Key entries by scheme and host (lower-cased, default port dropped) too. Default
     /// `true`; `false` only for a sidecar that serves one host (then any Host shares entries).
     pub key_host: bool,
+    /// Targeted Cache-Control fields (RFC 9213) honoured in origin mode, first present and
+    /// valid one wins over `Cache-Control`. Default `["Sidecache-Cache-Control",
+    /// "CDN-Cache-Control"]`; `Sidecache-Cache-Control` never reaches clients.
+    pub targeted_cache_control: Vec<HeaderName>,
+    /// Honour request `Cache-Control` directives (`max-age`, `min-fresh`, `max-stale`,
+    /// `no-cache`, `no-store`, `only-if-cached`, and `Pragma: no-cache`) for requests no route
+    /// matches, and by default on routes. Default `true`.
+    pub honor_request_directives: bool,
     /// How long a request waits for another's in-flight fetch of the same key. Default `5s`.
     pub lock_timeout: Duration,
     pub l1: L1Config,

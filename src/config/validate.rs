@@ -19,8 +19,9 @@ const METHODS: [http::Method; 7] = [
     http::Method::OPTIONS,
 ];
 /// Keys of a route that configure caching (forbidden with `cache = false`).
-const ROUTE_CACHE_KEYS: [&str; 11] = [
+const ROUTE_CACHE_KEYS: [&str; 12] = [
     "forward_unkeyed_query",
+    "honor_request_directives",
     "mode",
     "ttl",
     "max_ttl",
@@ -541,6 +542,9 @@ fn route_cache(
     let stale_if_error = duration("stale_if_error", Duration::ZERO);
     let negative_ttl = duration("negative_ttl", Duration::from_secs(30));
     let key = key_config(doc, t);
+    let honor_request_directives = t
+        .get(doc, "honor_request_directives")
+        .and_then(|e| e.bool(doc));
     let forward_unkeyed_query = match t.get(doc, "forward_unkeyed_query") {
         Some(e) => {
             let v = e.bool(doc).unwrap_or(false);
@@ -613,6 +617,7 @@ fn route_cache(
         negative_ttl,
         invalidate_on,
         forward_unkeyed_query,
+        honor_request_directives,
     }
 }
 
@@ -665,6 +670,33 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         .unwrap_or(Duration::from_secs(5));
     let key_host = t
         .get(doc, "key_host")
+        .and_then(|e| e.bool(doc))
+        .unwrap_or(true);
+    let targeted_cache_control = match t.get(doc, "targeted_cache_control") {
+        Some(e) => e
+            .strings(doc)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, e)| {
+                e.parsed(doc, |_| {
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("invalid header name {name:?}"))
+                        .and_then(|n| match n.as_str() {
+                            "cache-control" => {
+                                Err("Cache-Control is not a targeted field".to_owned())
+                            }
+                            _ => Ok(n),
+                        })
+                })
+            })
+            .collect(),
+        None => vec![
+            crate::cache::freshness::SIDECACHE_CACHE_CONTROL,
+            http::HeaderName::from_static("cdn-cache-control"),
+        ],
+    };
+    let honor_request_directives = t
+        .get(doc, "honor_request_directives")
         .and_then(|e| e.bool(doc))
         .unwrap_or(true);
 
@@ -729,6 +761,8 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
     let cache = CacheConfig {
         default_mode,
         key_host,
+        targeted_cache_control,
+        honor_request_directives,
         lock_timeout,
         l1,
         l2,

@@ -76,6 +76,8 @@ fn hit_header(stored: &StoredEntry) -> ResponseHeader {
     resp.set_version(http::Version::HTTP_11);
     // Entries written before hop-by-hop headers were stripped at the origin may hold some.
     super::normalize::strip_hop_by_hop(&mut resp, &header::PROXY_AUTHENTICATE);
+    // Kept in the stored copy (a 304 recomputes freshness from it), never sent to clients.
+    resp.remove_header(&crate::cache::freshness::SIDECACHE_CACHE_CONTROL);
     resp.remove_header(&header::AGE);
     resp.remove_header(&REQUEST_ID_HEADER);
     // Inserting these known-good values cannot fail; a failure would only drop the header.

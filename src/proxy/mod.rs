@@ -23,6 +23,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_http::ResponseHeader;
 use pingora_proxy::{HttpProxy, Session};
 
+use crate::cache::freshness::Received;
 use crate::cache::policy::NoStoreReason;
 use crate::cache::storage::Tier;
 use crate::live::{Live, Snapshot};
@@ -82,6 +83,10 @@ pub(crate) struct Progress {
     pub no_store: Option<NoStoreReason>,
     /// When the upstream request was sent.
     pub upstream_started: Option<Instant>,
+    /// When the upstream response header arrived (for its age).
+    pub received: Option<Received>,
+    /// The origin's 304 to a revalidation, whose fields freshen the stored response.
+    pub not_modified: Option<Box<ResponseHeader>>,
     /// Request body bytes seen so far.
     pub request_body_bytes: u64,
     /// The status sent to the client (0 before one was).

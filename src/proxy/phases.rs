@@ -40,7 +40,8 @@ use super::forwarded::{self, REQUEST_ID};
 use super::normalize;
 use super::plan::{self, LocalAnswer, Plan};
 use super::{error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy};
-use crate::cache::policy::{self, NoStoreReason};
+use crate::cache::freshness::{self, Directives, Received};
+use crate::cache::policy::{self, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{Tier, TieredHit};
 use crate::telemetry::events::{InternalEvent, RequestFinished, UpstreamFailed, UpstreamResponded};
@@ -198,11 +199,15 @@ impl ProxyHttp for SidecacheProxy {
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache enabled without a key"))
     }
 
-    /// Notes which tier served a hit (for `X-Cache` and metrics). Freshness is pingora's call.
+    /// Notes which tier served a hit (for `X-Cache` and metrics), and applies the client's
+    /// request directives (RFC 9111 §5.2.1): `no-cache`, `max-age` and `min-fresh` force a
+    /// revalidation, `max-stale` lets a stale entry be used when its own directives allow
+    /// stale. Otherwise freshness is pingora's call. A background refresh (a subrequest
+    /// carrying the client's headers) is never subject to them.
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
-        _meta: &CacheMeta,
+        session: &mut Session,
+        meta: &CacheMeta,
         hit_handler: &mut pingora_cache::storage::HitHandler,
         _is_fresh: bool,
         ctx: &mut RequestCtx,
@@ -211,7 +216,48 @@ impl ProxyHttp for SidecacheProxy {
             .as_any()
             .downcast_ref::<TieredHit>()
             .map(TieredHit::tier);
-        Ok(None)
+        let Plan::Cache { cache, .. } = &ctx.plan else {
+            return Ok(None);
+        };
+        if session.subrequest_ctx.is_some() || !cache.directives.constrain_reuse() {
+            return Ok(None);
+        }
+        let stored = Directives::of(
+            meta.response_header(),
+            &ctx.snapshot.config.cache.targeted_cache_control,
+        );
+        let verdict = cache.directives.verdict(
+            meta.age(),
+            meta.fresh_until(),
+            stored.forbid_stale(),
+            SystemTime::now(),
+        );
+        Ok(verdict.map(|v| match v {
+            DirectiveVerdict::Revalidate => pingora_cache::ForcedFreshness::ForceExpired,
+            DirectiveVerdict::ServeStale => pingora_cache::ForcedFreshness::ForceFresh,
+        }))
+    }
+
+    /// A request that says `only-if-cached` and was not answered from the cache gets 504 and
+    /// never reaches the origin (RFC 9111 §5.2.1.7).
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let only_if_cached =
+            matches!(&ctx.plan, Plan::Cache { cache, .. } if cache.directives.only_if_cached);
+        if !only_if_cached || session.subrequest_ctx.is_some() {
+            return Ok(true);
+        }
+        let body = error_body(
+            "not_cached",
+            ("detail", json!("only-if-cached")),
+            &ctx.request_id,
+        );
+        ctx.progress.status = 504;
+        respond_json(session, 504, body, &ctx.request_id).await?;
+        Ok(false)
     }
 
     /// The plan's upstream, with its connect/read/write/idle timeouts.
@@ -264,15 +310,22 @@ impl ProxyHttp for SidecacheProxy {
     /// response's hop-by-hop headers before the cache or the client sees them.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(start), Some(target)) = (ctx.progress.upstream_started, ctx.plan.target()) {
+        let delay = ctx
+            .progress
+            .upstream_started
+            .map(|s| s.elapsed())
+            .unwrap_or_default();
+        let received = Received::now(delay);
+        ctx.progress.received = Some(received);
+        if let Some(target) = ctx.plan.target() {
             UpstreamResponded {
                 metrics: target.metrics(&ctx.snapshot.router),
                 upstream: &target.upstream,
-                elapsed: start.elapsed(),
+                elapsed: delay,
                 status: upstream_response.status,
             }
             .emit();
@@ -280,6 +333,17 @@ impl ProxyHttp for SidecacheProxy {
         // Before the cache stores the header: what is for this hop only is neither stored nor
         // sent to clients (RFC 9110 §7.6.1).
         normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
+        // A response without a valid Date gets the time it was received (RFC 9110 §6.6.1),
+        // so its age and Expires − Date are defined.
+        if freshness::date_header(&upstream_response.headers, &http::header::DATE).is_none() {
+            let date = httpdate::fmt_http_date(received.response_time);
+            upstream_response.insert_header(http::header::DATE, date)?;
+        }
+        if upstream_response.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == CachePhase::Stale
+        {
+            ctx.progress.not_modified = Some(Box::new(upstream_response.clone()));
+        }
         Ok(())
     }
 
@@ -291,14 +355,29 @@ impl ProxyHttp for SidecacheProxy {
     /// credentials, a header outside the key and `Vary`) serves it to every other user.
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
         let Plan::Cache { target, cache } = &ctx.plan else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        match policy::response_decision(resp, cache.policy(target), SystemTime::now()) {
+        // After a 304, pingora hands over the stored header with only a few fields merged:
+        // freshen it with every field of the 304 instead (RFC 9111 §4.3.4).
+        let freshened = ctx.progress.not_modified.as_deref().and_then(|nm| {
+            let stored = session.cache.maybe_cache_meta()?;
+            Some(freshness::freshen(stored.response_header(), nm))
+        });
+        let cx = ResponseContext {
+            received: ctx
+                .progress
+                .received
+                .unwrap_or_else(|| Received::now(std::time::Duration::ZERO)),
+            authorization: cache.authorization,
+            targets: &ctx.snapshot.config.cache.targeted_cache_control,
+        };
+        let resp = freshened.as_ref().unwrap_or(resp);
+        match policy::response_decision(resp, cache.policy(target), cx) {
             Ok(mut meta) => {
                 meta.extensions_mut().insert(cache.entry.clone());
                 ctx.progress.stored = true;
@@ -358,6 +437,19 @@ impl ProxyHttp for SidecacheProxy {
     ) -> Result<()> {
         ctx.progress.status = upstream_response.status.as_u16();
         let (outcome, detail) = outcome(session, ctx);
+        // Sidecache's own targeted field steers the cache, never the client (RFC 9213 §2.1).
+        if upstream_response
+            .headers
+            .contains_key(&freshness::SIDECACHE_CACHE_CONTROL)
+        {
+            upstream_response.remove_header(&freshness::SIDECACHE_CACHE_CONTROL);
+        }
+        if outcome == CacheOutcome::Revalidated {
+            // pingora sends no Age after a validation (RFC 9111 §4: a reused response has one).
+            if let Some(meta) = session.cache.maybe_cache_meta() {
+                upstream_response.insert_header(http::header::AGE, meta.age().as_secs())?;
+            }
+        }
         if matches!(
             outcome,
             CacheOutcome::HitL1

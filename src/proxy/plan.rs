@@ -23,7 +23,7 @@ use super::forwarded::ClientOrigin;
 use super::local::LocalEndpoint;
 use super::normalize::{self, BadPath};
 use crate::cache::key::{self, KeyInput};
-use crate::cache::policy::{self, BypassReason, EffectivePolicy};
+use crate::cache::policy::{self, BypassReason, EffectivePolicy, RequestDirectives};
 use crate::cache::storage::{EntryContext, L1Entry, TieredCache};
 use crate::config::{CacheMode, Config};
 use crate::live::Snapshot;
@@ -31,6 +31,11 @@ use crate::routing::{RewriteDecision, RoutePolicy, Router, Upstream};
 use crate::telemetry::metrics::RouteMetrics;
 
 /// What sidecache does with one request.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one plan per request, kept in its context and never moved around: boxing the \
+              cache plan would cost an allocation per request, fast-path hits included"
+)]
 pub(crate) enum Plan {
     /// Before `request_filter` has decided (only seen if a client error stops the request
     /// earlier).
@@ -104,6 +109,10 @@ pub(crate) struct CachePlan {
     pub key: Option<CacheKey>,
     /// What purges find the entry by (url, route, filled tags); attached to a stored miss.
     pub entry: EntryContext,
+    /// The client's request directives, when the route honours them (else none).
+    pub directives: RequestDirectives,
+    /// The request carries `Authorization` (the route keys it).
+    pub authorization: bool,
 }
 
 impl CachePlan {
@@ -263,6 +272,19 @@ pub(crate) fn resolve(
         Err(reason) => return Plan::Bypass { target, reason }.into(),
     };
     let mode = policy.mode;
+    let honor = route_cache
+        .and_then(|c| c.honor_request_directives)
+        .unwrap_or(config.cache.honor_request_directives);
+    let directives = if honor {
+        RequestDirectives::of(req)
+    } else {
+        RequestDirectives::default()
+    };
+    if directives.no_store {
+        let reason = BypassReason::RequestNoStore;
+        return Plan::Bypass { target, reason }.into();
+    }
+    let authorization = req.headers.contains_key(http::header::AUTHORIZATION);
     let site = if config.cache.key_host {
         target.origin.site()
     } else {
@@ -276,11 +298,17 @@ pub(crate) fn resolve(
     };
     let mut cache_key = key::cache_key(&input, policy.route.map(|c| &c.key));
     let probe = cache.probe_l1(&cache_key);
-    if let Some(entry) = probe.found().filter(|e| fast_path::can_answer(req, e)) {
+    let fast = !directives.constrain_reuse();
+    if let Some(entry) = probe
+        .found()
+        .filter(|e| fast && fast_path::can_answer(req, e))
+    {
         let cache = CachePlan {
             mode,
             key: None,
             entry: EntryContext::default(),
+            directives,
+            authorization,
         };
         return Resolved {
             fresh_hit: Some(Arc::clone(entry)),
@@ -306,6 +334,8 @@ pub(crate) fn resolve(
         mode,
         key: Some(cache_key),
         entry,
+        directives,
+        authorization,
     };
     Plan::Cache { target, cache }.into()
 }

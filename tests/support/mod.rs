@@ -6,4 +6,5 @@
 pub mod backend;
 pub mod http;
 pub mod redis;
+pub mod scripted;
 pub mod sidecache;
