@@ -356,10 +356,10 @@ async fn l2_hit_is_promoted_and_ttl_is_set() {
     // PX = fresh 60s + max(swr 10, sie 20) + 5s slack
     let pttl = redis.pttl(&rk);
     assert!(pttl > 80_000 && pttl <= 85_000, "pttl {pttl}");
-    let idx = redis.keys("promo:v1:*");
-    assert!(idx.contains(&"promo:v1:url:/p/1".to_string()), "{idx:?}");
-    assert!(idx.contains(&"promo:v1:tag:x".to_string()), "{idx:?}");
-    assert!(redis.pttl("promo:v1:tag:x") >= pttl - 1000);
+    let idx = redis.keys("promo:v2:*");
+    assert!(idx.contains(&"promo:v2:url:/p/1".to_string()), "{idx:?}");
+    assert!(idx.contains(&"promo:v2:tag:x".to_string()), "{idx:?}");
+    assert!(redis.pttl("promo:v2:tag:x") >= pttl - 1000);
     c.clear_l1();
     let (_, h) = lookup(c, &k).await.expect("L2 hit");
     assert_eq!(tier(&h), Tier::L2);
@@ -428,7 +428,7 @@ async fn purges_remove_from_both_tiers() {
     let r = purge(p, PurgeKind::Prefix, "/q/").await;
     assert_eq!((r.l1_removed, r.l2_removed), (0, 1));
     assert!(!redis.exists(rk));
-    assert!(!redis.exists("purge:v1:url:/q/d"));
+    assert!(!redis.exists("purge:v2:url:/q/d"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
