@@ -127,8 +127,8 @@ impl ChannelKey {
 
     fn mac(&self, text: &[u8]) -> Result<Hmac<Sha256>, MessageError> {
         // HMAC takes keys of any length; the error cannot happen, and would fail closed
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret)
-            .map_err(|_| MessageError::BadSignature)?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).map_err(|_| MessageError::BadSignature)?;
         mac.update(text);
         Ok(mac)
     }
@@ -456,7 +456,10 @@ mod tests {
             _ => None,
         };
         // unsigned (today's format) is refused when a secret is set
-        assert_eq!(reason(text.as_bytes(), Some(&key)), Some(MessageDrop::Unsigned));
+        assert_eq!(
+            reason(text.as_bytes(), Some(&key)),
+            Some(MessageDrop::Unsigned)
+        );
         // another secret, or a changed message, does not verify
         let other = ChannelKey::new("fedcba9876543210-other");
         let foreign = other.sign(&text).unwrap_or_default();
@@ -471,7 +474,10 @@ mod tests {
             Some(MessageDrop::BadSignature)
         );
         // and a signed message is not a message to an instance without a secret
-        assert_eq!(reason(signed.as_bytes(), None), Some(MessageDrop::Malformed));
+        assert_eq!(
+            reason(signed.as_bytes(), None),
+            Some(MessageDrop::Malformed)
+        );
         assert_eq!(unhex(b"0aFf"), Some(vec![0x0a, 0xff]));
         assert_eq!(unhex(b"0g"), None);
         assert_eq!(unhex(b"abc"), None);

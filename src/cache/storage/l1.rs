@@ -304,7 +304,11 @@ impl L1Store {
 
     /// The keys of the next [`URL_BATCH`] urls starting with `prefix` after `cursor`, and
     /// the last of those urls (`None` when there are no more), under one index lock.
-    fn prefix_batch(&self, prefix: &str, cursor: &Bound<String>) -> Option<(Vec<EntryKey>, String)> {
+    fn prefix_batch(
+        &self,
+        prefix: &str,
+        cursor: &Bound<String>,
+    ) -> Option<(Vec<EntryKey>, String)> {
         let inner = self.inner.load();
         let idx = lock(&inner.index);
         let mut keys = Vec::new();

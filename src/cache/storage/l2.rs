@@ -169,7 +169,8 @@ impl L2Store {
                 None
             }
         };
-        let breaker = |scope| CircuitBreaker::new(scope, cfg.breaker_failures, cfg.breaker_cooldown);
+        let breaker =
+            |scope| CircuitBreaker::new(scope, cfg.breaker_failures, cfg.breaker_cooldown);
         L2Store {
             client,
             conn: OnceCell::new(),

@@ -313,7 +313,6 @@ impl TieredCache {
         };
         (decode_l2(l2, key, read.value), Some(read.generation))
     }
-
 }
 
 /// Decode a value read from L2 (`None`: absent, expired or corrupt).
