@@ -14,7 +14,7 @@ use bytes::Bytes;
 use pingora_cache::key::CacheHashKey;
 use pingora_http::RequestHeader;
 use sidecache::cache::storage::codec::{self, StoredEntry};
-use sidecache::cache::storage::l2::PURGE_URLS_PER_BATCH;
+use sidecache::cache::storage::l2::{EntryWrite, PURGE_URLS_PER_BATCH};
 use sidecache::cache::storage::{EntryContext, TieredCache};
 use sidecache::config::{self, CacheConfig, Secret};
 use sidecache::purge::broadcast::{ChannelKey, PurgeMessage};
@@ -143,10 +143,15 @@ async fn a_prefix_purge_of_100000_entries_runs_in_batches_without_opening_the_re
         for i in chunk {
             template.ctx.url = format!("/bulk/{i}");
             let value = codec::encode(&template);
-            let url = &template.ctx.url;
-            let ttl = Duration::from_secs(300);
-            pipe.add_command(l2.store_command(&l1_key(*i), &value, ttl, url, &[], since))
-                .ignore();
+            let write = EntryWrite {
+                key: &l1_key(*i),
+                value: &value,
+                ttl: Duration::from_secs(300),
+                url: &template.ctx.url,
+                tags: &[],
+                since,
+            };
+            pipe.add_command(l2.store_command(&write)).ignore();
         }
         let () = pipe.query(&mut conn).expect("pipelined stores");
     }

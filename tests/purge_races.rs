@@ -10,9 +10,9 @@ mod support;
 
 use pingora_cache::key::CacheHashKey;
 use sidecache::cache::storage::Refusal;
-use sidecache::cache::storage::Tier;
+use sidecache::cache::storage::{Tier, TieredCache};
 use sidecache::config::CacheConfig;
-use sidecache::purge::{PurgeKind, PurgeRequest, PurgeSource};
+use sidecache::purge::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
 use sidecache::telemetry::metrics::metrics;
 use support::delay_proxy::{DelayProxy, Direction};
 use support::redis::RedisServer;
@@ -29,6 +29,33 @@ fn config(url: String, prefix: &str) -> CacheConfig {
     cfg
 }
 
+/// Instance A behind the delay proxy and instance B straight on Redis, sharing `prefix`.
+struct Race {
+    redis: RedisServer,
+    proxy: DelayProxy,
+    a: &'static TieredCache,
+    b: &'static TieredCache,
+    pa: &'static PurgeService,
+    pb: &'static PurgeService,
+}
+
+async fn race(prefix: &str) -> Race {
+    let redis = RedisServer::start();
+    let proxy = DelayProxy::start(redis.addr()).await;
+    let cfg_a = config(proxy.redis_url(), prefix);
+    let cfg_b = config(redis.url(), prefix);
+    let (a, b) = (leak(&cfg_a), leak(&cfg_b));
+    let (pa, pb) = (purges(a, &cfg_a), purges(b, &cfg_b));
+    Race {
+        redis,
+        proxy,
+        a,
+        b,
+        pa,
+        pb,
+    }
+}
+
 fn refused(tier: Tier, reason: Refusal) -> u64 {
     metrics()
         .stores_refused
@@ -39,12 +66,13 @@ fn refused(tier: Tier, reason: Refusal) -> u64 {
 /// (a) A's L2 write, spawned before B's purge, lands in Redis after it: Redis refuses it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_l2_write_delayed_past_a_purge_is_not_stored() {
-    let redis = RedisServer::start();
-    let proxy = DelayProxy::start(redis.addr()).await;
-    let cfg_a = config(proxy.redis_url(), "race-a:");
-    let cfg_b = config(redis.url(), "race-a:");
-    let (a, b) = (leak(&cfg_a), leak(&cfg_b));
-    let pb = purges(b, &cfg_b);
+    let Race {
+        redis,
+        proxy,
+        a,
+        pb,
+        ..
+    } = race("race-a:").await;
 
     for (kind, target, path, tags) in [
         (PurgeKind::Url, "/ra/1?v=1", "/ra/1?v=1", vec![]),
@@ -98,12 +126,14 @@ async fn an_l2_write_delayed_past_a_purge_is_not_stored() {
 /// served nor promoted into L1, whether A itself or another instance purged.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_l2_read_answered_after_a_purge_is_not_served_or_promoted() {
-    let redis = RedisServer::start();
-    let proxy = DelayProxy::start(redis.addr()).await;
-    let cfg_a = config(proxy.redis_url(), "race-b:");
-    let cfg_b = config(redis.url(), "race-b:");
-    let (a, b) = (leak(&cfg_a), leak(&cfg_b));
-    let (pa, pb) = (purges(a, &cfg_a), purges(b, &cfg_b));
+    let Race {
+        redis,
+        proxy,
+        a,
+        b,
+        pa,
+        pb,
+    } = race("race-b:").await;
 
     for (path, local) in [("/rb/local", true), ("/rb/remote", false)] {
         // B stored the entry; A's L1 does not have it

@@ -282,24 +282,23 @@ impl L1Store {
         n
     }
 
-    /// The keys indexed under exactly `url`.
-    fn url_keys(&self, url: &str) -> Vec<EntryKey> {
+    /// The keys of the members `pick` finds in the index.
+    fn indexed(&self, pick: impl FnOnce(&Index) -> Option<&Members>) -> Vec<EntryKey> {
         let inner = self.inner.load();
         let idx = lock(&inner.index);
-        idx.urls
-            .get(url)
+        pick(&idx)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
     }
 
+    /// The keys indexed under exactly `url`.
+    fn url_keys(&self, url: &str) -> Vec<EntryKey> {
+        self.indexed(|i| i.urls.get(url))
+    }
+
     /// The keys carrying `tag`.
     fn tag_keys(&self, tag: &str) -> Vec<EntryKey> {
-        let inner = self.inner.load();
-        let idx = lock(&inner.index);
-        idx.tags
-            .get(tag)
-            .map(|m| m.keys().copied().collect())
-            .unwrap_or_default()
+        self.indexed(|i| i.tags.get(tag))
     }
 
     /// The keys of the next [`URL_BATCH`] urls starting with `prefix` after `cursor`, and

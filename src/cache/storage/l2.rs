@@ -123,6 +123,20 @@ pub struct L2Read {
     pub generation: u64,
 }
 
+/// One entry to store: where, what, for how long, what indexes it, and the purge generation
+/// at which the work that produced it began.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryWrite<'a> {
+    pub key: &'a [u8; 16],
+    /// The encoded entry.
+    pub value: &'a [u8],
+    pub ttl: Duration,
+    /// Its url (`""`: none).
+    pub url: &'a str,
+    pub tags: &'a [String],
+    pub since: u64,
+}
+
 /// What became of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreOutcome {
@@ -397,47 +411,32 @@ impl L2Store {
         Ok(generation)
     }
 
-    /// The script call that stores an entry whose work began at purge generation `since`,
-    /// with its TTL, in the url and tag indexes (see [`L2Store::set_entry`]). Pipelining these
+    /// The script call that makes `write` (see [`L2Store::set_entry`]). Pipelining these
     /// requires the script to be loaded already (any [`L2Store::set_entry`] loads it).
-    pub fn store_command(
-        &self,
-        key: &[u8; 16],
-        value: &[u8],
-        ttl: Duration,
-        url: &str,
-        tags: &[String],
-        since: u64,
-    ) -> redis::Cmd {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    pub fn store_command(&self, write: &EntryWrite<'_>) -> redis::Cmd {
+        let ttl_ms = u64::try_from(write.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut cmd = STORE.command(&[
             &self.purge_state_key(),
             &self.tombstones_key(),
-            &self.entry_key(key),
+            &self.entry_key(write.key),
             &self.urls_key(),
             &self.url_expiry_key(),
         ]);
         cmd.arg(&self.prefix)
-            .arg(value)
+            .arg(write.value)
             .arg(ttl_ms)
-            .arg(since)
-            .arg(url)
-            .arg(tags);
+            .arg(write.since)
+            .arg(write.url)
+            .arg(write.tags);
         cmd
     }
 
-    /// Store an entry whose work began at purge generation `since` unless a purge after it
-    /// matches the entry (the check and the store are one script), under the write timeout.
-    pub async fn set_entry(
-        &self,
-        key: &[u8; 16],
-        value: &[u8],
-        ttl: Duration,
-        url: &str,
-        tags: &[String],
-        since: u64,
-    ) -> Result<StoreOutcome, L2Result> {
-        let cmd = self.store_command(key, value, ttl, url, tags, since);
+    /// Make `write` unless a purge after its work began matches the entry (the check and the
+    /// store are one script), under the write timeout.
+    pub async fn set_entry(&self, write: &EntryWrite<'_>) -> Result<StoreOutcome, L2Result> {
+        let cmd = self.store_command(write);
         let code: i64 = self
             .run(L2Op::Set, self.write_timeout(), |mut c| async move {
                 STORE.run(&mut c, &cmd).await

@@ -39,7 +39,7 @@ use pingora_error::{Error, ErrorType, Result};
 
 use super::codec::{self, StoredEntry};
 use super::l1::{EntryKey, L1Entry, L1Store};
-use super::l2::{L2Store, StoreOutcome};
+use super::l2::{EntryWrite, L2Store, StoreOutcome};
 use super::purge_log::{PurgeLog, PurgeTicket, Refusal};
 use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
@@ -290,8 +290,15 @@ impl TieredCache {
         };
         spawn_bg(async move {
             let value = codec::encode(&entry);
-            let (url, tags) = (&entry.ctx.url, &entry.ctx.tags);
-            let stored = l2.set_entry(&key, &value, ttl, url, tags, since).await;
+            let write = EntryWrite {
+                key: &key,
+                value: &value,
+                ttl,
+                url: &entry.ctx.url,
+                tags: &entry.ctx.tags,
+                since,
+            };
+            let stored = l2.set_entry(&write).await;
             if let Ok(StoreOutcome::Refused(reason)) = stored {
                 StoreRefused {
                     tier: Tier::L2,
