@@ -83,7 +83,7 @@ async fn a_known_sequence_gives_exact_counts() {
     let a = Sidecache::start(opts.clone()).await;
     get(&a.url("/api/contractors/1/bundle"), &[]).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.keys("*v1:e:*").is_empty() {
+    while redis.keys("*v2:e:*").is_empty() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

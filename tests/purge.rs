@@ -3,6 +3,10 @@
 //! by url, prefix and tag, invalidate-on-write, the `sidecache purge` CLI) must drop B's L1
 //! copy; after a Redis restart B resubscribes and clears its L1 (the gap rule).
 //!
+//! Purges also win over origin fetches that began before them: a fetch the stand-in backend
+//! answers after the purge (by admin API, broadcast, or the end of an until-invalidated
+//! session) is stored in neither tier of either instance.
+//!
 //! Propagation times are printed (`--nocapture`), asserted only against a generous bound.
 
 mod support;
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use support::backend::start_backend;
-use support::http::{get, request};
+use support::http::{get, metric, request, Resp};
 use support::redis::RedisServer;
 use support::sidecache::{run_cli, Sidecache, SidecacheOptions};
 
@@ -64,7 +68,7 @@ breaker_cooldown = "300ms"
 "#;
 
 struct Pair {
-    _backend: sidecache::demo::Backend,
+    backend: sidecache::demo::Backend,
     a: Sidecache,
     b: Sidecache,
 }
@@ -75,11 +79,7 @@ async fn start_pair(redis: &RedisServer) -> Pair {
     let opts = SidecacheOptions::new(config).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
     let b = Sidecache::start(opts).await;
-    Pair {
-        _backend: backend,
-        a,
-        b,
-    }
+    Pair { backend, a, b }
 }
 
 /// GET `path` on `sc` until it is served from L1.
@@ -266,4 +266,162 @@ async fn gaps(sc: &Sidecache) -> f64 {
         .find_map(|l| l.strip_prefix("sidecache_pubsub_gaps_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// How long the backend takes to answer the fetches held in flight across a purge.
+const SLOW_ORIGIN: Duration = Duration::from_millis(1500);
+
+/// GET `path` on `sc` in the background, once the backend is slow; returns when the request
+/// has reached the backend (and makes the backend fast again for everything after it).
+async fn slow_fetch(p: &Pair, sc: &Sidecache, path: &str) -> tokio::task::JoinHandle<Resp> {
+    let seen = p.backend.stats().hits(path);
+    p.backend.set_delay(SLOW_ORIGIN);
+    let url = sc.url(path);
+    let fetch = tokio::spawn(async move { get(&url, &[]).await });
+    let deadline = Instant::now() + POLL;
+    while p.backend.stats().hits(path) == seen {
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.backend.set_delay(Duration::ZERO);
+    fetch
+}
+
+/// `sidecache_purges_total{kind,source}` on `sc`.
+async fn purges_applied(sc: &Sidecache, kind: &str, source: &str) -> f64 {
+    let scrape = get(&sc.admin_url("/metrics"), &[]).await.text();
+    metric(
+        &scrape,
+        &format!("sidecache_purges_total{{kind=\"{kind}\",source=\"{source}\"}}"),
+    )
+}
+
+/// Wait until `sc` has applied `n` more purges of `kind` from `source` than `before`.
+async fn applied_since(sc: &Sidecache, kind: &str, source: &str, before: f64, n: f64) {
+    let deadline = Instant::now() + POLL;
+    while purges_applied(sc, kind, source).await < before + n {
+        assert!(
+            Instant::now() < deadline,
+            "{kind} purges from {source} not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The backend's per-fetch generation in a JSON body.
+fn generation(r: &Resp) -> u64 {
+    r.json()["generation"]
+        .as_u64()
+        .expect("a generation in the body")
+}
+
+/// (c) An origin fetch that began before a purge and answers after it is not stored, in
+/// either tier: purged on the fetching instance by url, and on the other one by tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_fetch_answering_after_a_purge_is_not_stored() {
+    let redis = RedisServer::start();
+    let p = start_pair(&redis).await;
+    for (what, on_a, body, path) in [
+        (
+            "url purge on the fetching instance",
+            true,
+            json!({"url": "/api/contractors/20/bundle"}),
+            "/api/contractors/20/bundle",
+        ),
+        (
+            "tag purge on the other instance",
+            false,
+            json!({"tag": "contractor:21"}),
+            "/api/contractors/21/bundle",
+        ),
+    ] {
+        let (kind, remote_before) = match on_a {
+            true => ("url", 0.0),
+            false => ("tag", purges_applied(&p.a, "tag", "remote").await),
+        };
+        let fetch = slow_fetch(&p, &p.a, path).await;
+        let report = admin_purge(if on_a { &p.a } else { &p.b }, body).await;
+        assert_eq!(report["l2_ok"], true, "{what}: {report}");
+        if !on_a {
+            applied_since(&p.a, kind, "remote", remote_before, 1.0).await;
+        }
+        assert!(
+            !fetch.is_finished(),
+            "{what}: the origin answered before the purge was applied; the race was not held"
+        );
+        let fetched = fetch.await.expect("fetch task");
+        assert_eq!((fetched.status, fetched.x_cache()), (200, "MISS"), "{what}");
+
+        let a = get(&p.a.url(path), &[]).await;
+        assert_eq!(
+            a.x_cache(),
+            "MISS",
+            "{what}: A stored what it fetched before the purge"
+        );
+        let b = get(&p.b.url(path), &[]).await;
+        assert!(
+            generation(&a) > generation(&fetched) && generation(&b) > generation(&fetched),
+            "{what}: generation {} (fetched before the purge) served again: A {} {}, B {} {}",
+            generation(&fetched),
+            a.x_cache(),
+            generation(&a),
+            b.x_cache(),
+            generation(&b)
+        );
+    }
+}
+
+/// An until-invalidated session state is not served after its session ended, from either
+/// tier of either instance: neither the copies cached before the end (`s8`), nor a fetch of
+/// the state that was in flight when it ended (`s9`, on the other instance).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_until_invalidated_session_is_never_served_after_it_ended() {
+    let redis = RedisServer::start();
+    let p = start_pair(&redis).await;
+    let (cached, in_flight) = (
+        "/api/concierge/sessions/s8/state",
+        "/api/concierge/sessions/s9/state",
+    );
+    warm_both(&p, &[cached]).await;
+    let cached_generation = generation(&get(&p.b.url(cached), &[]).await);
+    let fetch = slow_fetch(&p, &p.b, in_flight).await;
+
+    let remote_before = purges_applied(&p.b, "url", "remote").await;
+    let local_before = purges_applied(&p.a, "url", "write").await;
+    for id in ["s8", "s9"] {
+        let url = p.a.url(&format!("/api/concierge/sessions/{id}/end"));
+        let end = request("POST", &url, &[], Bytes::new()).await;
+        assert_eq!(end.status, 200);
+    }
+    // each end purges two urls (its own and the state's) and two query prefixes: wait until
+    // A has run the L2 part of the url purges and B has received them
+    applied_since(&p.a, "url", "write", local_before, 4.0).await;
+    applied_since(&p.b, "url", "remote", remote_before, 4.0).await;
+    assert!(
+        !fetch.is_finished(),
+        "the origin answered before the session ended; the race was not held"
+    );
+    let fetched = fetch.await.expect("fetch task");
+    assert_eq!(fetched.status, 200);
+
+    let b = get(&p.b.url(in_flight), &[]).await;
+    assert_eq!(
+        b.x_cache(),
+        "MISS",
+        "B stored the state it fetched before the session ended"
+    );
+    assert!(generation(&b) > generation(&fetched));
+    let a = get(&p.a.url(in_flight), &[]).await;
+    assert!(generation(&a) > generation(&fetched), "A: {}", a.x_cache());
+    for sc in [&p.a, &p.b] {
+        let r = get(&sc.url(cached), &[]).await;
+        assert!(
+            generation(&r) > cached_generation,
+            "the state cached before the end was served ({})",
+            r.x_cache()
+        );
+    }
 }

@@ -11,122 +11,21 @@ use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
-use pingora_http::ResponseHeader;
 use sidecache::cache::storage::codec::StoredEntry;
-use sidecache::cache::storage::{EntryContext, Tier, TieredCache, TieredHit};
-use sidecache::config::{CacheConfig, L1Config, L2Config, Secret};
-use sidecache::purge::{PurgeKind, PurgeReport, PurgeRequest, PurgeService, PurgeSource};
+use sidecache::cache::storage::{EntryContext, Tier, TieredCache};
+use sidecache::config::CacheConfig;
+use sidecache::purge::PurgeKind;
 use sidecache::telemetry::metrics::metrics;
 use support::redis::RedisServer;
+use support::storage::{
+    body, cache_config, key, leak, lookup, meta, meta_at, purge, purges, tier, wait_for, write,
+    MAX_OBJECT, POLL,
+};
 
-const MAX_OBJECT: u64 = 4096;
-const POLL: Duration = Duration::from_secs(5);
-
+/// A cache config with `l1_bytes` of L1 and, with `redis`, an L2 under its prefix.
 fn config(l1_bytes: u64, redis: Option<(&RedisServer, &str)>) -> CacheConfig {
-    CacheConfig {
-        default_mode: None,
-        key_host: true,
-        targeted_cache_control: vec![],
-        honor_request_directives: true,
-        lock_timeout: Duration::from_secs(5),
-        l1: L1Config {
-            max_bytes: l1_bytes,
-            max_object_bytes: MAX_OBJECT,
-        },
-        l2: redis.map(|(r, prefix)| L2Config {
-            url: Secret::new(r.url()),
-            prefix: prefix.to_owned(),
-            // generous for a noisy 2-core box; the outage test measures against it
-            timeout: Duration::from_millis(250),
-            write_timeout: Duration::from_secs(1),
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_millis(400),
-            channel: "test:purge".into(),
-            channel_secret: None,
-        }),
-    }
-}
-
-fn leak(cfg: &CacheConfig) -> &'static TieredCache {
-    Box::leak(Box::new(TieredCache::new(cfg)))
-}
-
-/// The purge service of `cache` (one per cache: its instance id is in its broadcasts).
-fn purges(cache: &'static TieredCache, cfg: &CacheConfig) -> &'static PurgeService {
-    Box::leak(Box::new(PurgeService::new(cache, cfg)))
-}
-
-/// An admin purge of `kind`/`target` through `p`.
-async fn purge(p: &PurgeService, kind: PurgeKind, target: &str) -> PurgeReport {
-    p.apply(&PurgeRequest::new(kind, target, PurgeSource::Admin))
-        .await
-}
-
-fn key(path: &str) -> CacheKey {
-    CacheKey::new(path.as_bytes().to_vec(), "")
-}
-
-fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&str]) -> CacheMeta {
-    let mut h = ResponseHeader::build(200, None).expect("header");
-    h.append_header("Content-Type", "application/json")
-        .expect("ct");
-    h.append_header("X-Test-Case", "MixedCase").expect("x");
-    let created = SystemTime::now();
-    let mut m = CacheMeta::new(fresh_until, created, swr, sie, h);
-    m.extensions_mut().insert(EntryContext {
-        url: url.to_owned(),
-        route: "test".into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-    });
-    m
-}
-
-fn meta(ttl: u64, url: &str, tags: &[&str]) -> CacheMeta {
-    meta_at(
-        SystemTime::now() + Duration::from_secs(ttl),
-        10,
-        20,
-        url,
-        tags,
-    )
-}
-
-async fn write(
-    c: &'static TieredCache,
-    k: &CacheKey,
-    m: &CacheMeta,
-    body: &[u8],
-) -> pingora_error::Result<()> {
-    let span = Span::inactive();
-    let mut mh = c.get_miss_handler(k, m, &span.handle()).await?;
-    let mid = body.len() / 2;
-    mh.write_body(Bytes::copy_from_slice(&body[..mid]), false)
-        .await?;
-    mh.write_body(Bytes::copy_from_slice(&body[mid..]), true)
-        .await?;
-    mh.finish().await.map(|_| ())
-}
-
-async fn lookup(c: &'static TieredCache, k: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
-    let span = Span::inactive();
-    c.lookup(k, &span.handle())
-        .await
-        .expect("lookup never errors")
-}
-
-async fn body(mut h: HitHandler) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(b) = h.read_body().await.expect("read_body") {
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-fn tier(h: &HitHandler) -> Tier {
-    h.as_any()
-        .downcast_ref::<TieredHit>()
-        .expect("TieredHit")
-        .tier()
+    let (url, prefix) = redis.map_or((None, ""), |(r, p)| (Some(r.url()), p));
+    cache_config(l1_bytes, url, prefix)
 }
 
 /// Poll until `f` holds (L2 writes are spawned, so visibility is eventual).
@@ -152,14 +51,6 @@ async fn found(c: &'static TieredCache, k: &CacheKey) -> (CacheMeta, HitHandler)
     lookup_until(c, k, |r| r.is_some())
         .await
         .expect("entry should become visible")
-}
-
-async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = Instant::now() + POLL;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct Setup {
@@ -358,10 +249,10 @@ async fn l2_hit_is_promoted_and_ttl_is_set() {
     // PX = fresh 60s + max(swr 10, sie 20) + 5s slack
     let pttl = redis.pttl(&rk);
     assert!(pttl > 80_000 && pttl <= 85_000, "pttl {pttl}");
-    let idx = redis.keys("promo:v1:*");
-    assert!(idx.contains(&"promo:v1:url:/p/1".to_string()), "{idx:?}");
-    assert!(idx.contains(&"promo:v1:tag:x".to_string()), "{idx:?}");
-    assert!(redis.pttl("promo:v1:tag:x") >= pttl - 1000);
+    let idx = redis.keys("promo:v2:*");
+    assert!(idx.contains(&"promo:v2:url:/p/1".to_string()), "{idx:?}");
+    assert!(idx.contains(&"promo:v2:tag:x".to_string()), "{idx:?}");
+    assert!(redis.pttl("promo:v2:tag:x") >= pttl - 1000);
     c.clear_l1();
     let (_, h) = lookup(c, &k).await.expect("L2 hit");
     assert_eq!(tier(&h), Tier::L2);
@@ -430,7 +321,7 @@ async fn purges_remove_from_both_tiers() {
     let r = purge(p, PurgeKind::Prefix, "/q/").await;
     assert_eq!((r.l1_removed, r.l2_removed), (0, 1));
     assert!(!redis.exists(rk));
-    assert!(!redis.exists("purge:v1:url:/q/d"));
+    assert!(!redis.exists("purge:v2:url:/q/d"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

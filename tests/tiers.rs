@@ -47,7 +47,7 @@ breaker_cooldown = "500ms"
 /// L2 writes are asynchronous: wait until Redis holds `n` entries.
 fn wait_for_l2_entries(redis: &RedisServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.keys("*v1:e:*").len() < n {
+    while redis.keys("*v2:e:*").len() < n {
         assert!(Instant::now() < deadline, "L2 never received the entry");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -91,7 +91,7 @@ async fn a_second_instance_serves_hit_l2_with_a_sane_age() {
         "one origin fetch for both instances"
     );
 
-    let ttl = redis.pttl(&redis.keys("*v1:e:*")[0]);
+    let ttl = redis.pttl(&redis.keys("*v2:e:*")[0]);
     assert!(
         ttl > 0 && ttl <= 66_000,
         "Redis TTL is the entry's lifetime: {ttl}"
@@ -142,7 +142,7 @@ async fn redis_outage_degrades_to_l1_and_origin_then_recovers() {
     // after the cooldown a probe closes the breaker; new entries reach L2 again
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut id = 100;
-    while redis.keys("*v1:e:*").is_empty() {
+    while redis.keys("*v2:e:*").is_empty() {
         assert!(Instant::now() < deadline, "L2 writes never resumed");
         get(&a.url(&format!("/api/contractors/{id}/bundle")), &[]).await;
         id += 1;
@@ -164,7 +164,7 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
     let url = "/api/contractors/5/bundle";
     assert_eq!(get(&a.url(url), &[]).await.x_cache(), "MISS");
     wait_for_l2_entries(&redis, 1);
-    let key = redis.keys("*v1:e:*").remove(0);
+    let key = redis.keys("*v2:e:*").remove(0);
     redis.set_raw(&key, b"\x00garbage that is not an entry");
 
     let b = Sidecache::start(opts).await;

@@ -142,11 +142,11 @@ async fn cli_warm_fills_l1_and_l2_then_reports_everything_already_warm() {
     );
     // L2 writes may trail the response slightly; poll (bounded).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.keys("*v1:e:*").len() < paths.len() && Instant::now() < deadline {
+    while redis.keys("*v2:e:*").len() < paths.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        redis.keys("*v1:e:*").len() >= paths.len(),
+        redis.keys("*v2:e:*").len() >= paths.len(),
         "redis entries: {:?}",
         redis.keys("*")
     );

@@ -11,7 +11,18 @@
 //! **Message.** Small JSON: `{"v":1,"from":"<instance id>","kind":"url|prefix|tag","target":"..."}`.
 //! A message whose `from` is this instance is skipped (the originator already purged L1 and L2).
 //! Remote messages purge **L1 only** and count as `sidecache_purges_total{source="remote"}`.
-//! Malformed messages and unknown versions are ignored and logged at debug.
+//! Malformed messages and unknown versions are dropped.
+//!
+//! **Signed messages.** With `cache.l2.channel_secret` set, every message is published as the
+//! lower-case hex HMAC-SHA256 of the JSON under the secret, a `.`, then the JSON
+//! ([`ChannelKey`]), and a received message whose signature is missing or does not verify
+//! (constant-time) is dropped: whoever can PUBLISH on the Redis cannot purge or clear
+//! another instance's L1. Instances with different secrets, or one with and one without,
+//! ignore each other. Without a secret, messages are plain JSON as before. Every dropped
+//! message counts as `sidecache_purge_messages_dropped_total{reason}` (`malformed`,
+//! `unsigned`, `bad_signature`) and is logged at debug only, so a flood cannot fill the log.
+//! Limitation: a signed message can be replayed by whoever can read the channel; that only
+//! repeats a purge that was really made.
 //!
 //! **Subscriber.** A dedicated (non-multiplexed) Redis connection in `SUBSCRIBE` mode, read by
 //! a small blocking thread that never touches the cache; it forwards [`Event`]s to an async
@@ -33,12 +44,16 @@
 
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 
 use super::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
-use crate::telemetry::events::{InternalEvent, PubsubLink, PubsubLinkState};
+use crate::hex::hex;
+use crate::telemetry::events::{InternalEvent, PubsubLink, PubsubLinkState, PurgeMessageDropped};
+use crate::telemetry::metrics::MessageDrop;
 
 /// Format version of [`PurgeMessage`] this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -70,13 +85,85 @@ pub struct PurgeMessage {
     pub target: String,
 }
 
-/// Why a received payload was ignored.
+/// Why a received payload was ignored (or a message could not be signed).
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
     #[error("not a purge message: {0}")]
     Json(#[from] serde_json::Error),
     #[error("unsupported purge message version {0}")]
     Version(u32),
+    #[error("no signature, and a channel secret is configured")]
+    Unsigned,
+    #[error("the signature does not match the channel secret")]
+    BadSignature,
+}
+
+impl MessageError {
+    /// How the drop is counted.
+    pub fn drop_reason(&self) -> MessageDrop {
+        match self {
+            Self::Json(_) | Self::Version(_) => MessageDrop::Malformed,
+            Self::Unsigned => MessageDrop::Unsigned,
+            Self::BadSignature => MessageDrop::BadSignature,
+        }
+    }
+}
+
+/// Length of the hex signature in front of a signed message.
+const SIGNATURE_HEX: usize = 64;
+
+/// Signs and checks purge messages with the shared `cache.l2.channel_secret`.
+pub struct ChannelKey {
+    secret: Box<[u8]>,
+}
+
+impl ChannelKey {
+    /// The key for `secret` (its bytes are the HMAC key).
+    pub fn new(secret: &str) -> Self {
+        ChannelKey {
+            secret: secret.as_bytes().into(),
+        }
+    }
+
+    fn mac(&self, text: &[u8]) -> Result<Hmac<Sha256>, MessageError> {
+        // HMAC takes keys of any length; the error cannot happen, and would fail closed
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).map_err(|_| MessageError::BadSignature)?;
+        mac.update(text);
+        Ok(mac)
+    }
+
+    /// `text` as published: the hex HMAC-SHA256 of `text`, a `.`, then `text`.
+    pub fn sign(&self, text: &str) -> Result<String, MessageError> {
+        let tag = self.mac(text.as_bytes())?.finalize().into_bytes();
+        Ok(format!("{}.{text}", hex(&tag)))
+    }
+
+    /// The message a received `payload` carries, if it is signed with this key.
+    pub fn open<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], MessageError> {
+        let (Some(signature), Some(b'.')) = (
+            payload.get(..SIGNATURE_HEX).and_then(unhex),
+            payload.get(SIGNATURE_HEX),
+        ) else {
+            return Err(MessageError::Unsigned);
+        };
+        let text = &payload[SIGNATURE_HEX + 1..];
+        self.mac(text)?
+            .verify_slice(&signature)
+            .map_err(|_| MessageError::BadSignature)?;
+        Ok(text)
+    }
+}
+
+/// The bytes of lower- or upper-case hex text (`None` when it is not hex).
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    let digit = |c: u8| char::from(c).to_digit(16);
+    text.chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some((digit(*hi)? * 16 + digit(*lo)?) as u8),
+            _ => None,
+        })
+        .collect()
 }
 
 impl PurgeMessage {
@@ -112,13 +199,19 @@ pub enum Received {
     Own,
     /// Another instance's purge: apply to L1 only.
     Remote(PurgeMessage),
-    /// Not understood: ignore.
+    /// Not understood, or not validly signed: drop it.
     Malformed(MessageError),
 }
 
-/// Classify a payload for the instance `own_id`.
-pub fn classify(payload: &[u8], own_id: &str) -> Received {
-    match PurgeMessage::decode(payload) {
+/// Classify a payload for the instance `own_id`, which checks signatures with `key` (`None`:
+/// messages are unsigned).
+pub fn classify(payload: &[u8], own_id: &str, key: Option<&ChannelKey>) -> Received {
+    let text = match key.map(|k| k.open(payload)) {
+        None => payload,
+        Some(Ok(text)) => text,
+        Some(Err(e)) => return Received::Malformed(e),
+    };
+    match PurgeMessage::decode(text) {
         Ok(m) if m.from == own_id => Received::Own,
         Ok(m) => Received::Remote(m),
         Err(e) => Received::Malformed(e),
@@ -213,15 +306,18 @@ impl Subscriber {
                 false
             }
             Event::Message(payload) => {
-                match classify(&payload, self.service.instance_id()) {
+                let service = self.service;
+                match classify(&payload, service.instance_id(), service.channel_key()) {
                     Received::Own => {}
                     Received::Remote(m) => {
                         let request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
-                        self.service.apply(&request).await;
+                        service.apply(&request).await;
                     }
-                    Received::Malformed(e) => {
-                        tracing::debug!(error = %e, "ignored malformed purge message");
+                    Received::Malformed(e) => PurgeMessageDropped {
+                        reason: e.drop_reason(),
+                        error: &e,
                     }
+                    .emit(),
                 }
                 false
             }
@@ -329,9 +425,9 @@ mod tests {
     #[test]
     fn own_remote_and_malformed() {
         let p = br#"{"v":1,"from":"me","kind":"tag","target":"contractor:1"}"#;
-        assert!(matches!(classify(p, "me"), Received::Own));
+        assert!(matches!(classify(p, "me", None), Received::Own));
         assert!(
-            matches!(classify(p, "other"), Received::Remote(m) if m.kind == PurgeKind::Tag && m.target == "contractor:1")
+            matches!(classify(p, "other", None), Received::Remote(m) if m.kind == PurgeKind::Tag && m.target == "contractor:1")
         );
         for bad in [
             &b"not json"[..],
@@ -339,8 +435,52 @@ mod tests {
             br#"{"v":1,"from":"x","kind":"everything","target":"/"}"#,
             br#"{"v":1,"kind":"url","target":"/"}"#,
         ] {
-            assert!(matches!(classify(bad, "me"), Received::Malformed(_)));
+            assert!(matches!(classify(bad, "me", None), Received::Malformed(_)));
         }
+    }
+
+    #[test]
+    fn signed_messages_verify_only_under_their_secret() {
+        let key = ChannelKey::new("0123456789abcdef-shared");
+        let text = PurgeMessage::new("a-1", PurgeKind::Prefix, "/")
+            .encode()
+            .unwrap_or_default();
+        let signed = key.sign(&text).unwrap_or_default();
+        assert_eq!(signed.len(), SIGNATURE_HEX + 1 + text.len());
+        assert!(
+            matches!(classify(signed.as_bytes(), "b-2", Some(&key)), Received::Remote(m) if m.target == "/")
+        );
+        let reason = |payload: &[u8], key: Option<&ChannelKey>| match classify(payload, "b-2", key)
+        {
+            Received::Malformed(e) => Some(e.drop_reason()),
+            _ => None,
+        };
+        // unsigned (today's format) is refused when a secret is set
+        assert_eq!(
+            reason(text.as_bytes(), Some(&key)),
+            Some(MessageDrop::Unsigned)
+        );
+        // another secret, or a changed message, does not verify
+        let other = ChannelKey::new("fedcba9876543210-other");
+        let foreign = other.sign(&text).unwrap_or_default();
+        assert_eq!(
+            reason(foreign.as_bytes(), Some(&key)),
+            Some(MessageDrop::BadSignature)
+        );
+        let tampered = signed.replace("\"/\"", "\"/x\"");
+        assert_ne!(tampered, signed);
+        assert_eq!(
+            reason(tampered.as_bytes(), Some(&key)),
+            Some(MessageDrop::BadSignature)
+        );
+        // and a signed message is not a message to an instance without a secret
+        assert_eq!(
+            reason(signed.as_bytes(), None),
+            Some(MessageDrop::Malformed)
+        );
+        assert_eq!(unhex(b"0aFf"), Some(vec![0x0a, 0xff]));
+        assert_eq!(unhex(b"0g"), None);
+        assert_eq!(unhex(b"abc"), None);
     }
 
     #[test]

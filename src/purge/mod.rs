@@ -6,14 +6,22 @@
 //! invalidation: see [`writes`]), or another instance's broadcast ([`broadcast`]).
 //! [`PurgeService::apply`] runs each the same way:
 //!
-//! 1. **L2 first** (local purges only): an L1 miss right after the L1 purge, here or on
-//!    another instance, cannot promote the old copy back from Redis.
-//! 2. **L1**, even when the L2 delete failed (Redis down): this instance is right at once,
-//!    and L2 is right as soon as its entries expire.
-//! 3. **Broadcast** (local purges only): other instances apply it to their L1. A received
-//!    purge is applied to L1 only and never re-broadcast.
+//! 1. **Record** it in this process's purge log
+//!    ([`purge_log`](crate::cache::storage::purge_log)) with the next generation: from then
+//!    on nothing it matches is stored by work that began before it (an origin fetch, an L2
+//!    read), and, until its L2 part below has run, nothing it matches is served from L2 on
+//!    this instance (a miss instead), so the old copy cannot come back from Redis.
+//! 2. **L1**: this instance is right at once.
+//! 3. **L2** (local purges only), in bounded batches: the first records a tombstone in Redis,
+//!    so a store of any instance whose work began before the purge is refused by Redis
+//!    itself, however late it lands. Even when this fails (Redis down) L1 was purged, and L2
+//!    is right as soon as its entries expire.
+//! 4. **Broadcast** (local purges only): other instances record and apply it to their L1. A
+//!    received purge is applied to L1 only and never re-broadcast.
 //!
-//! The storage tiers only store and remove; the order and the broadcast live here.
+//! A write's invalidation ([`writes`]) runs steps 1 and 2 at once on the request path and
+//! queues 3 and 4 for a bounded worker. The storage tiers only store and remove; the order
+//! and the broadcast live here.
 
 pub mod broadcast;
 mod command;
@@ -24,10 +32,10 @@ pub use command::{command, PurgeCommand};
 use serde::{Deserialize, Serialize};
 
 pub use crate::cache::storage::PurgeKind;
-use crate::cache::storage::TieredCache;
+use crate::cache::storage::{PurgeTicket, TieredCache};
 use crate::config::CacheConfig;
 use crate::telemetry::events::{InternalEvent, PurgeApplied, PurgeBroadcast};
-use broadcast::PurgeMessage;
+use broadcast::{ChannelKey, PurgeMessage};
 
 /// Where a purge came from (the `source` label of `sidecache_purges_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,16 +108,30 @@ pub struct PurgeService {
     instance_id: String,
     /// The pub/sub channel (`cache.l2.channel`); `None` without L2.
     channel: Option<String>,
+    /// Signs and checks broadcasts (`cache.l2.channel_secret`); `None`: unsigned.
+    channel_key: Option<ChannelKey>,
+    /// Write invalidations waiting for their L2 part.
+    writes: writes::WriteQueue,
 }
 
 impl PurgeService {
     /// The purge service of `cache` (whose L2, if any, carries the broadcasts).
     pub fn new(cache: &'static TieredCache, config: &CacheConfig) -> Self {
+        let l2 = config.l2.as_ref();
         PurgeService {
             cache,
             instance_id: broadcast::new_instance_id(),
-            channel: config.l2.as_ref().map(|l2| l2.channel.clone()),
+            channel: l2.map(|l2| l2.channel.clone()),
+            channel_key: l2
+                .and_then(|l2| l2.channel_secret.as_ref())
+                .map(|secret| ChannelKey::new(secret.expose())),
+            writes: writes::WriteQueue::default(),
         }
+    }
+
+    /// The key that signs and checks broadcasts, if a secret is configured.
+    pub fn channel_key(&self) -> Option<&ChannelKey> {
+        self.channel_key.as_ref()
     }
 
     /// This process's id in purge broadcasts.
@@ -124,25 +146,36 @@ impl PurgeService {
 
     /// Apply one purge (see the module docs for the order) and report what it did.
     pub async fn apply(&self, request: &PurgeRequest) -> PurgeReport {
-        let report = if request.source == PurgeSource::Remote {
-            PurgeReport {
-                l1_removed: self.cache.purge_l1(request.kind, &request.target).await,
-                l2_ok: true,
-                ..PurgeReport::default()
-            }
-        } else {
-            let l2 = self.cache.purge_l2(request.kind, &request.target).await;
-            let l1_removed = self.cache.purge_l1(request.kind, &request.target).await;
-            let broadcast = match l2 {
-                Some(_) => self.broadcast(request).await,
-                None => false,
-            };
-            PurgeReport {
-                l1_removed,
-                l2_removed: l2.and_then(Result::ok).unwrap_or(0),
-                l2_ok: l2.is_none_or(|r| r.is_ok()),
-                broadcast,
-            }
+        let l2_part = request.source != PurgeSource::Remote && self.cache.l2().is_some();
+        let ticket = self
+            .cache
+            .record_purge(request.kind, &request.target, l2_part);
+        let l1_removed = self.cache.purge_l1(request.kind, &request.target).await;
+        self.finish(request, ticket, l1_removed).await
+    }
+
+    /// The rest of a purge whose L1 part is done: its L2 part and broadcast (local purges
+    /// only), settling `ticket` once L2 is done; then the event.
+    async fn finish(
+        &self,
+        request: &PurgeRequest,
+        ticket: PurgeTicket<'_>,
+        l1_removed: u64,
+    ) -> PurgeReport {
+        let l2 = match request.source {
+            PurgeSource::Remote => None,
+            _ => self.cache.purge_l2(request.kind, &request.target).await,
+        };
+        drop(ticket);
+        let broadcast = match l2 {
+            Some(_) => self.broadcast(request).await,
+            None => false,
+        };
+        let report = PurgeReport {
+            l1_removed,
+            l2_removed: l2.and_then(Result::ok).unwrap_or(0),
+            l2_ok: l2.is_none_or(|r| r.is_ok()),
+            broadcast,
         };
         PurgeApplied {
             request,
@@ -158,7 +191,11 @@ impl PurgeService {
             return false;
         };
         let message = PurgeMessage::new(&self.instance_id, request.kind, &request.target);
-        let ok = match message.encode() {
+        let payload = message.encode().and_then(|text| match &self.channel_key {
+            Some(key) => key.sign(&text),
+            None => Ok(text),
+        });
+        let ok = match payload {
             Ok(payload) => l2.publish(channel, payload).await.is_ok(),
             Err(_) => false,
         };

@@ -11,10 +11,12 @@ use std::fmt::Display;
 use std::time::{Duration, SystemTime};
 
 use super::metrics::{
-    metrics, EvictionCause, L2Op, L2Result, MethodLabel, RouteMetrics, Success, UpstreamErrorKind,
-    WarmUrlResult,
+    metrics, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel, RouteMetrics, Success,
+    UpstreamErrorKind, WarmUrlResult,
 };
 use crate::cache::status::{CacheOutcome, Detail};
+use crate::cache::storage::breaker::BreakerScope;
+use crate::cache::storage::purge_log::Refusal;
 use crate::cache::storage::{PurgeKind, Tier};
 use crate::config::ConfigErrors;
 use crate::purge::{PurgeReport, PurgeRequest, PurgeSource};
@@ -145,22 +147,27 @@ pub enum BreakerState {
     Open,
 }
 
-/// The Redis circuit breaker opened or closed.
+/// A Redis circuit breaker opened or closed.
 pub struct BreakerTransition {
+    pub scope: BreakerScope,
     pub to: BreakerState,
 }
 
 impl InternalEvent for BreakerTransition {
     fn emit(self) {
-        match self.to {
+        let scope = self.scope.label();
+        let up = match self.to {
             BreakerState::Closed => {
-                tracing::info!("redis circuit breaker closed");
-                metrics().l2_up.set(1);
+                tracing::info!(scope, "redis circuit breaker closed");
+                1
             }
             BreakerState::Open => {
-                tracing::warn!("redis circuit breaker open");
-                metrics().l2_up.set(0);
+                tracing::warn!(scope, "redis circuit breaker open");
+                0
             }
+        };
+        if self.scope == BreakerScope::Entries {
+            metrics().l2_up.set(up);
         }
     }
 }
@@ -258,6 +265,59 @@ impl InternalEvent for PurgeBroadcast {
         if !self.ok {
             tracing::warn!(target: "sidecache::purge", kind = self.kind.label(),
                 "purge not broadcast; other instances keep their L1 copy until it expires or their subscription has a gap");
+        }
+    }
+}
+
+/// An entry was not stored because a purge won over the work that fetched it. Counted, and
+/// logged at debug: it can happen per request.
+pub struct StoreRefused {
+    pub tier: Tier,
+    pub reason: Refusal,
+}
+
+impl InternalEvent for StoreRefused {
+    fn emit(self) {
+        metrics()
+            .stores_refused
+            .with_label_values(&[self.tier.label(), self.reason.label()])
+            .inc();
+        tracing::debug!(target: "sidecache::purge", tier = self.tier.label(),
+            reason = self.reason.label(), "entry not stored: a purge won");
+    }
+}
+
+/// A received purge broadcast was dropped. Counted, and logged at debug only: whoever can
+/// publish on the channel must not be able to flood the log.
+pub struct PurgeMessageDropped<'a> {
+    pub reason: MessageDrop,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for PurgeMessageDropped<'_> {
+    fn emit(self) {
+        metrics()
+            .purge_messages_dropped
+            .with_label_values(&[self.reason.label()])
+            .inc();
+        tracing::debug!(target: "sidecache::purge", reason = self.reason.label(),
+            error = %self.error, "dropped a purge message");
+    }
+}
+
+/// A write's invalidation found the purge queue full: its L1 part was applied at once and
+/// its L2 part escalated to one full purge of L2 (logged once per escalation).
+pub struct PurgeQueueOverflow {
+    /// True for the overflow that started an escalation (later ones join it).
+    pub escalated: bool,
+}
+
+impl InternalEvent for PurgeQueueOverflow {
+    fn emit(self) {
+        metrics().purge_queue_overflows.inc();
+        if self.escalated {
+            tracing::warn!(target: "sidecache::purge",
+                "purge queue full (Redis slow?): write invalidations are applied to L1 at once and L2 gets one full purge, broadcast to every instance");
         }
     }
 }

@@ -20,6 +20,7 @@ use prometheus::{
 };
 
 use crate::cache::status::CacheOutcome;
+use crate::cache::storage::purge_log::Refusal;
 use crate::cache::storage::{PurgeKind, Tier};
 use crate::purge::PurgeSource;
 
@@ -91,14 +92,20 @@ pub enum L2Op {
     Get,
     Set,
     Del,
+    /// One batch of a purge (the first also records its tombstone).
+    Purge,
     Publish,
 }
 impl L2Op {
+    /// Every operation, in label order.
+    pub const ALL: [L2Op; 5] = [Self::Get, Self::Set, Self::Del, Self::Purge, Self::Publish];
+
     pub const fn label(self) -> &'static str {
         match self {
             Self::Get => "get",
             Self::Set => "set",
             Self::Del => "del",
+            Self::Purge => "purge",
             Self::Publish => "publish",
         }
     }
@@ -206,6 +213,28 @@ impl WarmUrlResult {
     }
 }
 
+/// Why a received purge broadcast was dropped: the `reason` label of
+/// `sidecache_purge_messages_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageDrop {
+    /// Not a purge message this build reads (bad JSON, unknown version).
+    Malformed,
+    /// A secret is configured and the message carries no signature.
+    Unsigned,
+    /// A secret is configured and the signature does not match it.
+    BadSignature,
+}
+impl MessageDrop {
+    pub const ALL: [MessageDrop; 3] = [Self::Malformed, Self::Unsigned, Self::BadSignature];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+        }
+    }
+}
+
 /// All process-wide metric families. Get it with [`metrics()`].
 pub struct Metrics {
     pub requests_total: IntCounterVec,
@@ -227,6 +256,9 @@ pub struct Metrics {
     pub purges: IntCounterVec,
     pub purge_broadcasts: IntCounterVec,
     pub pubsub_gaps: IntCounter,
+    pub purge_messages_dropped: IntCounterVec,
+    pub purge_queue_overflows: IntCounter,
+    pub stores_refused: IntCounterVec,
     pub warm_urls: IntCounterVec,
     pub warm_duration: HistogramVec,
     pub warm_last_success: Gauge,
@@ -342,6 +374,23 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Purge subscriptions re-established after a period without one (each clears L1)."
         )
         .expect("register sidecache_pubsub_gaps_total"),
+        purge_messages_dropped: register_int_counter_vec!(
+            "sidecache_purge_messages_dropped_total",
+            "Received purge broadcasts dropped by reason (malformed; unsigned or bad_signature when cache.l2.channel_secret is set).",
+            &["reason"]
+        )
+        .expect("register sidecache_purge_messages_dropped_total"),
+        purge_queue_overflows: register_int_counter!(
+            "sidecache_purge_queue_overflows_total",
+            "Write invalidations that found the purge queue full: applied to L1 at once, their L2 part escalated to one full purge of L2."
+        )
+        .expect("register sidecache_purge_queue_overflows_total"),
+        stores_refused: register_int_counter_vec!(
+            "sidecache_stores_refused_total",
+            "Entries not stored because a purge won over the work that fetched them, by tier and reason (purged, forgotten = the purge record no longer reached back, unknown = no start generation).",
+            &["tier", "reason"]
+        )
+        .expect("register sidecache_stores_refused_total"),
         warm_urls: register_int_counter_vec!(
             "sidecache_warm_urls_total",
             "URLs requested by warming passes inside this process, by result (fetched, already_warm, failed).",
@@ -365,7 +414,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     // Pre-create the bounded label sets so dashboards see zeros, not gaps.
-    for op in [L2Op::Get, L2Op::Set, L2Op::Del, L2Op::Publish] {
+    for op in L2Op::ALL {
         for r in [
             L2Result::Ok,
             L2Result::Error,
@@ -381,6 +430,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     }
     for t in [Tier::L1, Tier::L2] {
         m.corrupt_entries.with_label_values(&[t.label()]);
+        for r in Refusal::ALL {
+            m.stores_refused.with_label_values(&[t.label(), r.label()]);
+        }
+    }
+    for r in MessageDrop::ALL {
+        m.purge_messages_dropped.with_label_values(&[r.label()]);
     }
     for kind in PurgeKind::ALL {
         for source in PurgeSource::ALL {

@@ -89,6 +89,11 @@ impl RedisServer {
         self.port
     }
 
+    /// `127.0.0.1:{port}`, e.g. for a proxy in front of it.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// SIGKILL the server (no graceful shutdown) and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -4,7 +4,9 @@
 //! Closed: everything goes through; `failures` consecutive failures/timeouts open it.
 //! Open: every operation is skipped until `cooldown` has passed, then exactly one probe is let
 //! through (half-open). The probe's success closes the breaker, its failure re-opens it.
-//! The `l2_up` gauge follows the state (1 closed, 0 otherwise).
+//! The `l2_up` gauge follows the state of the breaker that guards reads and writes of
+//! entries (1 closed, 0 otherwise). Purges have a breaker of their own
+//! ([`BreakerScope::Purges`]), so a big or slow purge can never open the one reads depend on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -13,6 +15,25 @@ use std::time::{Duration, Instant};
 use super::atomic_duration::AtomicDuration;
 use crate::telemetry::events::{BreakerState, BreakerTransition, InternalEvent};
 use crate::telemetry::metrics::metrics;
+
+/// Which Redis operations a breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerScope {
+    /// Entry reads and writes (what `sidecache_l2_up` and readiness report).
+    Entries,
+    /// Purge batches and their broadcasts.
+    Purges,
+}
+
+impl BreakerScope {
+    /// The log field value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Entries => "entries",
+            Self::Purges => "purges",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -27,16 +48,21 @@ pub struct CircuitBreaker {
     state: Mutex<State>,
     threshold: AtomicU32,
     cooldown: AtomicDuration,
+    scope: BreakerScope,
 }
 
 impl CircuitBreaker {
-    /// A closed breaker that opens after `failures` consecutive failures (at least 1).
-    pub fn new(failures: u32, cooldown: Duration) -> Self {
-        metrics().l2_up.set(1);
+    /// A closed breaker for `scope` that opens after `failures` consecutive failures (at
+    /// least 1).
+    pub fn new(scope: BreakerScope, failures: u32, cooldown: Duration) -> Self {
+        if scope == BreakerScope::Entries {
+            metrics().l2_up.set(1);
+        }
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: AtomicU32::new(failures.max(1)),
             cooldown: AtomicDuration::new(cooldown),
+            scope,
         }
     }
 
@@ -84,6 +110,7 @@ impl CircuitBreaker {
         drop(s);
         if !was_closed {
             BreakerTransition {
+                scope: self.scope,
                 to: BreakerState::Closed,
             }
             .emit();
@@ -114,6 +141,7 @@ impl CircuitBreaker {
         drop(s);
         if opened {
             BreakerTransition {
+                scope: self.scope,
                 to: BreakerState::Open,
             }
             .emit();
@@ -132,7 +160,7 @@ mod tests {
 
     #[test]
     fn opens_probes_and_closes() {
-        let b = CircuitBreaker::new(2, Duration::from_millis(30));
+        let b = CircuitBreaker::new(BreakerScope::Purges, 2, Duration::from_millis(30));
         b.on_failure();
         assert!(b.is_closed());
         b.on_failure();

@@ -23,6 +23,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::codec::StoredEntry;
+use super::PurgeKind;
 use crate::telemetry::events::{InternalEvent, L1Eviction, L1Stored};
 use crate::telemetry::metrics::{metrics, EvictionCause};
 
@@ -281,17 +282,51 @@ impl L1Store {
         n
     }
 
+    /// The keys of the members `pick` finds in the index.
+    fn indexed(&self, pick: impl FnOnce(&Index) -> Option<&Members>) -> Vec<EntryKey> {
+        let inner = self.inner.load();
+        let idx = lock(&inner.index);
+        pick(&idx)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The keys indexed under exactly `url`.
+    fn url_keys(&self, url: &str) -> Vec<EntryKey> {
+        self.indexed(|i| i.urls.get(url))
+    }
+
+    /// The keys carrying `tag`.
+    fn tag_keys(&self, tag: &str) -> Vec<EntryKey> {
+        self.indexed(|i| i.tags.get(tag))
+    }
+
+    /// The keys of the next [`URL_BATCH`] urls starting with `prefix` after `cursor`, and
+    /// the last of those urls (`None` when there are no more), under one index lock.
+    fn prefix_batch(
+        &self,
+        prefix: &str,
+        cursor: &Bound<String>,
+    ) -> Option<(Vec<EntryKey>, String)> {
+        let inner = self.inner.load();
+        let idx = lock(&inner.index);
+        let mut keys = Vec::new();
+        let mut last = None;
+        let range = idx
+            .urls
+            .range::<str, _>((cursor.as_ref().map(String::as_str), Bound::Unbounded))
+            .take_while(|(u, _)| u.starts_with(prefix))
+            .take(URL_BATCH);
+        for (u, m) in range {
+            keys.extend(m.keys().copied());
+            last = Some(u.clone());
+        }
+        last.map(|l| (keys, l))
+    }
+
     /// Remove every variant stored for exactly `url`. Returns how many entries were removed.
     pub async fn purge_url(&self, url: &str) -> u64 {
-        let keys: Vec<EntryKey> = {
-            let inner = self.inner.load();
-            let idx = lock(&inner.index);
-            idx.urls
-                .get(url)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default()
-        };
-        self.remove_keys(keys, &mut 0).await
+        self.remove_keys(self.url_keys(url), &mut 0).await
     }
 
     /// Remove every entry whose url starts with `prefix`. Walks the sorted url index range
@@ -301,24 +336,7 @@ impl L1Store {
         let mut cursor: Bound<String> = Bound::Included(prefix.to_owned());
         let mut removed = 0;
         let mut since_yield = 0;
-        loop {
-            let (keys, last) = {
-                let inner = self.inner.load();
-                let idx = lock(&inner.index);
-                let mut keys = Vec::new();
-                let mut last = None;
-                let range = idx
-                    .urls
-                    .range::<str, _>((cursor.as_ref().map(String::as_str), Bound::Unbounded))
-                    .take_while(|(u, _)| u.starts_with(prefix))
-                    .take(URL_BATCH);
-                for (u, m) in range {
-                    keys.extend(m.keys().copied());
-                    last = Some(u.clone());
-                }
-                (keys, last)
-            };
-            let Some(last) = last else { break };
+        while let Some((keys, last)) = self.prefix_batch(prefix, &cursor) {
             removed += self.remove_keys(keys, &mut since_yield).await;
             cursor = Bound::Excluded(last);
             tokio::task::yield_now().await;
@@ -328,15 +346,26 @@ impl L1Store {
 
     /// Remove every entry carrying `tag`.
     pub async fn purge_tag(&self, tag: &str) -> u64 {
-        let keys: Vec<EntryKey> = {
-            let inner = self.inner.load();
-            let idx = lock(&inner.index);
-            idx.tags
-                .get(tag)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default()
-        };
-        self.remove_keys(keys, &mut 0).await
+        self.remove_keys(self.tag_keys(tag), &mut 0).await
+    }
+
+    /// Remove what `kind`/`target` names at once, without yielding: for the small purges of a
+    /// write's invalidation (one url, the query variants of one path) on the request path.
+    pub fn purge_now(&self, kind: PurgeKind, target: &str) -> u64 {
+        let removed = |keys: Vec<EntryKey>| keys.iter().filter(|k| self.remove(k)).count() as u64;
+        match kind {
+            PurgeKind::Url => removed(self.url_keys(target)),
+            PurgeKind::Tag => removed(self.tag_keys(target)),
+            PurgeKind::Prefix => {
+                let mut cursor = Bound::Included(target.to_owned());
+                let mut n = 0;
+                while let Some((keys, last)) = self.prefix_batch(target, &cursor) {
+                    n += removed(keys);
+                    cursor = Bound::Excluded(last);
+                }
+                n
+            }
+        }
     }
 
     /// Drop everything (e.g. after a pub/sub gap). Runs moka's maintenance once so the

@@ -6,6 +6,8 @@
 //!   guarded by a [`breaker::CircuitBreaker`].
 //! - [`codec`]: the versioned binary entry format stored in Redis.
 //! - [`tiered`]: the `Storage` implementation, hit/miss handlers and per-tier purges.
+//! - [`purge_log`]: this process's record of recent purges, so purges win over work that
+//!   began before them (Redis keeps its own, see [`l2`]).
 //!
 //! Entries are addressed by `CacheHashKey::combined_bin()` (primary hash + variance), exactly
 //! like pingora's `MemCache`, so Vary variants are separate entries and the primary variant sits
@@ -17,11 +19,13 @@ pub mod breaker;
 pub mod codec;
 pub mod l1;
 pub mod l2;
+pub mod purge_log;
 pub mod tiered;
 
 pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
-pub use tiered::{L1Probe, TieredCache, TieredHit};
+pub use purge_log::{PurgeLog, PurgeTicket, Refusal};
+pub use tiered::{L1Probe, TieredCache, TieredHit, WorkStart};
 
 /// A storage tier: which one served a hit, or where a corrupt entry was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

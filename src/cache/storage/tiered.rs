@@ -7,6 +7,16 @@
 //! the entry goes into L1 synchronously and into L2 by a spawned task (never awaited there:
 //! `finish` runs before the last chunk reaches the client).
 //!
+//! **Purges win.** The probe also notes when the request's work began ([`WorkStart`]): this
+//! process's purge generation ([`super::purge_log`]) and Redis's as last seen, which the
+//! lookup's L2 read (GET and generation in one round trip) refreshes. Everything the request
+//! stores is checked against the purges after that: an L2 hit that a later (or still running)
+//! purge matches is neither promoted nor served (a miss), the miss handler's L1 insert is
+//! refused the same way, and its L2 store is refused by Redis itself (see [`super::l2`]); a
+//! revalidated entry (`update_meta`) too. A key without a probe (a caller that does not
+//! probe) starts its work when the miss handler is created, asking Redis for its generation
+//! then. The refusals count as `sidecache_stores_refused_total{tier,reason}`.
+//!
 //! This module only stores: purges are orchestrated by [`crate::purge`], which calls the
 //! per-tier operations here and in [`super::l2`].
 
@@ -29,17 +39,29 @@ use pingora_error::{Error, ErrorType, Result};
 
 use super::codec::{self, StoredEntry};
 use super::l1::{EntryKey, L1Entry, L1Store};
-use super::l2::L2Store;
+use super::l2::{EntryWrite, L2Store, StoreOutcome};
+use super::purge_log::{PurgeLog, PurgeTicket, Refusal};
 use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
-use crate::telemetry::events::{CorruptEntry, InternalEvent};
+use crate::telemetry::events::{CorruptEntry, InternalEvent, StoreRefused};
 use crate::telemetry::metrics::L2Result;
 
 /// The two-tier cache storage handed to `session.cache.enable(..)` (as a `&'static`).
 pub struct TieredCache {
     l1: L1Store,
     l2: Option<L2Store>,
+    purges: PurgeLog,
     max_object_bytes: AtomicU64,
+}
+
+/// When one request's cache work began, in each tier's purge generation: what everything it
+/// stores is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkStart {
+    /// This process's purge generation.
+    pub l1: u64,
+    /// Redis's purge generation, if known (without it the work stores nothing in L2).
+    pub l2: Option<u64>,
 }
 
 /// What one L1 probe found under one key. [`L1Probe::remember_in`] leaves it in that key's
@@ -47,24 +69,41 @@ pub struct TieredCache {
 /// only the first lookup of exactly that key does (a later one, after waiting on the cache
 /// lock whose holder has stored the entry meanwhile, and the lookup of a Vary variant probe
 /// L1 themselves).
+///
+/// The probe also carries when the request's work began ([`L1Probe::started`]), for every
+/// storage call of the request (lookups, miss handler, revalidation).
 pub struct L1Probe {
     key: EntryKey,
     found: Option<Arc<L1Entry>>,
     used: AtomicBool,
+    /// This process's purge generation, taken before L1 was looked at.
+    since_l1: u64,
+    /// Redis's purge generation (0: unknown), refreshed by the lookup's L2 read.
+    since_l2: AtomicU64,
 }
 
-/// A copy carries the state of the original (used or not).
+/// A copy carries the state of the original (used or not, Redis generation).
 impl Clone for L1Probe {
     fn clone(&self) -> Self {
         L1Probe {
             key: self.key,
             found: self.found.clone(),
             used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+            since_l1: self.since_l1,
+            since_l2: AtomicU64::new(self.since_l2.load(Ordering::Relaxed)),
         }
     }
 }
 
 impl L1Probe {
+    /// When the request's work began.
+    pub fn started(&self) -> WorkStart {
+        WorkStart {
+            l1: self.since_l1,
+            l2: Some(self.since_l2.load(Ordering::Relaxed)).filter(|g| *g > 0),
+        }
+    }
+
     /// The live entry the probe found, if any.
     pub fn found(&self) -> Option<&Arc<L1Entry>> {
         self.found.as_ref()
@@ -98,6 +137,7 @@ impl TieredCache {
         TieredCache {
             l1: L1Store::new(cfg.l1.max_bytes),
             l2: cfg.l2.as_ref().map(L2Store::new),
+            purges: PurgeLog::new(),
             max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
         }
     }
@@ -114,14 +154,44 @@ impl TieredCache {
         }
     }
 
-    /// Probe L1 (never L2) for `key`.
+    /// Probe L1 (never L2) for `key`, noting first when the request's work begins.
     pub fn probe_l1(&self, key: &CacheKey) -> L1Probe {
+        let started = self.work_start();
         let k = key.combined_bin();
         L1Probe {
             key: k,
             found: self.l1.get(&k),
             used: AtomicBool::new(false),
+            since_l1: started.l1,
+            since_l2: AtomicU64::new(started.l2.unwrap_or(0)),
         }
+    }
+
+    /// The purge generations now, Redis's as last seen: for work that begins now.
+    pub fn work_start(&self) -> WorkStart {
+        WorkStart {
+            l1: self.purges.generation(),
+            l2: self.l2.as_ref().and_then(L2Store::seen_generation),
+        }
+    }
+
+    /// When the work on `key` began: as its probe noted it, or now for a key without one
+    /// (asking Redis for its generation, under the read timeout).
+    async fn started(&self, key: &CacheKey) -> WorkStart {
+        if let Some(probe) = key.extensions.get::<L1Probe>() {
+            return probe.started();
+        }
+        let l1 = self.purges.generation();
+        let l2 = match &self.l2 {
+            Some(l2) => l2.generation().await.ok(),
+            None => None,
+        };
+        WorkStart { l1, l2 }
+    }
+
+    /// This process's record of recent purges.
+    pub fn purge_log(&self) -> &PurgeLog {
+        &self.purges
     }
 
     /// The L1 tier.
@@ -152,6 +222,14 @@ impl TieredCache {
         self.max_object_bytes.load(Ordering::Relaxed)
     }
 
+    /// Record a purge of `kind`/`target` before anything is removed: from now on nothing
+    /// it matches that work begun earlier found is stored, and with `l2_part` (a local purge
+    /// whose Redis part is still to run) nothing it matches is served from L2 until the
+    /// ticket is dropped.
+    pub fn record_purge(&self, kind: PurgeKind, target: &str, l2_part: bool) -> PurgeTicket<'_> {
+        self.purges.record(kind, target, l2_part)
+    }
+
     /// Remove the entries `kind`/`target` names from L1 only; returns how many.
     pub async fn purge_l1(&self, kind: PurgeKind, target: &str) -> u64 {
         match kind {
@@ -161,40 +239,93 @@ impl TieredCache {
         }
     }
 
-    /// Remove the entries `kind`/`target` names from L2 (`None` without L2); returns how many.
-    pub async fn purge_l2(&self, kind: PurgeKind, target: &str) -> Option<Result<u64, L2Result>> {
-        let l2 = self.l2.as_ref()?;
-        Some(match kind {
-            PurgeKind::Url => l2.purge_url(target).await,
-            PurgeKind::Prefix => l2.purge_prefix(target).await,
-            PurgeKind::Tag => l2.purge_tag(target).await,
-        })
+    /// [`Self::purge_l1`] at once, without yielding (see [`L1Store::purge_now`]).
+    pub fn purge_l1_now(&self, kind: PurgeKind, target: &str) -> u64 {
+        self.l1.purge_now(kind, target)
     }
 
-    /// Drop everything from L1 only (used after a pub/sub gap).
+    /// Remove the entries `kind`/`target` names from L2 in bounded batches (`None` without
+    /// L2); returns how many.
+    pub async fn purge_l2(&self, kind: PurgeKind, target: &str) -> Option<Result<u64, L2Result>> {
+        Some(self.l2.as_ref()?.purge(kind, target).await)
+    }
+
+    /// Drop everything from L1 only (used after a pub/sub gap), refusing what work begun
+    /// before would store.
     pub fn clear_l1(&self) {
+        self.purges.forget_all();
         self.l1.clear();
     }
 
-    /// Write `entry` to L2 in a spawned task under the write timeout.
-    fn spawn_l2_write(&'static self, key: EntryKey, entry: StoredEntry) {
+    /// Store `entry` under `key` in L1 now and in L2 in the background, each unless a purge
+    /// since `started` matches it.
+    fn store(&'static self, key: EntryKey, entry: StoredEntry, started: WorkStart) {
+        match self.purges.admit(started.l1, &entry.ctx) {
+            Ok(_admitted) => {
+                self.l1.insert(key, entry.clone());
+            }
+            Err(reason) => StoreRefused {
+                tier: Tier::L1,
+                reason,
+            }
+            .emit(),
+        }
+        self.spawn_l2_write(key, entry, started.l2);
+    }
+
+    /// Write `entry` to L2 in a spawned task under the write timeout, unless a purge after
+    /// Redis generation `since` matches it (no `since`: refused).
+    fn spawn_l2_write(&'static self, key: EntryKey, entry: StoredEntry, since: Option<u64>) {
         let Some(l2) = &self.l2 else { return };
         let Some(ttl) = entry.remaining(SystemTime::now()) else {
             return;
         };
+        let Some(since) = since else {
+            StoreRefused {
+                tier: Tier::L2,
+                reason: Refusal::Unknown,
+            }
+            .emit();
+            return;
+        };
         spawn_bg(async move {
             let value = codec::encode(&entry);
-            let _ = l2
-                .set_entry(&key, value, ttl, &entry.ctx.url, &entry.ctx.tags)
-                .await;
+            let write = EntryWrite {
+                key: &key,
+                value: &value,
+                ttl,
+                url: &entry.ctx.url,
+                tags: &entry.ctx.tags,
+                since,
+            };
+            let stored = l2.set_entry(&write).await;
+            if let Ok(StoreOutcome::Refused(reason)) = stored {
+                StoreRefused {
+                    tier: Tier::L2,
+                    reason,
+                }
+                .emit();
+            }
         });
     }
 
-    /// L2 lookup: GET + decode; corrupt values count, get deleted in the background, and miss.
-    async fn l2_lookup(&'static self, key: &EntryKey) -> Option<StoredEntry> {
-        let l2 = self.l2.as_ref()?;
-        let raw = l2.get_raw(key).await.ok()??;
-        match codec::decode(Bytes::from(raw)) {
+    /// L2 lookup: GET + decode, and the purge generation read with it (`None` when the read
+    /// failed); corrupt values count, get deleted in the background, and miss.
+    async fn l2_lookup(&'static self, key: &EntryKey) -> (Option<StoredEntry>, Option<u64>) {
+        let Some(l2) = self.l2.as_ref() else {
+            return (None, None);
+        };
+        let Ok(read) = l2.get_entry(key).await else {
+            return (None, None);
+        };
+        (decode_l2(l2, key, read.value), Some(read.generation))
+    }
+}
+
+/// Decode a value read from L2 (`None`: absent, expired or corrupt).
+fn decode_l2(l2: &'static L2Store, key: &EntryKey, raw: Option<Vec<u8>>) -> Option<StoredEntry> {
+    {
+        match codec::decode(Bytes::from(raw?)) {
             Ok(e) => {
                 e.remaining(SystemTime::now())?;
                 Some(e)
@@ -241,17 +372,33 @@ impl Storage for TieredCache {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let k = key.combined_bin();
-        let probed = key.extensions.get::<L1Probe>().and_then(|p| p.take_for(&k));
+        let probe = key.extensions.get::<L1Probe>();
+        let probed = probe.and_then(|p| p.take_for(&k));
         if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
             return Ok(Some(hit(&e.entry, Tier::L1)));
         }
-        match self.l2_lookup(&k).await {
-            Some(entry) => {
+        let since = probe.map_or_else(|| self.purges.generation(), |p| p.since_l1);
+        let (entry, generation) = self.l2_lookup(&k).await;
+        if let (Some(p), Some(g)) = (probe, generation) {
+            p.since_l2.store(g, Ordering::Relaxed);
+        }
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        match self.purges.admit(since, &entry.ctx) {
+            Ok(_admitted) => {
                 let h = hit(&entry, Tier::L2);
                 self.l1.insert(k, entry);
                 Ok(Some(h))
             }
-            None => Ok(None),
+            Err(reason) => {
+                StoreRefused {
+                    tier: Tier::L1,
+                    reason,
+                }
+                .emit();
+                Ok(None)
+            }
         }
     }
 
@@ -277,6 +424,7 @@ impl Storage for TieredCache {
             body: BytesMut::new(),
             limit: self.max_object_bytes(),
             too_large: false,
+            started: self.started(key).await,
         }))
     }
 
@@ -305,7 +453,8 @@ impl Storage for TieredCache {
 
     /// Called after a 304 revalidation with the merged meta. Updates L1 in place (same body)
     /// and rewrites L2 in the background: from the L1 copy, or by GET + re-SET when the entry is
-    /// only in L2. Returns whether an update was made or scheduled.
+    /// only in L2; both unless a purge since the request began matches the entry. Returns
+    /// whether an update was made or scheduled.
     async fn update_meta(
         &'static self,
         key: &CacheKey,
@@ -313,10 +462,9 @@ impl Storage for TieredCache {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let k = key.combined_bin();
+        let started = self.started(key).await;
         if let Some(old) = self.l1.get(&k) {
-            let updated = old.entry.with_meta(meta);
-            self.l1.insert(k, updated.clone());
-            self.spawn_l2_write(k, updated);
+            self.store(k, old.entry.with_meta(meta), started);
             return Ok(true);
         }
         if self.l2.is_none() {
@@ -324,10 +472,10 @@ impl Storage for TieredCache {
         }
         let fresh = StoredEntry::from_meta(meta, EntryContext::default(), Bytes::new());
         spawn_bg(async move {
-            if let Some(old) = self.l2_lookup(&k).await {
+            if let (Some(old), _) = self.l2_lookup(&k).await {
                 let mut updated = old.with_meta_fields(&fresh);
                 updated.ctx = old.ctx.clone();
-                self.spawn_l2_write(k, updated);
+                self.spawn_l2_write(k, updated, started.l2);
             }
         });
         Ok(true)
@@ -426,7 +574,8 @@ impl HandleHit for TieredHit {
     }
 }
 
-/// Miss handler: buffers the body; `finish` stores into L1 and spawns the L2 write.
+/// Miss handler: buffers the body; `finish` stores into L1 and spawns the L2 write, each
+/// unless a purge since the request's work began matches the entry.
 ///
 /// Bodies over `max_object_bytes` are not stored: buffering stops and `finish` returns an
 /// error (pingora only logs a failed finish). `write_body` itself does not fail, because
@@ -438,6 +587,7 @@ pub struct TieredMiss {
     body: BytesMut,
     limit: u64,
     too_large: bool,
+    started: WorkStart,
 }
 
 #[async_trait]
@@ -466,9 +616,7 @@ impl HandleMiss for TieredMiss {
         let size = this.body.len();
         let mut entry = this.template;
         entry.body = this.body.freeze();
-        let cache = this.cache;
-        cache.l1.insert(this.key, entry.clone());
-        cache.spawn_l2_write(this.key, entry);
+        this.cache.store(this.key, entry, this.started);
         Ok(MissFinishType::Created(size))
     }
 }
