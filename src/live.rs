@@ -15,7 +15,7 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use crate::cache::key::keyed_query;
 use crate::cache::storage::{PurgeKind, TieredCache};
 use crate::config::{self, Config, ConfigErrors, EnvSource};
-use crate::proxy::normalize::{normalize_path, BadPath};
+use crate::proxy::normalize::{normalize_authority, normalize_path, BadPath};
 use crate::purge::PurgeService;
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};
@@ -36,19 +36,36 @@ impl Snapshot {
         }
     }
 
-    /// A url or prefix purge target in the form entries are indexed by: an absolute URL's
-    /// path and query (the path of every host), the path normalized as the data plane
-    /// normalizes it, and for a url whose GET route keys listed query parameters, the query
-    /// canonical as that route keys it. Tags are returned as they are. `Err` for a path the
-    /// data plane would refuse.
-    pub fn purge_target(&self, kind: PurgeKind, target: &str) -> Result<String, BadPath> {
+    /// A purge in the form entries are indexed by. A url or prefix has its path normalized as
+    /// the data plane normalizes it, and a url whose GET route keys listed query parameters
+    /// gets its query canonical as that route keys it. A path purges that path on every host;
+    /// an absolute URL of a url purge, with `[cache] key_host`, purges that host only (as the
+    /// tag [`site_url_tag`] every entry carries); an absolute URL of a prefix purge is taken
+    /// as its path. Tags are as they are. `Err` for a path the data plane would refuse.
+    pub fn purge_target(
+        &self,
+        kind: PurgeKind,
+        target: &str,
+    ) -> Result<(PurgeKind, String), BadTarget> {
         if kind == PurgeKind::Tag {
-            return Ok(target.to_owned());
+            return Ok((kind, target.to_owned()));
         }
-        let relative = ["http://", "https://"]
-            .iter()
-            .find_map(|scheme| target.strip_prefix(scheme))
-            .map_or(target, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
+        let absolute = ["http://", "https://"].iter().find_map(|scheme| {
+            target
+                .strip_prefix(scheme)
+                .map(|rest| (&scheme[..scheme.len() - 3], rest))
+        });
+        let (site, relative) = match absolute {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest
+                    .find('/')
+                    .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+                let mut site = format!("{scheme}://");
+                normalize_authority(authority, scheme, &mut site).map_err(|_| BadTarget::Host)?;
+                (Some(site), path)
+            }
+            None => (None, target),
+        };
         let (path, query) = match relative.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (relative, None),
@@ -62,11 +79,35 @@ impl Snapshot {
             }
             _ => query.map(str::to_owned),
         };
-        Ok(match query {
+        let url = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.into_owned(),
+        };
+        Ok(match site {
+            Some(site) if kind == PurgeKind::Url && self.config.cache.key_host => {
+                (PurgeKind::Tag, site_url_tag(&site, &url))
+            }
+            _ => (kind, url),
         })
     }
+}
+
+/// Why a purge target was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    /// Its path is one the data plane refuses.
+    #[error(transparent)]
+    Path(#[from] BadPath),
+    /// Its absolute URL's host is not a valid authority.
+    #[error("the URL's host is not a valid authority")]
+    Host,
+}
+
+/// The tag every entry stored with a keyed host carries, so a purge of one absolute URL
+/// finds that host's entries only: `url:` + site + url (`url:http://api.example/a?b=1`).
+/// Config tags may not start with `url:`.
+pub fn site_url_tag(site: &str, url: &str) -> String {
+    format!("url:{site}{url}")
 }
 
 /// Shared process state. Lives for the whole process (`&'static`).

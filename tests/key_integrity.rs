@@ -332,28 +332,44 @@ async fn bodies_on_get_are_refused_and_never_cached() {
     );
 }
 
+/// A purge names what requests stored: its path normalized, its query reduced to the keyed
+/// parameters; a path purges it on every host, an absolute URL on that host only.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_purge_url_is_normalized_like_the_requests_it_targets() {
     let (_backend, sc) = setup("").await;
     let url = sc.url("/test/echo?include=p");
-    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
-    assert_eq!(get(&url, &[]).await.x_cache(), "HIT-L1");
-    let purge = request(
-        "POST",
-        &sc.admin_url("/admin/purge"),
-        &[("content-type", "application/json")],
-        Bytes::from_static(br#"{"url": "http://api.example/test//echo?incl%75de=p&utm=x"}"#),
-    )
-    .await;
-    assert_eq!(purge.status, 200, "{}", purge.text());
-    assert_eq!(purge.json()["removed_local"], 1, "{}", purge.text());
-    assert_eq!(get(&url, &[]).await.x_cache(), "MISS");
-    let bad = request(
-        "POST",
-        &sc.admin_url("/admin/purge"),
-        &[],
-        Bytes::from_static(br#"{"prefix": "/../x"}"#),
-    )
-    .await;
+    let api = [("host", "api.example")];
+    let other = [("host", "other.example")];
+    for host in [&api, &other] {
+        assert_eq!(get(&url, host).await.x_cache(), "MISS");
+        assert_eq!(get(&url, host).await.x_cache(), "HIT-L1");
+    }
+    let purge = |body: &'static str| {
+        let admin = sc.admin_url("/admin/purge");
+        async move {
+            request(
+                "POST",
+                &admin,
+                &[("content-type", "application/json")],
+                Bytes::from_static(body.as_bytes()),
+            )
+            .await
+        }
+    };
+    let r = purge(r#"{"url": "http://API.example:80/test//echo?incl%75de=p&utm=x"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["removed_local"], 1, "that host only: {}", r.text());
+    assert_eq!(get(&url, &api).await.x_cache(), "MISS");
+    assert_eq!(get(&url, &other).await.x_cache(), "HIT-L1");
+    let r = purge(r#"{"url": "/test/./echo?include=p"}"#).await;
+    assert_eq!(
+        r.json()["removed_local"],
+        2,
+        "a path, every host: {}",
+        r.text()
+    );
+    assert_eq!(get(&url, &other).await.x_cache(), "MISS");
+    let bad = purge(r#"{"prefix": "/../x"}"#).await;
     assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(bad.json()["error"], "bad_path");
 }

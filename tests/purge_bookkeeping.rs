@@ -352,7 +352,7 @@ async fn a_full_write_queue_never_drops_a_purge() {
     for i in 0..writes {
         let req =
             RequestHeader::build("PUT", format!("/things/{i}").as_bytes(), None).expect("request");
-        pa.after_write(&router, &req);
+        pa.after_write(&router, &req, None, "http://test");
     }
     assert!(overflows() > overflows_before, "the queue did not fill");
     for i in 0..writes {

@@ -237,7 +237,10 @@ async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
         );
     };
     match live.snapshot().purge_target(request.kind, &request.target) {
-        Ok(target) => request.target = target,
+        Ok((kind, target)) => {
+            request.kind = kind;
+            request.target = target;
+        }
         Err(why) => {
             return json_value(
                 400,

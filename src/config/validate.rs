@@ -571,6 +571,13 @@ fn route_cache(
                 e.error(doc, err);
                 None
             }
+            Ok(_) if tag.starts_with("url:") => {
+                e.error(
+                    doc,
+                    format!("tag {tag:?}: tags starting with \"url:\" are sidecache's own (one per absolute URL)"),
+                );
+                None
+            }
             Ok(template) => {
                 let missing: Vec<&str> = template
                     .names()

@@ -468,6 +468,23 @@ impl ProxyHttp for SidecacheProxy {
             upstream_response.insert_header("cache-status", cs)?;
         }
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        // A successful write invalidates what it changed before its client can send the next
+        // request (RFC 9111 §4.4): L1 now, Redis in the background.
+        let req = session.req_header();
+        let status = upstream_response.status.as_u16();
+        if let Some(target) = ctx.plan.target() {
+            if !req.method.is_safe()
+                && (200..400).contains(&status)
+                && session.subrequest_ctx.is_none()
+            {
+                self.live.purges.after_write(
+                    &ctx.snapshot.router,
+                    req,
+                    Some(upstream_response),
+                    target.origin.site(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -518,7 +535,7 @@ impl ProxyHttp for SidecacheProxy {
     }
 
     /// Last, for every client request: the `RequestFinished` event (metrics and the optional
-    /// access log line), and invalidation after successful writes.
+    /// access log line).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.live.request_finished();
         if session.subrequest_ctx.is_some() {
@@ -547,10 +564,6 @@ impl ProxyHttp for SidecacheProxy {
             access_log: config.server.access_log,
         }
         .emit();
-        let forwarded = ctx.plan.target().is_some();
-        if forwarded && !req.method.is_safe() && (200..400).contains(&status) {
-            self.live.purges.after_write(&ctx.snapshot.router, req);
-        }
     }
 }
 

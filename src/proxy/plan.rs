@@ -26,7 +26,7 @@ use crate::cache::key::{self, KeyInput};
 use crate::cache::policy::{self, BypassReason, EffectivePolicy, RequestDirectives};
 use crate::cache::storage::{EntryContext, L1Entry, TieredCache};
 use crate::config::{CacheMode, Config};
-use crate::live::Snapshot;
+use crate::live::{site_url_tag, Snapshot};
 use crate::routing::{RewriteDecision, RoutePolicy, Router, Upstream};
 use crate::telemetry::metrics::RouteMetrics;
 
@@ -316,7 +316,7 @@ pub(crate) fn resolve(
         };
     }
     probe.remember_in(&mut cache_key);
-    let entry = EntryContext {
+    let mut entry = EntryContext {
         url: match keyed_query.as_deref() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
@@ -330,6 +330,9 @@ pub(crate) fn resolve(
             _ => Vec::new(),
         },
     };
+    if !site.is_empty() {
+        entry.tags.push(site_url_tag(site, &entry.url));
+    }
     let cache = CachePlan {
         mode,
         key: Some(cache_key),

@@ -17,7 +17,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use pingora_http::RequestHeader;
+use http::header;
+use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
@@ -25,6 +26,7 @@ use super::{PurgeKind, PurgeReport, PurgeRequest, PurgeService, PurgeSource};
 use crate::cache::key;
 use crate::cache::storage::PurgeTicket;
 use crate::pattern::fill_path;
+use crate::proxy::normalize::{normalize_authority, normalize_path};
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, PurgeApplied, PurgeQueueOverflow};
 
@@ -35,29 +37,83 @@ pub const QUEUE_CAPACITY: usize = 1024;
 pub const WORKERS: usize = 4;
 
 /// The purges a successful write to `req` calls for: its exact URL (and its path without the
-/// query), every query variant of its path, and the entries of each route whose
-/// `invalidate_on` matches, with the same params. A prefix always ends with `?`, so `/a/1`
-/// never purges `/a/10`.
-pub fn purges_after(router: &Router, req: &RequestHeader) -> Vec<PurgeRequest> {
+/// query), every query variant of its path, the URLs its response names in `Location` and
+/// `Content-Location` when they are on the same site (RFC 9111 §4.4; `site` is the request's
+/// `scheme://authority`), and the entries of each route whose `invalidate_on` matches, with the
+/// same params. A prefix always ends with `?`, so `/a/1` never purges `/a/10`.
+pub fn purges_after(
+    router: &Router,
+    req: &RequestHeader,
+    resp: Option<&ResponseHeader>,
+    site: &str,
+) -> Vec<PurgeRequest> {
     let path = req.uri.path();
     let mut urls = vec![key::request_url(req).to_owned()];
     if req.uri.query().is_some() {
         urls.push(path.to_owned());
     }
     let mut prefixes = vec![format!("{path}?")];
+    let named = resp.into_iter().flat_map(|r| {
+        [header::LOCATION, header::CONTENT_LOCATION]
+            .into_iter()
+            .filter_map(|name| r.headers.get(name)?.to_str().ok())
+            .filter_map(|value| same_site_url(value, path, site))
+            .collect::<Vec<_>>()
+    });
+    for url in named {
+        let target_path = url.split('?').next().unwrap_or(&url).to_owned();
+        prefixes.push(format!("{target_path}?"));
+        urls.push(url);
+    }
     for m in router.invalidations(&req.method, path) {
         let mut target = String::new();
         fill_path(&m.policy.pattern, &m.params, &mut target);
         prefixes.push(format!("{target}?"));
         urls.push(target);
     }
+    urls.sort_unstable();
     urls.dedup();
+    prefixes.sort_unstable();
+    prefixes.dedup();
     let url = |u| PurgeRequest::new(PurgeKind::Url, u, PurgeSource::Write);
     let prefix = |p| PurgeRequest::new(PurgeKind::Prefix, p, PurgeSource::Write);
     urls.into_iter()
         .map(url)
         .chain(prefixes.into_iter().map(prefix))
         .collect()
+}
+
+/// A `Location`/`Content-Location` value as the normalized `path?query` entries are indexed
+/// by, when it is on `site` (an absolute URL of the same scheme and authority, a path, or a
+/// path relative to the request's `base`); `None` for another site or a refused path.
+fn same_site_url(value: &str, base: &str, site: &str) -> Option<String> {
+    let value = value.trim();
+    let relative = if let Some((scheme, rest)) = value.split_once("://") {
+        let (authority, path) = rest
+            .find('/')
+            .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+        let mut theirs = format!("{}://", scheme.to_ascii_lowercase());
+        normalize_authority(authority, &scheme.to_ascii_lowercase(), &mut theirs).ok()?;
+        if theirs != site {
+            return None;
+        }
+        path.to_owned()
+    } else if value.starts_with('/') {
+        value.to_owned()
+    } else {
+        let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+        format!("{dir}{value}")
+    };
+    let relative = relative.split('#').next().unwrap_or("");
+    let (path, query) = match relative.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (relative, None),
+    };
+    let path = normalize_path(path).ok()?;
+    Some(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    })
 }
 
 /// A write's purge whose L1 part is done, waiting for its L2 part.
@@ -84,10 +140,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PurgeService {
-    /// Purge what a successful write to `req` invalidates: L1 now, L2 and the broadcast by
-    /// the worker (see the module docs). Never blocks on Redis.
-    pub fn after_write(&'static self, router: &Router, req: &RequestHeader) {
-        for purge in purges_after(router, req) {
+    /// Purge what a successful write to `req` (answered by `resp`, from the client's `site`)
+    /// invalidates: L1 now, L2 and the broadcast by the worker (see the module docs). Never
+    /// blocks on Redis.
+    pub fn after_write(
+        &'static self,
+        router: &Router,
+        req: &RequestHeader,
+        resp: Option<&ResponseHeader>,
+        site: &str,
+    ) {
+        for purge in purges_after(router, req, resp, site) {
             self.invalidate(purge);
         }
     }
