@@ -252,7 +252,7 @@ impl RequestDirectives {
         now: SystemTime,
     ) -> Option<DirectiveVerdict> {
         let left = until.duration_since(now).ok();
-        let too_old = self.max_age.is_some_and(|m| age.as_secs() > m);
+        let too_old = self.max_age.is_some_and(|m| age > Duration::from_secs(m));
         let too_close = self
             .min_fresh
             .is_some_and(|m| left.is_none_or(|l| l.as_secs() < m));
