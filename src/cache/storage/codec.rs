@@ -383,4 +383,61 @@ mod tests {
         long.push(0);
         assert!(decode(Bytes::from(long)).is_err());
     }
+
+    proptest::proptest! {
+        /// Any entry encodes and decodes back to itself (to the nanosecond, every header line
+        /// in order, the body byte for byte), and no byte string makes `decode` panic.
+        #[test]
+        fn decode_inverts_encode(
+            fresh in 0u64..4_000_000_000_000_000_000,
+            created in 0u64..4_000_000_000_000_000_000,
+            epoch in 0u64..4_000_000_000_000_000_000,
+            swr: u32,
+            sie: u32,
+            status in 200u16..600,
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,20}"), 0..8),
+            variance: Option<[u8; 16]>,
+            url in "\\PC{0,30}",
+            tags in proptest::collection::vec("\\PC{0,12}", 0..4),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let mut header = ResponseHeader::build(status, None).expect("status");
+            for (name, value) in &headers {
+                header.append_header(name.clone(), value.trim()).expect("header");
+            }
+            let e = StoredEntry {
+                fresh_until: from_nanos(fresh),
+                created: from_nanos(created),
+                epoch: from_nanos(epoch),
+                swr,
+                sie,
+                header_bytes: header_size(&header),
+                header,
+                variance,
+                ctx: EntryContext { url, route: "r".into(), tags },
+                body: Bytes::from(body),
+            };
+            let d = decode(Bytes::from(encode(&e))).expect("decodes");
+            proptest::prop_assert_eq!(d.fresh_until, e.fresh_until);
+            proptest::prop_assert_eq!(d.created, e.created);
+            proptest::prop_assert_eq!(d.epoch, e.epoch);
+            proptest::prop_assert_eq!((d.swr, d.sie, d.variance), (e.swr, e.sie, e.variance));
+            proptest::prop_assert_eq!(d.header.status, e.header.status);
+            let lines = |h: &ResponseHeader| {
+                h.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect::<Vec<_>>()
+            };
+            proptest::prop_assert_eq!(lines(&d.header), lines(&e.header));
+            proptest::prop_assert_eq!(&d.ctx, &e.ctx);
+            proptest::prop_assert_eq!(&d.body, &e.body);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode(Bytes::from(raw.clone()));
+            let mut framed = MAGIC.to_vec();
+            framed.push(FORMAT_VERSION);
+            framed.extend_from_slice(&raw);
+            let _ = decode(Bytes::from(framed));
+        }
+    }
 }
