@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests: a real `redis-server` on a free port, the
-//! stand-in backend, a tiny HTTP client and a harness that runs the real `sidecache` binary.
+//! stand-in backend, a recording upstream, a tiny HTTP client, raw TCP, background traffic
+//! and a harness that runs the real `sidecache` binary.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 pub mod backend;
 pub mod http;
+pub mod raw;
+pub mod recorder;
 pub mod redis;
 pub mod sidecache;
+pub mod traffic;
