@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::backend::{start_backend, Backend};
 use support::http::{get, metric, try_get, try_request_timeout};
-use support::raw::{Outcome, RawConn};
+use support::raw::{dechunk, parse_head, Outcome, RawConn};
 use support::recorder::{AnswerWhen, BodyEnd, Recorder};
 use support::sidecache::{Sidecache, SidecacheOptions};
 use support::traffic::Traffic;
@@ -627,4 +627,44 @@ async fn a_chunked_body_over_the_bound_gets_413_and_the_upstream_request_is_abor
         "the upstream got at most the bound: {:?}",
         recorder.requests()[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_the_bound_after_the_upstream_answered_closes_the_connection() {
+    // The recorder starts its (chunked) answer before reading the body, and would finish it
+    // only after the whole body.
+    let (_backend, recorder, sc) = start("", AnswerWhen::BeforeBody).await;
+    let mut conn = RawConn::connect(sc.listen_addr()).await;
+    let request = chunked_post(8 << 10);
+    // The head and the first 1 KiB chunk; the upstream's answer starts coming back.
+    let head_and_chunk = request.len() - 7 * (1024 + 7) - 5;
+    conn.send(&request[..head_and_chunk]).await;
+    conn.read_until(b"{\"recorded\":1", Duration::from_secs(5))
+        .await
+        .expect("the upstream's answer started");
+    // Then the rest of the body, past the 4 KiB bound.
+    conn.send(&request[head_and_chunk..]).await;
+    let received = conn
+        .received_until_close(Duration::from_secs(5))
+        .await
+        .expect("the connection is closed");
+    let text = String::from_utf8_lossy(&received);
+    let (status, _, head_len) = parse_head(&received)
+        .expect("a response")
+        .expect("a complete head");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        dechunk(&received[head_len..]).expect("chunked"),
+        None,
+        "the answer under way is cut off, not completed: {text}"
+    );
+    assert!(
+        !text.contains("request_body_too_large"),
+        "nothing appended: {text}"
+    );
+    assert_eq!(
+        recorder.body_end(0, Duration::from_secs(5)).await,
+        BodyEnd::Aborted
+    );
+    assert!(recorder.requests()[0].body_bytes <= 4 << 10);
 }

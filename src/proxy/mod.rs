@@ -99,12 +99,19 @@ pub(crate) fn error_body(
 }
 
 /// Write a small JSON response and finish the request.
+///
+/// Writes nothing when a response header already went out (an upstream answered before a
+/// request body failed, e.g. over `max_request_body`): that response cannot be replaced, and
+/// the body would be appended to it. The connection is then closed after it.
 pub(crate) async fn respond_json(
     session: &mut Session,
     status: u16,
     body: Bytes,
     request_id: &HeaderValue,
 ) -> pingora_error::Result<()> {
+    if session.response_written().is_some() {
+        return Ok(());
+    }
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
