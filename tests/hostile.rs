@@ -588,6 +588,57 @@ async fn shutdown_closes_idle_kept_alive_connections_and_finishes_requests_in_fl
     assert_eq!(r.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_has_a_header_deadline_and_a_body_deadline() {
+    let (_backend, _recorder, sc) = start(
+        "header_timeout = \"1s\"\nadmin_body_timeout = \"1s\"",
+        AnswerWhen::AfterBody,
+    )
+    .await;
+    let before = scrape(&sc).await;
+
+    let started = Instant::now();
+    let mut trickled = RawConn::connect(sc.admin_addr()).await;
+    trickled.send(b"GET /health HTTP/1.1\r\nHost: a\r\n").await;
+    let closed = trickled
+        .trickle(
+            b"x",
+            Duration::from_millis(100),
+            started + Duration::from_secs(5),
+        )
+        .await;
+    assert!(closed.is_some(), "a trickled admin head is cut off");
+
+    let mut stalled = RawConn::connect(sc.admin_addr()).await;
+    stalled
+        .send(b"POST /admin/purge HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":")
+        .await;
+    let r = stalled
+        .response(Duration::from_secs(5))
+        .await
+        .expect("a stalled purge body is answered")
+        .expect_response("a stalled purge body");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["reason"], "admin_body_timeout");
+    assert!(stalled.closed_within(AT_ONCE).await);
+    let after = scrape(&sc).await;
+    assert_eq!(
+        refused_count(&after, "admin_body_timeout") - refused_count(&before, "admin_body_timeout"),
+        1.0
+    );
+    // A purge that sends its body in time still works.
+    let r = try_request_timeout(
+        "POST",
+        &sc.admin_url("/admin/purge"),
+        &[("content-type", "application/json")],
+        Bytes::from_static(br#"{"url":"/rec/x"}"#),
+        AT_ONCE,
+    )
+    .await
+    .expect("purge");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// A chunked POST to the recorder of `total` payload bytes in 1 KiB chunks.
 fn chunked_post(total: usize) -> Vec<u8> {
     let mut out =
