@@ -341,8 +341,9 @@ async fn read_head(
                 Preface::No => {}
             }
         }
-        let new_line = buf[buf.len() - read..].contains(&b'\n');
-        let head = if new_line || buf.len() < CHECK_EVERY_READ_BELOW {
+        let recheck =
+            buf.len() < CHECK_EVERY_READ_BELOW || buf[buf.len() - read..].contains(&b'\n');
+        let head = if recheck {
             head::check(buf, bounds)
         } else if buf.len() > bounds.max_bytes {
             // No line ended, so the head did not either: it is too large already.
