@@ -3,14 +3,13 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::backend::start_backend;
 use support::http::{get, metric, request, try_get};
 use support::sidecache::{Sidecache, SidecacheOptions};
+use support::traffic::Traffic;
 
 fn config(ttl: &str, watch: bool) -> String {
     format!(
@@ -172,33 +171,12 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     .await;
     let (listen, admin) = (old.listen_addr(), old.admin_addr());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut load = Vec::new();
-    for worker in 0..4 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let url = format!(
-                    "http://{listen}/api/events/{}/context",
-                    (worker * 1000 + i) % 50
-                );
-                match try_get(&url, &[]).await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failed
-                        .lock()
-                        .expect("lock")
-                        .push(format!("status {}", r.status)),
-                    Err(e) => failed.lock().expect("lock").push(e),
-                }
-                i += 1;
-            }
-        }));
-    }
+    let load = Traffic::start(4, move |worker, i| {
+        format!(
+            "http://{listen}/api/events/{}/context",
+            (worker * 1000 + i) % 50
+        )
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // the new process, same config (same ports), takes the sockets over
@@ -218,19 +196,15 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     assert!(quit.success());
     let exited = old.wait_exit(Duration::from_secs(20)).await;
     assert!(exited.is_some(), "old process exits after handing over");
-    let served_before = ok.load(Ordering::Relaxed);
+    let served_before = load.ok();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.expect("load task");
-    }
-    let failures = failed.lock().expect("lock").clone();
+    let (ok, failures) = load.stop().await;
     assert!(
         failures.is_empty(),
         "failed requests during the upgrade: {failures:?}"
     );
     assert!(
-        ok.load(Ordering::Relaxed) > served_before,
+        ok > served_before,
         "the new process serves after the old one left"
     );
     // the new process also takes over the admin port once the old one released it

@@ -19,15 +19,17 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ProcessEnv};
 use crate::live::Live;
+use crate::proxy::edge::{refusal_body, refusal_status};
 use crate::proxy::local;
 use crate::purge::{PurgeKind, PurgeRequest, PurgeSource};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::events::{InternalEvent, RequestRefused};
+use crate::telemetry::metrics::{metrics, RequestRefusal};
 
 /// Largest admin request body (purge JSON).
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -64,6 +66,10 @@ pub fn bind(addr: SocketAddr, retry_for: Duration) -> Result<std::net::TcpListen
 }
 
 /// Serve the admin API on `listener` until `shutdown` flips to true.
+///
+/// Each connection gets the data plane's `server.header_timeout` (read when it is accepted)
+/// as hyper's header deadline: a head, or the idle wait before one on a kept-alive
+/// connection, that takes longer closes the connection.
 pub async fn serve(
     listener: std::net::TcpListener,
     live: &'static Live,
@@ -81,9 +87,12 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
+                let header_timeout = live.snapshot().config.server.limits.header_timeout;
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, live, peer));
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "admin connection ended with an error");
@@ -99,7 +108,7 @@ type AdminResponse = Response<Full<Bytes>>;
 async fn handle(
     req: Request<Incoming>,
     live: &'static Live,
-    _peer: SocketAddr,
+    peer: SocketAddr,
 ) -> Result<AdminResponse, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -120,7 +129,7 @@ async fn handle(
                     (Method::GET, "/admin/config") => {
                         json_value(200, snapshot.config.redacted_json())
                     }
-                    (Method::POST, "/admin/purge") => purge(req, live).await,
+                    (Method::POST, "/admin/purge") => purge(req, live, peer).await,
                     (Method::POST, "/admin/reload") => reload(live),
                     _ => json_value(405, json!({"error": "method_not_allowed", "path": path})),
                 }
@@ -213,13 +222,31 @@ impl PurgeBody {
     }
 }
 
-async fn purge(req: Request<Incoming>, live: &'static Live) -> AdminResponse {
-    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return json_value(413, json!({"error": "body_too_large"})),
+/// `POST /admin/purge`. The body must arrive within `server.admin_body_timeout`, else 408
+/// and the connection is closed.
+async fn purge(req: Request<Incoming>, live: &'static Live, peer: SocketAddr) -> AdminResponse {
+    let limits = live.snapshot().config.server.limits.clone();
+    let collect = Limited::new(req.into_body(), MAX_ADMIN_BODY).collect();
+    let body = match tokio::time::timeout(limits.admin_body_timeout, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return json_value(413, json!({"error": "body_too_large"})),
+        Err(_) => {
+            let reason = RequestRefusal::AdminBodyTimeout;
+            RequestRefused {
+                reason,
+                peer: Some(&peer),
+            }
+            .emit();
+            let mut response = json_bytes(
+                refusal_status(reason).as_u16(),
+                refusal_body(reason, &limits),
+            );
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
     };
     let parsed: PurgeBody = match serde_json::from_slice(&body) {
         Ok(v) => v,

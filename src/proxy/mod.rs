@@ -1,11 +1,13 @@
 //! The data plane: sidecache's pingora pipeline.
 //!
-//! [`SidecacheProxy`] implements pingora's `ProxyHttp`; [`phases`] documents each hook in the
+//! [`edge::Edge`] owns each client connection (limits, deadlines, the head checks) and hands
+//! checked requests to pingora's `HttpProxy`, around [`SidecacheProxy`], which implements pingora's `ProxyHttp`; [`phases`] documents each hook in the
 //! order pingora calls it. `request_filter` resolves each request once into a [`plan::Plan`]
 //! (local answer, bypass, or cache), and every later phase reads that plan; what happened
 //! since (a fast hit, the tier of a hit, whether the response was stored) is recorded in
 //! [`Progress`]. Both travel in [`RequestCtx`].
 
+pub mod edge;
 mod fast_path;
 pub mod forwarded;
 pub mod local;
@@ -18,8 +20,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::services::listening::Service;
 use pingora_http::ResponseHeader;
 use pingora_proxy::{HttpProxy, Session};
 
@@ -40,20 +42,12 @@ impl SidecacheProxy {
     }
 }
 
-/// Build the pingora proxy service (HTTP/1.1, and cleartext HTTP/2 for clients that ask)
-/// listening on `listen`.
-pub fn service(
-    conf: &Arc<ServerConf>,
-    live: &'static Live,
-    listen: &str,
-) -> pingora_core::services::listening::Service<HttpProxy<SidecacheProxy>> {
+/// Build the data-plane service listening on `listen`: the [`Edge`](edge::Edge) around
+/// pingora's proxy (HTTP/1.1, and cleartext HTTP/2 for clients that start with its preface).
+pub fn service(conf: &Arc<ServerConf>, live: &'static Live, listen: &str) -> Service<edge::Edge> {
     let mut proxy = HttpProxy::new(SidecacheProxy::new(live), conf.clone());
     proxy.handle_init_modules();
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    proxy.server_options = Some(options);
-    let mut service =
-        pingora_core::services::listening::Service::new("sidecache proxy".to_string(), proxy);
+    let mut service = Service::new("sidecache proxy".to_string(), edge::Edge::new(proxy, live));
     service.add_tcp(listen);
     service
 }
@@ -111,12 +105,19 @@ pub(crate) fn error_body(
 }
 
 /// Write a small JSON response and finish the request.
+///
+/// Writes nothing when a response header already went out (an upstream answered before a
+/// request body failed, e.g. over `max_request_body`): that response cannot be replaced, and
+/// the body would be appended to it. The connection is then closed after it.
 pub(crate) async fn respond_json(
     session: &mut Session,
     status: u16,
     body: Bytes,
     request_id: &HeaderValue,
 ) -> pingora_error::Result<()> {
+    if session.response_written().is_some() {
+        return Ok(());
+    }
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;

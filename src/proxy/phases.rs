@@ -524,6 +524,8 @@ impl ProxyHttp for SidecacheProxy {
             let name = upstream.map_or("", |u| u.config.name.as_str());
             let body = error_body(error, ("upstream", json!(name)), &ctx.request_id);
             ctx.progress.status = code;
+            // The connection is not reused (can_reuse_downstream below): say so in the answer.
+            session.set_keepalive(None);
             if let Err(write_err) = respond_json(session, code, body, &ctx.request_id).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }

@@ -11,8 +11,8 @@ use std::fmt::Display;
 use std::time::{Duration, SystemTime};
 
 use super::metrics::{
-    metrics, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel, RouteMetrics, Success,
-    UpstreamErrorKind, WarmUrlResult,
+    metrics, ConnectionRefusal, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel,
+    RequestRefusal, RouteMetrics, Success, UpstreamErrorKind, WarmUrlResult,
 };
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::breaker::BreakerScope;
@@ -458,5 +458,60 @@ impl InternalEvent for WarmFinished<'_> {
             fetched = self.fetched, already_warm = self.already_warm, failed = self.failed,
             elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
             "warming finished");
+    }
+}
+
+/// A client connection was accepted and took one of the `server.max_connections` slots.
+pub struct ConnectionOpened;
+
+impl InternalEvent for ConnectionOpened {
+    fn emit(self) {
+        metrics().connections_open.inc();
+    }
+}
+
+/// A client connection that held a slot closed.
+pub struct ConnectionClosed;
+
+impl InternalEvent for ConnectionClosed {
+    fn emit(self) {
+        metrics().connections_open.dec();
+    }
+}
+
+/// A client connection was refused before any of its requests was read. Logged at debug
+/// only: a flood would otherwise flood the log too (the counter and its alert tell).
+pub struct ConnectionRefused<'a> {
+    pub reason: ConnectionRefusal,
+    pub peer: Option<&'a dyn Display>,
+}
+
+impl InternalEvent for ConnectionRefused<'_> {
+    fn emit(self) {
+        metrics()
+            .connections_refused
+            .with_label_values(&[self.reason.label()])
+            .inc();
+        tracing::debug!(target: "sidecache::edge", reason = self.reason.label(),
+            peer = self.peer.map(tracing::field::display), "connection refused");
+    }
+}
+
+/// A request was refused before routing (it never reached an upstream), or its connection
+/// was closed because the head came too late. Logged at debug only, like
+/// [`ConnectionRefused`].
+pub struct RequestRefused<'a> {
+    pub reason: RequestRefusal,
+    pub peer: Option<&'a dyn Display>,
+}
+
+impl InternalEvent for RequestRefused<'_> {
+    fn emit(self) {
+        metrics()
+            .requests_refused
+            .with_label_values(&[self.reason.label()])
+            .inc();
+        tracing::debug!(target: "sidecache::edge", reason = self.reason.label(),
+            peer = self.peer.map(tracing::field::display), "request refused");
     }
 }

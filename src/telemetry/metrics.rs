@@ -235,6 +235,92 @@ impl MessageDrop {
     }
 }
 
+/// Why a client connection was refused before any of its bytes were read: the `reason` label
+/// of `sidecache_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// `server.max_connections` connections were already open (answered 503).
+    MaxConnections,
+}
+impl ConnectionRefusal {
+    pub const ALL: [ConnectionRefusal; 1] = [Self::MaxConnections];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+        }
+    }
+}
+
+/// Why a request was refused before routing (or its connection closed before its head was
+/// complete): the `reason` label of `sidecache_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// The head is over `server.max_header_bytes` (431).
+    HeaderTooLarge,
+    /// More header fields than `server.max_headers` (431).
+    TooManyHeaders,
+    /// A bad method token or an unsupported or malformed version (400).
+    MalformedRequestLine,
+    /// A request target that is neither origin-form, absolute-form nor `OPTIONS *` (400).
+    BadTarget,
+    /// A bare CR, obs-fold, an invalid name character or a control byte in a field (400).
+    MalformedHeader,
+    /// HTTP/1.1 without `Host` (400).
+    MissingHost,
+    /// More than one `Host` (400).
+    DuplicateHost,
+    /// More than one `Content-Length`, equal or not, in fields or in a list (400).
+    DuplicateContentLength,
+    /// A `Content-Length` that is not a decimal number (400).
+    InvalidContentLength,
+    /// `Content-Length` together with `Transfer-Encoding` (400).
+    ContentLengthWithTransferEncoding,
+    /// `Transfer-Encoding` in an HTTP/1.0 request (400).
+    TransferEncodingOnHttp10,
+    /// A `Transfer-Encoding` other than exactly `chunked` (501).
+    UnsupportedTransferEncoding,
+    /// The head did not arrive within `server.header_timeout` (408, then closed).
+    HeaderTimeout,
+    /// An admin request body did not arrive within `server.admin_body_timeout` (408).
+    AdminBodyTimeout,
+}
+impl RequestRefusal {
+    pub const ALL: [RequestRefusal; 14] = [
+        Self::HeaderTooLarge,
+        Self::TooManyHeaders,
+        Self::MalformedRequestLine,
+        Self::BadTarget,
+        Self::MalformedHeader,
+        Self::MissingHost,
+        Self::DuplicateHost,
+        Self::DuplicateContentLength,
+        Self::InvalidContentLength,
+        Self::ContentLengthWithTransferEncoding,
+        Self::TransferEncodingOnHttp10,
+        Self::UnsupportedTransferEncoding,
+        Self::HeaderTimeout,
+        Self::AdminBodyTimeout,
+    ];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::HeaderTooLarge => "header_too_large",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::MalformedRequestLine => "malformed_request_line",
+            Self::BadTarget => "bad_target",
+            Self::MalformedHeader => "malformed_header",
+            Self::MissingHost => "missing_host",
+            Self::DuplicateHost => "duplicate_host",
+            Self::DuplicateContentLength => "duplicate_content_length",
+            Self::InvalidContentLength => "invalid_content_length",
+            Self::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            Self::TransferEncodingOnHttp10 => "transfer_encoding_on_http10",
+            Self::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            Self::HeaderTimeout => "header_timeout",
+            Self::AdminBodyTimeout => "admin_body_timeout",
+        }
+    }
+}
+
 /// All process-wide metric families. Get it with [`metrics()`].
 pub struct Metrics {
     pub requests_total: IntCounterVec,
@@ -262,6 +348,9 @@ pub struct Metrics {
     pub warm_urls: IntCounterVec,
     pub warm_duration: HistogramVec,
     pub warm_last_success: Gauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub requests_refused: IntCounterVec,
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -409,6 +498,23 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Unix time of the last warming pass with no failed URL (0: none yet)."
         )
         .expect("register sidecache_warm_last_success_timestamp_seconds"),
+        connections_open: register_int_gauge!(
+            "sidecache_connections_open",
+            "Client connections open on the data plane (HTTP/1 and h2c alike)."
+        )
+        .expect("register sidecache_connections_open"),
+        connections_refused: register_int_counter_vec!(
+            "sidecache_connections_refused_total",
+            "Client connections refused before a request was read, by reason (max_connections: answered 503 and closed).",
+            &["reason"]
+        )
+        .expect("register sidecache_connections_refused_total"),
+        requests_refused: register_int_counter_vec!(
+            "sidecache_requests_refused_total",
+            "Requests refused before routing (never forwarded), or closed for a late head, by reason.",
+            &["reason"]
+        )
+        .expect("register sidecache_requests_refused_total"),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -444,6 +550,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     }
     for r in WarmUrlResult::ALL {
         m.warm_urls.with_label_values(&[r.label()]);
+    }
+    for r in ConnectionRefusal::ALL {
+        m.connections_refused.with_label_values(&[r.label()]);
+    }
+    for r in RequestRefusal::ALL {
+        m.requests_refused.with_label_values(&[r.label()]);
     }
     m
 });

@@ -5,6 +5,7 @@
 //!   reset, timeout) for outage tests.
 //! - [`get_digest`]: streams a body, keeping only its length and checksum.
 //! - [`Client`]: one keep-alive connection reused across calls, for loops.
+//! - [`H2Client`]: one HTTP/2 connection with prior knowledge (h2c), streams reused.
 //!
 //! Every call is bounded by [`TIMEOUT`] (or the given timeout) so a test never hangs.
 
@@ -249,6 +250,98 @@ impl Client {
     }
 }
 
+/// One cleartext HTTP/2 connection opened with prior knowledge (no upgrade), as h2c clients
+/// such as `curl --http2-prior-knowledge` and gRPC speak it.
+pub struct H2Client {
+    authority: String,
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2Client {
+    /// Connect to `authority` (`host:port`) and complete the HTTP/2 handshake.
+    pub async fn connect(authority: &str) -> Result<H2Client, String> {
+        let fut = async {
+            let stream = TcpStream::connect(authority)
+                .await
+                .map_err(|e| format!("connect {authority}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(stream),
+            )
+            .await
+            .map_err(|e| format!("h2 handshake {authority}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(H2Client {
+                authority: authority.to_owned(),
+                sender,
+            })
+        };
+        tokio::time::timeout(TIMEOUT, fut)
+            .await
+            .map_err(|_| format!("timed out after {TIMEOUT:?}"))?
+    }
+
+    /// Send `method path` (with `headers` and `body`) as a new stream on this connection.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Resp, String> {
+        let fut = async {
+            let method =
+                Method::from_bytes(method.as_bytes()).map_err(|e| format!("method: {e}"))?;
+            let mut req = Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", self.authority))
+                .body(Full::new(body))
+                .map_err(|e| format!("request: {e}"))?;
+            for (name, value) in headers {
+                let name =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+                let value = HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?;
+                req.headers_mut().append(name, value);
+            }
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("h2 connection: {e}"))?;
+            let resp = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            read_whole(resp).await
+        };
+        tokio::time::timeout(TIMEOUT, fut)
+            .await
+            .map_err(|_| format!("timed out after {TIMEOUT:?}"))?
+    }
+
+    /// Whether the server closed the connection within `timeout`.
+    pub async fn closed_within(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        while !self.sender.is_closed() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// GET `path`; panics on a transport error.
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("h2 GET {path}: {e}"))
+    }
+}
+
 /// Splits an `http://host:port/path?query` URL into the URI and `host:port`.
 fn parse_url(url: &str) -> Result<(Uri, String), String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
@@ -319,6 +412,11 @@ async fn send(
         .send_request(req)
         .await
         .map_err(|e| format!("send: {e}"))?;
+    read_whole(resp).await
+}
+
+/// A response with its whole body read.
+async fn read_whole(resp: hyper::Response<hyper::body::Incoming>) -> Result<Resp, String> {
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
