@@ -110,6 +110,13 @@ pub fn site_url_tag(site: &str, url: &str) -> String {
     format!("url:{site}{url}")
 }
 
+/// The uncacheable-key memory: 16 shards of [`PREDICTOR_KEYS_PER_SHARD`] keys (an LRU each),
+/// about 65,000 keys and a few MB at most.
+pub type UncacheablePredictor = pingora_cache::predictor::Predictor<16>;
+
+/// Keys each predictor shard remembers.
+pub const PREDICTOR_KEYS_PER_SHARD: usize = 4096;
+
 /// Shared process state. Lives for the whole process (`&'static`).
 pub struct Live {
     snapshot: ArcSwap<Snapshot>,
@@ -119,6 +126,9 @@ pub struct Live {
     pub purges: &'static PurgeService,
     /// Per-process request coalescing.
     pub cache_lock: &'static CacheKeyLockImpl,
+    /// Keys whose last response could not be stored: their next requests skip the cache lock
+    /// and the storage lookup (Varnish's hit-for-miss), until a response is storable again.
+    pub predictor: &'static UncacheablePredictor,
     started: Instant,
     in_flight: AtomicUsize,
     /// Where reloads read from.
@@ -147,12 +157,16 @@ impl Live {
             Box::leak(Box::new(PurgeService::new(cache, &config.cache)));
         let cache_lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
+        let predictor: &'static UncacheablePredictor = Box::leak(Box::new(
+            UncacheablePredictor::new(PREDICTOR_KEYS_PER_SHARD, None),
+        ));
         let config_path = config.source.clone();
         Box::leak(Box::new(Live {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             cache,
             purges,
             cache_lock,
+            predictor,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             config_path,

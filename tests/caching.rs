@@ -410,6 +410,45 @@ async fn cache_status_names_why_the_cache_was_not_used() {
     assert_eq!(r.x_cache(), "BYPASS");
 }
 
+/// A URL whose response cannot be stored is remembered (hit-for-miss): its next requests skip
+/// the cache lock and go to the origin side by side, none waiting on another's fetch.
+#[tokio::test(flavor = "multi_thread")]
+async fn uncacheable_urls_do_not_wait_on_each_other() {
+    let (backend, sc) = setup(0).await;
+    let url = sc.url("/o/test/respond?delay_ms=200&v=hfm");
+    assert_eq!(get(&url, &[]).await.x_cache(), "UNCACHEABLE");
+    let metrics = || {
+        let admin = sc.admin_url("/metrics");
+        async move { get(&admin, &[]).await.text() }
+    };
+    let coalesced =
+        |m: &str| support::http::metric(m, "sidecache_coalesced_requests_total{route=\"default\"}");
+    let before = coalesced(&metrics().await);
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let url = url.clone();
+        all.spawn(async move { get(&url, &[]).await });
+    }
+    while let Some(r) = all.join_next().await {
+        let r = r.expect("request task");
+        assert_eq!((r.status, r.x_cache()), (200, "UNCACHEABLE"));
+        assert_eq!(
+            r.header("cache-status"),
+            Some("sidecache; fwd=uri-miss; detail=no-freshness")
+        );
+    }
+    assert_eq!(
+        backend.stats().hits("/test/respond"),
+        101,
+        "every request reached the origin"
+    );
+    assert_eq!(
+        coalesced(&metrics().await),
+        before,
+        "none waited on another's fetch"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_keyed_on_authorization_caches_per_user() {
     let (backend, sc) = setup(0).await;

@@ -185,6 +185,29 @@ async fn forwarded_headers_and_request_id_reach_the_backend() {
     assert_eq!(r.header("x-request-id"), Some("trace-abc-1"));
 }
 
+/// A 502 or 504 after the request was read completely keeps the client's connection: the
+/// next request on it is served (wrk counted a socket error per 502 when it was closed).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_keeps_the_client_connection() {
+    let (_backend, sc) = proxy().await;
+    let mut client = support::http::Client::new();
+    let down = client.get(&sc.url("/down/x"), &[]).await;
+    assert_eq!(down.status, 502);
+    assert_ne!(
+        down.header("connection"),
+        Some("close"),
+        "{:?}",
+        down.headers
+    );
+    let next = client.get(&sc.url("/api/health"), &[]).await;
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        client.connections_opened(),
+        1,
+        "one connection for both requests"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_down_is_a_502_json_within_the_connect_timeout() {
     let (_backend, sc) = proxy().await;

@@ -139,9 +139,14 @@ pub fn date_header(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime>
 
 /// §4.2.3: `max(apparent_age, corrected_age_value)`, where `apparent_age = max(0,
 /// response_time − date_value)` and `corrected_age_value = age_value + response_delay`.
+///
+/// The apparent age is taken in whole seconds, like every other age in RFC 9111: `Date` has
+/// one-second resolution, so a response sent just now would otherwise look up to a second
+/// old (and a `max-age=1` response stale on arrival).
 pub fn corrected_initial_age(headers: &HeaderMap, rx: Received) -> Duration {
     let apparent = date_header(headers, &header::DATE)
         .and_then(|d| rx.response_time.duration_since(d).ok())
+        .map(|d| Duration::from_secs(d.as_secs()))
         .unwrap_or_default();
     let corrected = Duration::from_secs(age_value(headers).unwrap_or(0)) + rx.response_delay;
     apparent.max(corrected).min(Duration::from_secs(DELTA_MAX))

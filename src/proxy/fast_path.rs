@@ -36,7 +36,7 @@ const NEEDS_PINGORA: [header::HeaderName; 6] = [
 /// nor ranged, and the entry is fresh and stored without a Vary variant.
 pub(super) fn can_answer(req: &RequestHeader, entry: &L1Entry) -> bool {
     let stored = &entry.entry;
-    !NEEDS_PINGORA.iter().any(|h| req.headers.contains_key(h))
+    !req.headers.keys().any(|h| NEEDS_PINGORA.contains(h))
         && stored.variance.is_none()
         && SystemTime::now() < stored.fresh_until
 }

@@ -288,6 +288,14 @@ impl HeaderFields for pingora_http::ResponseHeader {
 /// (`Proxy-Authorization` in requests, `Proxy-Authenticate` in responses: they are for a
 /// proxy, never for the origin or the client).
 pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
+    // One pass over the (few) names finds the common case, a message with none of them,
+    // cheaper than hashing each hop-by-hop name into the map.
+    let is_hop = |name: &HeaderName| {
+        HOP_BY_HOP.contains(name) || name == proxy_only || *name == PROXY_CONNECTION
+    };
+    if !msg.fields().keys().any(is_hop) {
+        return;
+    }
     if msg.fields().contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = msg
             .fields()

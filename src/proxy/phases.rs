@@ -179,7 +179,7 @@ impl ProxyHttp for SidecacheProxy {
         session.cache.enable(
             self.live.cache,
             None,
-            None,
+            Some(self.live.predictor),
             Some(self.live.cache_lock),
             Some(overrides),
         );
@@ -510,6 +510,13 @@ impl ProxyHttp for SidecacheProxy {
     ) -> FailToProxy {
         let upstream = ctx.plan.target().map(|t| &t.upstream);
         let (code, kind) = classify(e);
+        // An upstream failure (502/504) after the request was read completely leaves the
+        // client's connection in a clean state: keep it, as nginx does. A refused or half-read
+        // request, or a failure on the client's side, closes it.
+        let reusable = e.esource() == &ErrorSource::Upstream
+            && (502..=504).contains(&code)
+            && session.is_body_done()
+            && session.response_written().is_none();
         if let (Some(kind), Some(upstream)) = (kind, upstream) {
             UpstreamFailed { upstream, kind }.emit();
         }
@@ -524,15 +531,17 @@ impl ProxyHttp for SidecacheProxy {
             let name = upstream.map_or("", |u| u.config.name.as_str());
             let body = error_body(error, ("upstream", json!(name)), &ctx.request_id);
             ctx.progress.status = code;
-            // The connection is not reused (can_reuse_downstream below): say so in the answer.
-            session.set_keepalive(None);
+            if !reusable {
+                // Say so in the answer: the connection is closed after it.
+                session.set_keepalive(None);
+            }
             if let Err(write_err) = respond_json(session, code, body, &ctx.request_id).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable,
         }
     }
 
@@ -599,6 +608,9 @@ fn outcome(session: &Session, ctx: &RequestCtx) -> (CacheOutcome, Option<Detail>
             Some(_) => not_stored(None),
             None => (CacheOutcome::Miss, None),
         },
+        // Predicted uncacheable (the key's last response could not be stored): the response
+        // filter still judged this one, and says why it is not stored either.
+        CachePhase::Bypass if progress.no_store.is_some() => not_stored(None),
         CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Bypass => {
             (CacheOutcome::Bypass, None)
         }
