@@ -63,6 +63,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
             |p| p.display().to_string(),
         ),
         max_retries: 1,
+        work_stealing: config.server.work_stealing,
         ..ServerConf::default()
     };
     let opt = Opt {

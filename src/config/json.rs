@@ -74,6 +74,7 @@ impl Config {
                 "listen": s.listen.to_string(),
                 "admin_listen": s.admin_listen.to_string(),
                 "threads": s.threads,
+                "work_stealing": s.work_stealing,
                 "grace_period": duration(s.grace_period),
                 "access_log": s.access_log,
                 "max_request_body_bytes": s.max_request_body_bytes,

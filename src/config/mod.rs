@@ -168,6 +168,11 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         changed: |o, n| o.server.threads != n.server.threads,
     },
     RestartOnly {
+        path: "server.work_stealing",
+        what: "the scheduler",
+        changed: |o, n| o.server.work_stealing != n.server.work_stealing,
+    },
+    RestartOnly {
         path: "server.grace_period",
         what: "the shutdown grace period",
         changed: |o, n| o.server.grace_period != n.server.grace_period,

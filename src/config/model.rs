@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Worker threads of the proxy service. Default: number of CPUs.
     pub threads: usize,
+    /// Share work between threads (tokio's work-stealing scheduler). Default `false`: each
+    /// thread serves its own connections in arrival order, which keeps the tail latency fair
+    /// at thousands of connections (docs/performance.md, issue 12).
+    pub work_stealing: bool,
     /// How long SIGTERM waits for in-flight requests. Default `10s`.
     pub grace_period: Duration,
     /// One log line per proxied request. Default `false`.

@@ -59,6 +59,7 @@ fn defaults_are_exactly_the_documented_ones() {
         s.threads,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
+    assert!(!s.work_stealing);
     assert_eq!(s.grace_period, Duration::from_secs(10));
     assert!(!s.access_log);
     assert_eq!(s.max_request_body_bytes, 64 << 20);
@@ -206,7 +207,7 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
     assert!(
-        server.ends_with("expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
+        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
         "{server}"
     );
 }
@@ -390,6 +391,17 @@ fn key_headers_are_lower_cased_and_checked() {
     assert_error(
         &route("key = { headers = [\"bad header\"] }\n"),
         "routes[0].key.headers[0] (line 7): invalid header name \"bad header\"",
+    );
+}
+
+#[test]
+fn work_stealing_is_a_checked_boolean() {
+    let on = ok(&format!("[server]\nwork_stealing = true\n{UPSTREAM}"));
+    assert!(on.server.work_stealing);
+    let errs = errors(&format!("[server]\nwork_stealing = 1\n{UPSTREAM}"));
+    assert_eq!(
+        errs,
+        ["server.work_stealing (line 2): expected a boolean, found an integer"]
     );
 }
 
@@ -634,12 +646,14 @@ fn reload_rejects_listener_and_thread_changes() {
     new.server.listen = "127.0.0.1:1".parse().unwrap();
     new.server.admin_listen = "127.0.0.1:2".parse().unwrap();
     new.server.threads += 1;
+    new.server.work_stealing = !new.server.work_stealing;
     let report = check_reloadable(&old, &new).unwrap_err().report();
     assert_eq!(
         report,
         "server.listen: changing the listen address needs a restart\n\
          server.admin_listen: changing the admin listen address needs a restart\n\
-         server.threads: changing the number of threads needs a restart"
+         server.threads: changing the number of threads needs a restart\n\
+         server.work_stealing: changing the scheduler needs a restart"
     );
 }
 
@@ -690,7 +704,7 @@ fn sample_report_reads_well() {
     assert_eq!(
         report,
         "server.listen (line 2): expected a string, found a datetime\n\
-         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
          routes[0].ttl (line 10): expected a string, found an integer"
     );
     let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();

@@ -191,6 +191,10 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .get(doc, "threads")
             .and_then(|e| e.int_in(doc, 1, 1024))
             .unwrap_or_else(default_threads),
+        work_stealing: t
+            .get(doc, "work_stealing")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(false),
         grace_period: t
             .get(doc, "grace_period")
             .and_then(|e| e.duration(doc))
