@@ -5,7 +5,8 @@
 -- distribution with exponent ZIPF_S (default 1.0); the table and the per-id requests are
 -- precomputed, and every thread uses a fixed seed so every system sees the same sequence.
 -- With UNIQUE_IDS=PREFIX: GET /api/contractors/PREFIX-<thread>-<n>/bundle, n counting up, so
--- every request is a miss (the miss-path profile of profile.sh).
+-- every request is a miss (the miss-path profile of profile.sh). With UNIQUE_LIMIT=N as well,
+-- each thread stops after N responses (the 200,000-key flood of scenario 7).
 -- done() prints one line "WRKJSON {...}" with counts and latency percentiles (microseconds).
 
 local zipf_n = tonumber(os.getenv("ZIPF_N") or "0")
@@ -13,7 +14,9 @@ local zipf_s = tonumber(os.getenv("ZIPF_S") or "1.0")
 local zipf_offset = tonumber(os.getenv("ZIPF_OFFSET") or "0")
 local unique = os.getenv("UNIQUE_IDS")
 if unique == "" then unique = nil end
+local unique_limit = tonumber(os.getenv("UNIQUE_LIMIT") or "0")
 local counter = 0
+local responses = 0
 local thread_no = 0
 local threads = {}
 
@@ -53,6 +56,14 @@ function request()
     if cdf[mid] < r then lo = mid + 1 else hi = mid end
   end
   return reqs[lo]
+end
+
+if unique_limit > 0 then
+  -- Defined only when needed: wrk calls response() for every response once it exists.
+  function response(status, headers, body)
+    responses = responses + 1
+    if responses >= unique_limit then wrk.thread:stop() end
+  end
 end
 
 function done(summary, latency, requests)

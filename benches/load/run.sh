@@ -11,8 +11,12 @@
 #
 # Scenarios: 1 hot L1 hit (64 conns) | 2 mixed, 10,000 ids, zipf skew (64 conns) |
 # 3 L2 hit (sidecache, L1 disabled, Redis on loopback) | 4 pass-through (uncached route, and the
-# origin direct) | 5 1,000 and 10,000 connections on a hot URL | 6 stampede: 500 simultaneous
-# requests for one cold key against a 150 ms origin.
+# origin direct), and pass-through of an unmatched path in default origin mode (the backend
+# sends no cache headers) | 5 1,000 and 10,000 connections on a hot URL | 6 stampede: 500
+# simultaneous requests for one cold key against a 150 ms origin | 7 flood of 200,000 distinct
+# keys (all misses, 64 conns) into a fresh sidecache with a 64 MiB L1: keys/s and peak RSS |
+# 8 a stalled route: p99 of hot hits on 64 connections before and while 200 other connections
+# wait on a 5 s origin | 9 10,000 connections on a fresh sidecache with a 64 MiB L1: peak RSS.
 #
 # Method. Every server (origin, sidecache, nginx, varnishd, redis) is pinned to CPU 0 and the
 # load generator to CPU 1 with taskset; systems are interleaved per scenario (sidecache, nginx,
@@ -51,7 +55,7 @@ STAMPEDE=$TARGET/release/examples/load_stampede
 QUICK=0
 ROUNDS_ARG=
 BASELINE=
-SCENARIOS=1,2,3,4,5,6
+SCENARIOS=1,2,3,4,5,6,7,8,9
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -218,6 +222,11 @@ if [[ -n $BASELINE ]]; then
   start_sidecache sidecache-base 256MiB 8MiB
 fi
 
+# Fresh processes for the memory scenarios: their peak RSS is theirs alone, from start.
+run_in() { [[ ,$SCENARIOS, == *,$1,* ]]; }
+if run_in 7; then start_sidecache sidecache-flood 64MiB 8MiB; fi
+if run_in 9; then start_sidecache sidecache-fresh 64MiB 8MiB; fi
+
 if [[ $HAVE_NGINX -eq 1 ]]; then
   mkdir -p "$WORK/nginx"
   PORT[nginx]=$(free_port)
@@ -312,7 +321,6 @@ systems() {
     echo sidecache ${BASELINE:+sidecache-base} nginx varnish
   fi
 }
-run_in() { [[ ,$SCENARIOS, == *,$1,* ]]; }
 
 # --- scenarios ---------------------------------------------------------------------------------
 # Each scenario runs ROUNDS times, systems interleaved inside every round; the report takes the
@@ -369,6 +377,8 @@ if run_in 4; then
   for round in $(seq "$ROUNDS"); do
     for s in $(systems) origin; do
       wrk_run 4-pass-through "$s" 64 1 /api/events/1/context '^/api/events/'
+      # No route matches /test/echo: default origin mode, and the answer has no cache headers.
+      wrk_run 4-pass-origin-mode "$s" 64 1 /test/echo '^/test/echo$'
     done
   done
 fi
@@ -399,6 +409,45 @@ if run_in 6; then
   done
 fi
 
+if run_in 7; then
+  # 200,000 keys once per system (3 rounds would take minutes each); --quick: 20,000.
+  FLOOD_KEYS=200000; [[ $QUICK -eq 1 ]] && FLOOD_KEYS=20000
+  saved=$DURATION; DURATION=300
+  for s in sidecache-flood nginx; do
+    round=1 wrk_run 7-flood "$s" 64 1 / "$BUNDLE_RE" UNIQUE_IDS="flood-$s-$RANDOM" \
+      UNIQUE_LIMIT=$FLOOD_KEYS
+  done
+  DURATION=$saved
+fi
+
+if run_in 8; then
+  for round in $(seq "$ROUNDS"); do
+    for s in sidecache nginx; do
+      installed "$s" || { not_installed 8-stall-before "$s"; continue; }
+      warm "$s" "$HOT"
+      wrk_run 8-stall-before "$s" 64 1 "$HOT" "$BUNDLE_RE"
+      # 200 connections on a 5 s origin answer (unmatched path: default origin mode), held
+      # for the whole measured run; then the same hot-hit run again.
+      "${ON_CLIENT[@]}" wrk -t1 -c200 -d"$((DURATION + 6))s" --timeout 10s \
+        "http://127.0.0.1:${PORT[$s]}/test/slow?ms=5000" >/dev/null 2>&1 &
+      staller=$!
+      sleep 1
+      wrk_run 8-stall-during "$s" 64 1 "$HOT" "$BUNDLE_RE"
+      kill "$staller" 2>/dev/null || true; wait "$staller" 2>/dev/null || true
+      sleep 5   # the stalled origin requests finish before the next system
+    done
+  done
+fi
+
+if run_in 9; then
+  for round in $(seq "$ROUNDS"); do
+    for s in sidecache-fresh nginx; do
+      warm "$s" "$HOT"
+      wrk_run 9-rss-10000 "$s" 10000 2 "$HOT" "$BUNDLE_RE"
+    done
+  done
+fi
+
 # --- report ------------------------------------------------------------------------------------
 mkdir -p "$HERE/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -408,3 +457,4 @@ python3 "$HERE/report.py" "$RUNS" "$HERE/results/$STAMP.json" \
   "cpu_model=$(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2; exit}')" \
   "kernel=$(uname -r)" "sidecache_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 log "results: $HERE/results/$STAMP.json"
+
