@@ -273,28 +273,27 @@ impl BackgroundService for WarmScheduleService {
                     None => std::future::pending().await,
                 }
             };
-            let trigger = tokio::select! {
+            let scheduled = tokio::select! {
                 _ = shutdown.changed() => return,
-                () = due => {
-                    seen = Arc::clone(&self.live.snapshot().config);
-                    WarmTrigger::Schedule
-                }
-                _ = tick.tick() => {
-                    let current = Arc::clone(&self.live.snapshot().config);
-                    if Arc::ptr_eq(&current, &seen) {
-                        continue;
-                    }
-                    let rewarm = list_changed(&seen.warm, &current.warm) && in_process(&current.warm);
-                    let rescheduled = (seen.warm.every, seen.warm.jitter)
-                        != (current.warm.every, current.warm.jitter);
-                    seen = current;
+                () = due => true,
+                _ = tick.tick() => false,
+            };
+            // A reload since the last look is handled first, whichever woke the loop.
+            let current = Arc::clone(&self.live.snapshot().config);
+            let reloaded = !Arc::ptr_eq(&current, &seen);
+            let rewarm =
+                reloaded && list_changed(&seen.warm, &current.warm) && in_process(&current.warm);
+            let rescheduled = reloaded
+                && (seen.warm.every, seen.warm.jitter) != (current.warm.every, current.warm.jitter);
+            seen = current;
+            let trigger = match (rewarm, scheduled) {
+                (true, _) => WarmTrigger::Reload,
+                (false, true) => WarmTrigger::Schedule,
+                (false, false) => {
                     if rescheduled {
                         next_due = due_after(&seen);
                     }
-                    if !rewarm {
-                        continue;
-                    }
-                    WarmTrigger::Reload
+                    continue;
                 }
             };
             if has_list(&seen.warm) {
