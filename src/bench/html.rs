@@ -101,6 +101,7 @@ section.url { border-top: 1px solid #e5e7eb; padding-top: 12px; margin-top: 16px
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }
 svg { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 code { word-break: break-all; }
+.legend > span { display: inline-block; margin-right: 14px; }
 </style></head><body>
 "#,
     );
@@ -128,7 +129,7 @@ code { word-break: break-all; }
          <tr><th>concurrency</th><td>{}</td></tr>\
          <tr><th>p95 budget</th><td>{} ms</td></tr>\
          <tr><th>max error rate</th><td>{:.2} %</td></tr>\
-         <tr><th>request timeout</th><td>{} ms</td></tr>\
+         <tr><th>request timeout</th><td>{:.1} s</td></tr>\
          <tr><th>extra headers</th><td>{}</td></tr>\
          <tr><th>duration</th><td>{:.2} s</td></tr></table>",
         report.urls.len(),
@@ -136,7 +137,7 @@ code { word-break: break-all; }
         opts.concurrency,
         ms(report.p95_budget),
         report.max_error_rate * 100.0,
-        ms(opts.timeout),
+        opts.timeout.as_secs_f64(),
         // Names only: values may be credentials.
         if opts.headers.is_empty() {
             "none".to_owned()
@@ -150,6 +151,17 @@ code { word-break: break-all; }
         times.elapsed.as_secs_f64()
     );
     out.push_str("<h2>Latency by percentile</h2><p>Each URL's latency at every percentile of its complete responses (log scale); the dots mark p95, the dashed line the p95 budget.</p>");
+    out.push_str("<p class=\"legend\">");
+    for (i, u) in report.urls.iter().enumerate() {
+        let _ = write!(
+            out,
+            r#"<span><span class="swatch" style="background:{}"></span>URL {}: <code>{}</code></span> "#,
+            COLOURS[i % COLOURS.len()],
+            i + 1,
+            escape(&u.url)
+        );
+    }
+    out.push_str("</p>");
     out.push_str(&plot::percentile_plot(&report.urls, report.p95_budget));
     out.push_str("<h2>Error rate</h2><p>4xx/5xx, timeouts and transport errors per request; the dashed line is the maximum.</p>");
     out.push_str(&plot::error_rate_plot(&report.urls, report.max_error_rate));
