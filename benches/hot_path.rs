@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request work on sidecache's hot (L1 hit) path, piece by piece:
 //! route match + rewrite + cache key, L1 lookup + hit rebuild through the pingora `Storage`
-//! API, the L2 value codec, and metrics recording. Whole-request costs under load are
-//! measured by `benches/load/run.sh`; these say where inside a request the time goes.
+//! API, the L2 value codec, and metrics recording (the counters, and the ring the stats API
+//! reads). Whole-request costs under load are measured by `benches/load/run.sh`; these say
+//! where inside a request the time goes.
 //!
 //! `cargo bench --bench hot_path` (< 1 minute); CI only compiles it.
 
@@ -24,6 +25,7 @@ use sidecache::cache::storage::{EntryContext, TieredCache};
 use sidecache::config::{self, CacheConfig, L1Config};
 use sidecache::routing::{RewriteDecision, Router};
 use sidecache::telemetry::metrics::{MethodLabel, RouteMetrics};
+use sidecache::telemetry::window;
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const PATH: &str = "/api/contractors/42/bundle";
@@ -170,6 +172,17 @@ fn metrics_bench(c: &mut Criterion) {
                 MethodLabel::Get,
                 black_box(200),
                 CacheOutcome::HitL1,
+                Duration::from_micros(40),
+            )
+        })
+    });
+    // The windowed ring the stats API reads, recorded beside the counters.
+    g.bench_function("window record", |b| {
+        b.iter(|| {
+            rm.window().record(
+                window::now_second(),
+                CacheOutcome::HitL1,
+                black_box(200),
                 Duration::from_micros(40),
             )
         })

@@ -125,6 +125,9 @@ pub struct BenchArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML report (plots, verdict, parameters) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -277,7 +280,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
         timeout: Duration::from_secs(10),
         headers: Vec::new(),
     };
-    exit_code(bench::command(&opts, args.json))
+    exit_code(bench::command(&opts, args.json, args.report.as_deref()))
 }
 
 fn warm(path: &Path, args: &WarmArgs) -> ExitCode {

@@ -19,6 +19,7 @@ use crate::proxy::normalize::{normalize_authority, normalize_path, BadPath};
 use crate::purge::PurgeService;
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};
+use crate::telemetry::recent::{recent, unix_now};
 
 /// One immutable generation of the configuration, compiled for the hot path.
 pub struct Snapshot {
@@ -161,6 +162,7 @@ impl Live {
             UncacheablePredictor::new(PREDICTOR_KEYS_PER_SHARD, None),
         ));
         let config_path = config.source.clone();
+        recent().config_loaded(unix_now());
         Box::leak(Box::new(Live {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             cache,

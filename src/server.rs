@@ -1,5 +1,6 @@
 //! Process assembly: the pingora `Server` with the proxy service, the admin listener, the
-//! config reloader, the purge subscriber and start-up cache warming (`[warm] on_start`), and
+//! config reloader, the purge subscriber, start-up cache warming (`[warm] on_start`) and its
+//! schedule (`[warm] every`, and a reload that changes the warm list), and
 //! the signal rules (SIGTERM drains within the grace period, SIGINT exits at once, SIGQUIT
 //! hands the listening sockets to a new process, SIGHUP reloads).
 
@@ -17,7 +18,7 @@ use crate::admin;
 use crate::config::{Config, ProcessEnv};
 use crate::live::{Live, WarmState};
 use crate::proxy;
-use crate::telemetry::events::{InternalEvent, WarmFinished, WarmTrigger};
+use crate::telemetry::events::WarmTrigger;
 use crate::warm;
 
 /// How the process was asked to start.
@@ -99,6 +100,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
             },
         ));
     }
+    server.add_service(background_service(
+        "warm schedule",
+        WarmScheduleService { live },
+    ));
     tracing::info!(listen = %listen, admin = %live.snapshot().config.server.admin_listen,
         version = env!("CARGO_PKG_VERSION"), "sidecache started");
     server.run(RunArgs {
@@ -235,43 +240,71 @@ impl BackgroundService for WarmService {
 impl WarmService {
     async fn warm(&self) {
         let config = Arc::clone(&self.live.snapshot().config);
-        let paths = match warm::expand(&config.warm) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(target: "sidecache::warm", error = %e, "start-up warming skipped");
-                return;
-            }
+        warm::schedule::pass(&config, WarmTrigger::Start).await;
+    }
+}
+
+/// Re-runs the warm list on `[warm] every` (plus jitter), and when a reload changes the warm
+/// list while in-process warming is on (see [`warm::schedule`]). Runs in every process: a
+/// reload may turn the schedule on.
+struct WarmScheduleService {
+    live: &'static Live,
+}
+
+/// How often the schedule looks for a reloaded config.
+const WARM_RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+#[async_trait]
+impl BackgroundService for WarmScheduleService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use warm::schedule::{has_list, in_process, list_changed, next_delay, random_up_to};
+        let due_after = |c: &Config| {
+            c.warm.every.map(|every| {
+                tokio::time::Instant::now() + next_delay(every, c.warm.jitter, random_up_to)
+            })
         };
-        let target = warm::local_target(config.server.listen);
-        // The proxy listener starts beside this service; wait until it accepts.
-        while tokio::net::TcpStream::connect(&target).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let opts = warm::WarmOptions::from_config(&config.warm, target);
-        tracing::info!(target: "sidecache::warm", urls = paths.len(),
-            concurrency = opts.concurrency, rate_per_second = opts.rate_per_second,
-            "start-up warming started");
-        let gate = std::sync::Mutex::new(warm::ProgressGate::new(
-            1000,
-            Duration::from_secs(5),
-            std::time::Instant::now(),
-        ));
-        let report = warm::run(paths, &opts, move |r, total| {
-            let now = std::time::Instant::now();
-            if gate.lock().is_ok_and(|mut g| g.should_print(r.done(), now)) {
-                tracing::info!(target: "sidecache::warm", "{}", r.progress_line(total));
+        let mut seen = Arc::clone(&self.live.snapshot().config);
+        let mut next_due = due_after(&seen);
+        let mut tick = tokio::time::interval(WARM_RELOAD_CHECK);
+        loop {
+            let due_at = next_due;
+            let due = async move {
+                match due_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let scheduled = tokio::select! {
+                _ = shutdown.changed() => return,
+                () = due => true,
+                _ = tick.tick() => false,
+            };
+            // A reload since the last look is handled first, whichever woke the loop.
+            let current = Arc::clone(&self.live.snapshot().config);
+            let reloaded = !Arc::ptr_eq(&current, &seen);
+            let rewarm =
+                reloaded && list_changed(&seen.warm, &current.warm) && in_process(&current.warm);
+            let rescheduled = reloaded
+                && (seen.warm.every, seen.warm.jitter) != (current.warm.every, current.warm.jitter);
+            seen = current;
+            let trigger = match (rewarm, scheduled) {
+                (true, _) => WarmTrigger::Reload,
+                (false, true) => WarmTrigger::Schedule,
+                (false, false) => {
+                    if rescheduled {
+                        next_due = due_after(&seen);
+                    }
+                    continue;
+                }
+            };
+            if has_list(&seen.warm) {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = warm::schedule::pass(&seen, trigger) => {}
+                }
             }
-        })
-        .await;
-        WarmFinished {
-            trigger: WarmTrigger::Start,
-            fetched: report.fetched,
-            already_warm: report.already_warm,
-            failed: report.failed,
-            failures: &report.failures,
-            elapsed: report.elapsed,
+            next_due = due_after(&seen);
         }
-        .emit();
     }
 }
 

@@ -244,6 +244,55 @@ async fn bench_gives_the_verdict_budgets_call_for() {
     );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
     assert!(v.is_object(), "{v}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("weekly.html");
+    let diagram = backend.url("/api/state-machine/diagram");
+    let report = run_cli(
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--url",
+            &diagram,
+            "--iterations",
+            "8",
+            "--concurrency",
+            "2",
+            "--p95-budget",
+            "1ms",
+            "--report",
+            &file.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(report.status.code(), Some(1), "{}", stderr(&report));
+    let html = std::fs::read_to_string(&file).expect("report written");
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(html.contains(r#"id="verdict"><span class="fail">FAIL</span>"#));
+    assert!(html.contains("<tr><th>requests per URL</th><td>8</td></tr>"));
+    assert!(html.contains("<tr><th>concurrency</th><td>2</td></tr>"));
+    assert!(html.contains("p95 budget 1 ms"), "the budget line is drawn");
+    assert_eq!(
+        html.matches("<svg ").count(),
+        4,
+        "2 plots + 1 histogram per URL"
+    );
+    assert!(html.contains(&url) && html.contains(&diagram));
+    let unwritable = run_cli(
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--iterations",
+            "1",
+            "--report",
+            "/nonexistent/dir/r.html",
+        ],
+        &[],
+    );
+    assert_eq!(unwritable.status.code(), Some(1));
+    assert!(stderr(&unwritable).contains("cannot write /nonexistent/dir/r.html"));
 }
 
 #[test]

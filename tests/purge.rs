@@ -211,6 +211,35 @@ async fn purges_on_one_instance_reach_the_other() {
         String::from_utf8_lossy(&out.stdout)
     );
     gone_from_l1(&p.b, path, t, "sidecache purge CLI").await;
+
+    // The status page's last purges: on A the CLI's, on B the same purge received from A.
+    let stats = |sc: &Sidecache| {
+        let url = sc.admin_url("/admin/stats");
+        async move { get(&url, &[]).await.json() }
+    };
+    let a_stats = stats(&p.a).await;
+    let newest = &a_stats["purges"][0];
+    assert_eq!(
+        (&newest["kind"], &newest["target"], &newest["source"]),
+        (&json!("tag"), &json!("contractor:4"), &json!("cli"))
+    );
+    assert_eq!(newest["instance"], a_stats["instance"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b_stats = stats(&p.b).await;
+        let newest = &b_stats["purges"][0];
+        if newest["target"] == "contractor:4" {
+            assert_eq!(newest["source"], "remote");
+            assert_eq!(newest["instance"], a_stats["instance"], "the sender, not B");
+            assert_ne!(b_stats["instance"], a_stats["instance"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B lists no remote purge: {b_stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

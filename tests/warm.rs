@@ -1,6 +1,7 @@
 //! Cache warming end to end, with real processes: the stand-in backend, a `redis-server` and
 //! the `sidecache` binary. `sidecache warm` fills L1 and L2 through the data plane;
-//! `on_start = true` holds `/ready` while warming runs, but never beyond `max_ready_delay`.
+//! `on_start = true` holds `/ready` while warming runs, but never beyond `max_ready_delay`;
+//! `every` re-runs the list, and a reload that changes the list re-warms it.
 
 mod support;
 
@@ -101,6 +102,22 @@ async fn wait_ready_status(sc: &Sidecache, want: u16, timeout: Duration) -> serd
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("/ready did not answer {want} within {timeout:?}; last {last}");
+}
+
+/// Polls `/metrics` until `series` reaches `at_least` (within 30 s); returns that scrape.
+async fn wait_metric(sc: &Sidecache, series: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+        if support::http::metric(&m, series) >= at_least {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not reach {at_least}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,22 +290,12 @@ async fn a_warming_pass_is_counted_in_the_metrics() {
     let sc = Sidecache::start(SidecacheOptions::new(config(&redis, &warm)).backend(backend.addr()))
         .await;
     wait_ready_status(&sc, 200, Duration::from_secs(10)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let scrape = loop {
-        let m = get(&sc.admin_url("/metrics"), &[]).await.text();
-        if support::http::metric(
-            &m,
-            "sidecache_warm_duration_seconds_count{trigger=\"start\"}",
-        ) >= 1.0
-        {
-            break m;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no warm pass counted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let scrape = wait_metric(
+        &sc,
+        "sidecache_warm_duration_seconds_count{trigger=\"start\"}",
+        1.0,
+    )
+    .await;
     let urls = |r: &str| {
         support::http::metric(
             &scrape,
@@ -303,5 +310,103 @@ async fn a_warming_pass_is_counted_in_the_metrics() {
         support::http::metric(&scrape, "sidecache_warm_last_success_timestamp_seconds"),
         0.0,
         "a pass with a failure is not a success"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_reruns_the_list_and_a_reload_that_changes_it_rewarms() {
+    let backend = start_backend(Duration::ZERO).await;
+    let redis = RedisServer::start();
+    let warm = |every: &str, urls: &[String]| {
+        let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "[warm]\nevery = \"{every}\"\njitter = \"0s\"\nurls = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let first = [DIAGRAM.to_owned()];
+    let sc = Sidecache::start(
+        SidecacheOptions::new(config(&redis, &warm("1s", &first))).backend(backend.addr()),
+    )
+    .await;
+    let scrape = wait_metric(
+        &sc,
+        "sidecache_warm_runs_total{result=\"ok\",trigger=\"schedule\"}",
+        2.0,
+    )
+    .await;
+    let metric = |m: &str, series: &str| support::http::metric(m, series);
+    assert!(
+        metric(
+            &scrape,
+            "sidecache_warm_duration_seconds_count{trigger=\"schedule\"}"
+        ) >= 2.0
+    );
+    assert!(metric(&scrape, "sidecache_warm_urls_total{result=\"fetched\"}") >= 1.0);
+    assert!(
+        metric(
+            &scrape,
+            "sidecache_warm_urls_total{result=\"already_warm\"}"
+        ) >= 1.0,
+        "the second run finds the first one's entry"
+    );
+    assert!(metric(&scrape, "sidecache_warm_last_success_timestamp_seconds") > 0.0);
+    assert_eq!(
+        metric(
+            &scrape,
+            "sidecache_warm_runs_total{result=\"ok\",trigger=\"start\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        backend.stats().hits(DIAGRAM),
+        1,
+        "warm runs after the first hit the cache"
+    );
+    let stats = get(&sc.admin_url("/admin/stats"), &[]).await.json();
+    assert_eq!(stats["warm"]["every_seconds"], 1.0);
+    assert_eq!(stats["warm"]["runs"][0]["trigger"], "schedule");
+
+    // A reload with a new list (and a schedule too far off to matter) warms the new list.
+    let second = [DIAGRAM.to_owned(), bundle(1), bundle(2)];
+    sc.rewrite_config(&config(&redis, &warm("1h", &second)));
+    let reload = support::http::request(
+        "POST",
+        &sc.admin_url("/admin/reload"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let scrape = wait_metric(
+        &sc,
+        "sidecache_warm_runs_total{result=\"ok\",trigger=\"reload\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        origin_hits(&backend, &second[1..]),
+        2,
+        "the new URLs were fetched"
+    );
+    let r = get(&sc.url(&bundle(2)), &[]).await;
+    assert_eq!(r.x_cache(), "HIT-L1");
+    let scheduled = metric(
+        &scrape,
+        "sidecache_warm_runs_total{result=\"ok\",trigger=\"schedule\"}",
+    );
+    let stats = get(&sc.admin_url("/admin/stats"), &[]).await.json();
+    assert_eq!(stats["warm"]["runs"][0]["trigger"], "reload");
+    assert_eq!(stats["warm"]["runs"][0]["fetched"], 2);
+    assert_eq!(stats["warm"]["runs"][0]["already_warm"], 1);
+    assert_eq!(stats["warm"]["every_seconds"], 3600.0);
+    // The 1 h schedule replaced the 1 s one: no scheduled run since the reload's.
+    let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "sidecache_warm_runs_total{result=\"ok\",trigger=\"schedule\"}"
+        ),
+        scheduled
     );
 }

@@ -7,8 +7,16 @@
 //! | `GET /admin/config`   | token off-loopback | running config, secrets redacted           |
 //! | `POST /admin/purge`   | token off-loopback | `{"url"}`, `{"prefix"}` or `{"tag"}`       |
 //! | `POST /admin/reload`  | token off-loopback | re-read and swap the config file           |
+//! | `GET /admin/stats`    | token off-loopback | the status page's figures, versioned JSON ([`stats`]) |
+//! | `GET /`, `/status`    | token off-loopback | the status page: one self-contained HTML page polling `/admin/stats` |
+//!
+//! "Token off-loopback": with `SIDECACHE_ADMIN_TOKEN` set (required when the listener is not
+//! on loopback) a request must present it, as `Authorization: Bearer TOKEN` or, so that a
+//! browser can open the status page, as the password of HTTP Basic auth (any user name).
 //!
 //! The admin plane reads shared state ([`Live`]) and never reaches into a data-plane request.
+
+pub mod stats;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -116,6 +124,20 @@ async fn handle(
     let local_endpoint = local::LocalEndpoint::from_path(&path);
     let response = match (method.clone(), path.as_str(), local_endpoint) {
         (Method::GET | Method::HEAD, "/metrics", _) => metrics_response(),
+        (Method::GET | Method::HEAD, "/" | "/status", _) => {
+            match authorize(&req, &live.snapshot().config) {
+                Some(mut denied) => {
+                    denied.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static(
+                            "Basic realm=\"sidecache admin\", charset=\"UTF-8\"",
+                        ),
+                    );
+                    denied
+                }
+                None => status_page(),
+            }
+        }
         (Method::GET | Method::HEAD, _, Some(endpoint)) => {
             let answer = local::answer(endpoint, live).await;
             json_bytes(answer.status, answer.body)
@@ -129,6 +151,7 @@ async fn handle(
                     (Method::GET, "/admin/config") => {
                         json_value(200, snapshot.config.redacted_json())
                     }
+                    (Method::GET, "/admin/stats") => json_value(200, stats::document(live).await),
                     (Method::POST, "/admin/purge") => purge(req, live, peer).await,
                     (Method::POST, "/admin/reload") => reload(live),
                     _ => json_value(405, json!({"error": "method_not_allowed", "path": path})),
@@ -145,15 +168,28 @@ async fn handle(
     })
 }
 
+/// The token a request presents: `Bearer TOKEN`, or the password of `Basic` credentials.
+fn presented_token(req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let value = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.as_bytes().to_vec());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim()).ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
 /// `None` when allowed; a 401 response otherwise.
 fn authorize(req: &Request<Incoming>, config: &Config) -> Option<AdminResponse> {
     let token = config.server.admin_token.as_ref()?;
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes())) {
+    let presented = presented_token(req);
+    if presented.is_some_and(|p| constant_time_eq(&p, token.expose().as_bytes())) {
         None
     } else {
         Some(json_value(
@@ -165,6 +201,25 @@ fn authorize(req: &Request<Incoming>, config: &Config) -> Option<AdminResponse> 
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The status page (`GET /`, `/status`).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn status_page() -> AdminResponse {
+    Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        // Self-contained: nothing may load from elsewhere, and it may not be framed.
+        .header(
+            http::header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        )
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())))
+        .unwrap_or_else(|_| internal_error())
 }
 
 fn metrics_response() -> AdminResponse {

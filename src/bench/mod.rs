@@ -9,14 +9,18 @@
 //! complete response (any status); see [`percentile`]. 2xx and 3xx count as successes;
 //! other statuses, timeouts and transport errors count as errors. A URL fails when its p95
 //! exceeds the budget or its error rate exceeds the maximum; the run fails when any URL
-//! fails.
+//! fails. `--report FILE.html` also writes the run as a self-contained HTML page with plots
+//! ([`html`], [`plot`]).
 
+pub mod html;
+mod plot;
 mod report;
 
 pub use report::{judge, percentile, BenchReport, UrlReport, Verdict};
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HOST;
 use http::HeaderMap;
@@ -102,15 +106,29 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     ))
 }
 
-/// Runs `sidecache bench`: measures `opts`, prints the report (as JSON when `json`) and
-/// says whether the run passed. Unusable options are reported on stderr as bad usage.
-pub fn command(opts: &BenchOptions, json: bool) -> CommandStatus {
+/// Runs `sidecache bench`: measures `opts`, prints the report (as JSON when `json`), writes
+/// the HTML report to `html_report` when given, and says whether the run passed. Unusable
+/// options are reported on stderr as bad usage; a report that cannot be written fails.
+pub fn command(opts: &BenchOptions, json: bool, html_report: Option<&Path>) -> CommandStatus {
+    let started = SystemTime::now();
+    let clock = Instant::now();
     match block_on(run(opts)) {
         Ok(Ok(report)) => {
             if json {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.render_text());
+            }
+            if let Some(path) = html_report {
+                let times = html::RunTimes {
+                    started: httpdate::fmt_http_date(started),
+                    elapsed: clock.elapsed(),
+                };
+                if let Err(e) = std::fs::write(path, html::render(&report, opts, &times)) {
+                    eprintln!("sidecache bench: cannot write {}: {e}", path.display());
+                    return CommandStatus::Failed;
+                }
+                eprintln!("sidecache bench: report written to {}", path.display());
             }
             if report.verdict.is_pass() {
                 CommandStatus::Succeeded

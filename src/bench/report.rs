@@ -32,7 +32,8 @@ impl Verdict {
         }
     }
 
-    fn label(&self) -> &'static str {
+    /// `PASS` or `FAIL`.
+    pub fn label(&self) -> &'static str {
         match self {
             Verdict::Pass => "PASS",
             Verdict::Fail(_) => "FAIL",
@@ -71,6 +72,8 @@ pub struct UrlReport {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Pass/fail against the run's limits.
     pub verdict: Verdict,
+    /// The latency of every complete response, ascending (what the plots are drawn from).
+    pub latencies: Vec<Duration>,
 }
 
 /// The result of a whole `sidecache bench` run.
@@ -196,6 +199,7 @@ impl Tally {
             x_cache: self.x_cache,
             errors_by_kind: self.errors_by_kind,
             verdict: judge(p95, error_rate, budget, max_error_rate),
+            latencies: self.latencies,
         }
     }
 }

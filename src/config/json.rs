@@ -133,6 +133,8 @@ impl Config {
             },
             "warm": {
                 "on_start": self.warm.on_start,
+                "every": self.warm.every.map(duration),
+                "jitter": duration(self.warm.jitter),
                 "concurrency": self.warm.concurrency,
                 "rate_per_second": self.warm.rate_per_second,
                 "max_ready_delay": duration(self.warm.max_ready_delay),

@@ -397,6 +397,11 @@ pub struct L2Config {
 pub struct WarmConfig {
     /// Warm in the background at start-up. Default `false`.
     pub on_start: bool,
+    /// Re-run the warm list this often (an interval, at least 1 s). Default: never.
+    pub every: Option<Duration>,
+    /// Each scheduled run starts up to this much later, at random, so a fleet does not warm
+    /// in step. At most `every`. Default: a tenth of `every`.
+    pub jitter: Duration,
     /// Parallel warming requests. Default `4`.
     pub concurrency: usize,
     /// Max warming requests per second. Default `50`.

@@ -544,6 +544,43 @@ fn warm_templates_are_checked_and_ids_file_is_relative_to_the_config() {
 }
 
 #[test]
+fn warm_schedule_is_an_interval_with_bounded_jitter() {
+    let c = ok(&format!(
+        "{UPSTREAM}[warm]\nevery = \"15m\"\nurls = [\"/a\"]\n"
+    ));
+    assert_eq!(c.warm.every, Some(Duration::from_secs(900)));
+    assert_eq!(c.warm.jitter, Duration::from_secs(90), "a tenth by default");
+    let c = ok(&format!(
+        "{UPSTREAM}[warm]\nevery = \"1m\"\njitter = \"0s\"\nurls = [\"/a\"]\n"
+    ));
+    assert_eq!(c.warm.jitter, Duration::ZERO);
+    let c = ok(UPSTREAM);
+    assert_eq!((c.warm.every, c.warm.jitter), (None, Duration::ZERO));
+    assert_eq!(
+        errors(&format!(
+            "{UPSTREAM}[warm]\nevery = \"500ms\"\nurls = [\"/a\"]\n"
+        )),
+        ["warm.every (line 5): must be at least 1s"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{UPSTREAM}[warm]\nevery = \"1m\"\njitter = \"2m\"\nurls = [\"/a\"]\n"
+        )),
+        ["warm.jitter (line 6): must not exceed warm.every"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{UPSTREAM}[warm]\njitter = \"2m\"\nurls = [\"/a\"]\n"
+        )),
+        ["warm.jitter (line 5): needs warm.every"]
+    );
+    assert_eq!(
+        errors(&format!("{UPSTREAM}[warm]\nevery = \"1m\"\n")),
+        ["warm.every (line 5): needs warm.urls or [[warm.templates]]: there is nothing to warm"]
+    );
+}
+
+#[test]
 fn several_errors_are_all_reported_in_line_order() {
     let text = "[server]\nthreads = 0\n\
         [[upstreams]]\nname = \"a\"\naddress = \"nope\"\n\

@@ -781,6 +781,9 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
     (cache, pending)
 }
 
+/// The shortest `warm.every`.
+const MIN_WARM_EVERY: Duration = Duration::from_secs(1);
+
 fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmConfig {
     let mut t = root.table(doc, "warm");
     let on_start = t
@@ -799,6 +802,33 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
         .get(doc, "max_ready_delay")
         .and_then(|e| e.duration(doc))
         .unwrap_or(Duration::from_secs(30));
+    let every_entry = t.get(doc, "every");
+    let every = every_entry.as_ref().and_then(|e| {
+        let d = e.duration(doc)?;
+        if d < MIN_WARM_EVERY {
+            e.error(doc, "must be at least 1s");
+            return None;
+        }
+        Some(d)
+    });
+    let jitter_entry = t.get(doc, "jitter");
+    let jitter = match (&jitter_entry, every) {
+        (Some(e), Some(every)) => e.duration(doc).and_then(|j| {
+            if j > every {
+                e.error(doc, "must not exceed warm.every");
+                None
+            } else {
+                Some(j)
+            }
+        }),
+        (Some(e), None) => {
+            e.error(doc, "needs warm.every");
+            None
+        }
+        (None, Some(every)) => Some(every / 10),
+        (None, None) => None,
+    }
+    .unwrap_or(Duration::ZERO);
     let host = t.get(doc, "host").and_then(|e| {
         e.parsed(doc, |s| {
             let mut normal = String::new();
@@ -807,7 +837,7 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
                 .map_err(|_| format!("invalid host {s:?}: expected host[:port]"))
         })
     });
-    let urls = t
+    let urls: Vec<String> = t
         .get(doc, "urls")
         .and_then(|e| e.strings(doc))
         .unwrap_or_default()
@@ -854,8 +884,18 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
             });
         }
     }
+    if let Some(e) = &every_entry {
+        if urls.is_empty() && templates.is_empty() {
+            e.error(
+                doc,
+                "needs warm.urls or [[warm.templates]]: there is nothing to warm",
+            );
+        }
+    }
     t.finish(doc);
     WarmConfig {
+        every,
+        jitter,
         on_start,
         concurrency,
         rate_per_second,

@@ -97,7 +97,8 @@ pub async fn ready(live: &Live) -> LocalResponse {
     }
 }
 
-async fn tcp_connects(address: &str, timeout: Duration) -> bool {
+/// Whether `address` accepts a TCP connection within `timeout`.
+pub(crate) async fn tcp_connects(address: &str, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
         Ok(Ok(_))

@@ -310,7 +310,8 @@ impl Subscriber {
                 match classify(&payload, service.instance_id(), service.channel_key()) {
                     Received::Own => {}
                     Received::Remote(m) => {
-                        let request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
+                        let mut request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
+                        request.origin = Some(m.from);
                         service.apply(&request).await;
                     }
                     Received::Malformed(e) => PurgeMessageDropped {

@@ -73,6 +73,8 @@ pub struct PurgeRequest {
     /// The url (path and query), url prefix or tag.
     pub target: String,
     pub source: PurgeSource,
+    /// The instance a received purge came from (`None`: this one).
+    pub origin: Option<String>,
 }
 
 impl PurgeRequest {
@@ -82,6 +84,7 @@ impl PurgeRequest {
             kind,
             target: target.into(),
             source,
+            origin: None,
         }
     }
 }
@@ -180,6 +183,7 @@ impl PurgeService {
         PurgeApplied {
             request,
             report: &report,
+            instance: request.origin.as_deref().unwrap_or(&self.instance_id),
         }
         .emit();
         report

@@ -173,6 +173,7 @@ impl PurgeService {
             PurgeApplied {
                 request: &request,
                 report: &report,
+                instance: self.instance_id(),
             }
             .emit();
             return;

@@ -8,12 +8,14 @@
 //! Events on the request path allocate nothing and log at most one line per request.
 
 use std::fmt::Display;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::metrics::{
     metrics, ConnectionRefusal, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel,
     RequestRefusal, RouteMetrics, Success, UpstreamErrorKind, WarmUrlResult,
 };
+use super::recent::{recent, unix_now, PurgeRecord, ReloadRecord, WarmRecord};
+use super::window;
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::breaker::BreakerScope;
 use crate::cache::storage::purge_log::Refusal;
@@ -54,6 +56,12 @@ impl InternalEvent for RequestFinished<'_> {
             MethodLabel::from_method(self.method),
             self.status,
             self.outcome,
+            self.elapsed,
+        );
+        self.metrics.window().record(
+            window::now_second(),
+            self.outcome,
+            self.status,
             self.elapsed,
         );
         if let Some(waited) = self.lock_wait {
@@ -226,6 +234,8 @@ impl InternalEvent for L1Eviction {
 pub struct PurgeApplied<'a> {
     pub request: &'a PurgeRequest,
     pub report: &'a PurgeReport,
+    /// The instance that originated it.
+    pub instance: &'a str,
 }
 
 impl InternalEvent for PurgeApplied<'_> {
@@ -236,6 +246,15 @@ impl InternalEvent for PurgeApplied<'_> {
             .with_label_values(&[r.kind.label(), r.source.label()])
             .inc();
         let rep = self.report;
+        recent().purge(PurgeRecord {
+            at: unix_now(),
+            kind: r.kind.label(),
+            target: r.target.clone(),
+            source: r.source.label(),
+            instance: self.instance.to_owned(),
+            removed_l1: rep.l1_removed,
+            removed_l2: rep.l2_removed,
+        });
         match r.source {
             PurgeSource::Admin | PurgeSource::Cli => tracing::info!(
                 target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
@@ -372,6 +391,11 @@ impl InternalEvent for ReloadApplied {
             .config_reloads
             .with_label_values(&[Success::Ok.label()])
             .inc();
+        recent().reload(ReloadRecord {
+            at: unix_now(),
+            result: Success::Ok.label(),
+            errors: 0,
+        });
         tracing::info!(target: "sidecache::reload", result = "ok", "config reloaded");
     }
 }
@@ -387,6 +411,11 @@ impl InternalEvent for ReloadRejected<'_> {
             .config_reloads
             .with_label_values(&[Success::Error.label()])
             .inc();
+        recent().reload(ReloadRecord {
+            at: unix_now(),
+            result: Success::Error.label(),
+            errors: self.errors.0.len(),
+        });
         tracing::error!(
             target: "sidecache::reload",
             result = "error",
@@ -401,13 +430,22 @@ impl InternalEvent for ReloadRejected<'_> {
 pub enum WarmTrigger {
     /// `[warm] on_start = true`.
     Start,
+    /// `[warm] every`: the schedule came round.
+    Schedule,
+    /// A reload changed the warm list.
+    Reload,
 }
 
 impl WarmTrigger {
+    /// Every trigger, in label order.
+    pub const ALL: [WarmTrigger; 3] = [Self::Start, Self::Schedule, Self::Reload];
+
     /// The metric label value.
     pub const fn label(self) -> &'static str {
         match self {
             Self::Start => "start",
+            Self::Schedule => "schedule",
+            Self::Reload => "reload",
         }
     }
 }
@@ -436,6 +474,11 @@ impl InternalEvent for WarmFinished<'_> {
                 "warming request failed");
         }
         let m = metrics();
+        let run_result = if self.failed == 0 {
+            Success::Ok
+        } else {
+            Success::Error
+        };
         for (result, n) in [
             (WarmUrlResult::Fetched, self.fetched),
             (WarmUrlResult::AlreadyWarm, self.already_warm),
@@ -448,12 +491,21 @@ impl InternalEvent for WarmFinished<'_> {
         m.warm_duration
             .with_label_values(&[self.trigger.label()])
             .observe(self.elapsed.as_secs_f64());
+        m.warm_runs
+            .with_label_values(&[self.trigger.label(), run_result.label()])
+            .inc();
+        let now = unix_now();
         if self.failed == 0 {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
             m.warm_last_success.set(now);
         }
+        recent().warm_run(WarmRecord {
+            at: now,
+            trigger: self.trigger.label(),
+            fetched: self.fetched,
+            already_warm: self.already_warm,
+            failed: self.failed,
+            duration_seconds: self.elapsed.as_secs_f64(),
+        });
         tracing::info!(target: "sidecache::warm", trigger = self.trigger.label(),
             fetched = self.fetched, already_warm = self.already_warm, failed = self.failed,
             elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),

@@ -9,7 +9,7 @@
 //! combination: [`RouteMetrics`] holds `OnceLock` slots for every (method, status class,
 //! outcome) combination and resolves each slot once.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use once_cell::sync::Lazy;
@@ -23,6 +23,9 @@ use crate::cache::status::CacheOutcome;
 use crate::cache::storage::purge_log::Refusal;
 use crate::cache::storage::{PurgeKind, Tier};
 use crate::purge::PurgeSource;
+
+use super::events::WarmTrigger;
+use super::window::{self, RouteWindow};
 
 /// Warming pass duration buckets in seconds, 100 ms to 30 min.
 pub const WARM_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0];
@@ -348,6 +351,7 @@ pub struct Metrics {
     pub warm_urls: IntCounterVec,
     pub warm_duration: HistogramVec,
     pub warm_last_success: Gauge,
+    pub warm_runs: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
     pub requests_refused: IntCounterVec,
@@ -498,6 +502,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Unix time of the last warming pass with no failed URL (0: none yet)."
         )
         .expect("register sidecache_warm_last_success_timestamp_seconds"),
+        warm_runs: register_int_counter_vec!(
+            "sidecache_warm_runs_total",
+            "Warming passes inside this process, by trigger (start, schedule, reload) and result (ok = no failed URL, error).",
+            &["trigger", "result"]
+        )
+        .expect("register sidecache_warm_runs_total"),
         connections_open: register_int_gauge!(
             "sidecache_connections_open",
             "Client connections open on the data plane (HTTP/1 and h2c alike)."
@@ -551,6 +561,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     for r in WarmUrlResult::ALL {
         m.warm_urls.with_label_values(&[r.label()]);
     }
+    for t in WarmTrigger::ALL {
+        for r in Success::ALL {
+            m.warm_runs.with_label_values(&[t.label(), r.label()]);
+        }
+    }
     for r in ConnectionRefusal::ALL {
         m.connections_refused.with_label_values(&[r.label()]);
     }
@@ -601,6 +616,8 @@ pub struct RouteMetrics {
     coalesced: OnceLock<IntCounter>,
     /// Upstream latency handles, by upstream index.
     upstream: Box<[OnceLock<Histogram>]>,
+    /// The route label's windowed figures (shared across snapshots).
+    window: Arc<RouteWindow>,
 }
 
 impl RouteMetrics {
@@ -612,7 +629,13 @@ impl RouteMetrics {
             durations: Default::default(),
             coalesced: OnceLock::new(),
             upstream: (0..upstreams).map(|_| OnceLock::new()).collect(),
+            window: window::for_route(route),
         }
+    }
+
+    /// The route label's windowed figures.
+    pub fn window(&self) -> &RouteWindow {
+        &self.window
     }
 
     /// Record the time upstream `index` (named `name`) took to answer for this route.

@@ -2,3 +2,5 @@
 pub mod events;
 pub mod logging;
 pub mod metrics;
+pub mod recent;
+pub mod window;

@@ -9,13 +9,14 @@
 //!   keep-alive connections, paced to `rate_per_second`, a per-request timeout, and
 //!   classifies each answer by its `X-Cache` header into a [`WarmReport`].
 //!
-//! Used by `sidecache warm` ([`command`]) and by `[warm] on_start = true` (see
+//! Used by `sidecache warm` ([`command`]), by `[warm] on_start = true` (see
 //! [`crate::server`]), which also holds `/ready` at 503 while warming runs, for at most
-//! `max_ready_delay`.
+//! `max_ready_delay`, and by `[warm] every` and reloads ([`schedule`]).
 
 mod command;
 mod job;
 mod report;
+pub mod schedule;
 
 pub use command::{command, WarmCommand};
 pub use report::{Outcome, ProgressGate, WarmReport};

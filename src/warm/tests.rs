@@ -6,9 +6,12 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::WarmTemplate;
 
-fn config(urls: &[&str], templates: Vec<WarmTemplate>) -> WarmConfig {
+/// A `[warm]` with defaults, `urls` and `templates`.
+pub(super) fn config(urls: &[&str], templates: Vec<WarmTemplate>) -> WarmConfig {
     WarmConfig {
         on_start: false,
+        every: None,
+        jitter: Duration::ZERO,
         concurrency: 4,
         rate_per_second: 50,
         max_ready_delay: Duration::from_secs(30),

@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests: a real `redis-server` on a free port, the
 //! stand-in backend, a recording upstream, a scripted origin, a tiny HTTP client, raw TCP,
+//! headless Chromium,
 //! background traffic, a TCP delay proxy, helpers that drive the storage directly, and a
 //! harness that runs the real `sidecache` binary.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod browser;
 pub mod delay_proxy;
 pub mod http;
 pub mod raw;
