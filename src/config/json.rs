@@ -125,6 +125,7 @@ impl Config {
                     "nodes": l2.nodes.iter().map(|u| redact_url(u.expose())).collect::<Vec<_>>(),
                     "sentinels": l2.sentinels.iter().map(|u| redact_url(u.expose())).collect::<Vec<_>>(),
                     "master_name": l2.master_name,
+                    "fill_lock": l2.fill_lock,
                     "prefix": l2.prefix,
                     "timeout": duration(l2.timeout),
                     "write_timeout": duration(l2.write_timeout),

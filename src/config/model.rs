@@ -382,6 +382,10 @@ pub struct L2Config {
     pub sentinels: Vec<Secret>,
     /// Sentinel: the monitored master's name (`sentinel monitor <name> ...`).
     pub master_name: String,
+    /// On an L1+L2 miss, take a Redis lock on the key before going to the origin, so a
+    /// fleet fetches each key once; other instances wait up to `cache.lock_timeout` for the
+    /// entry. Default `false`. Live.
+    pub fill_lock: bool,
     /// Key prefix; the format version is appended by the store. Default `sidecache:`.
     pub prefix: String,
     /// Timeout of each Redis read. Default `50ms`.

@@ -863,6 +863,16 @@ fn l2_modes_are_parsed_and_need_their_fields() {
     ));
     let l2 = c.cache.l2.unwrap();
     assert_eq!((l2.mode, l2.master_name.as_str()), (L2Mode::Sentinel, "m"));
+    assert!(!l2.fill_lock, "off by default");
+    let c = ok(&format!(
+        "{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\nfill_lock = true\n"
+    ));
+    assert!(c.cache.l2.as_ref().unwrap().fill_lock);
+    assert_eq!(c.redacted_json()["cache"]["l2"]["fill_lock"], true);
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\nfill_lock = \"yes\"\n"),
+        "cache.l2.fill_lock (line 6): expected a boolean, found a string",
+    );
     assert_eq!(
         ok(&format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\n"))
             .cache

@@ -122,6 +122,7 @@ pub(crate) fn default_l2() -> L2Config {
         nodes: Vec::new(),
         sentinels: Vec::new(),
         master_name: String::new(),
+        fill_lock: false,
         prefix: "sidecache:".to_string(),
         timeout: Duration::from_millis(50),
         write_timeout: Duration::from_secs(1),
@@ -818,6 +819,10 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         l2.sentinels = urls(&mut l2t, doc, "sentinels");
         l2.master_name = string(&mut l2t, doc, "master_name", l2.master_name);
         pending.l2_mode_line = l2t.line;
+        l2.fill_lock = l2t
+            .get(doc, "fill_lock")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(l2.fill_lock);
         l2.prefix = string(&mut l2t, doc, "prefix", l2.prefix);
         l2.channel = string(&mut l2t, doc, "channel", l2.channel);
         l2.channel_secret = l2t.get(doc, "channel_secret").and_then(|e| {

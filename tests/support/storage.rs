@@ -38,6 +38,7 @@ pub fn cache_config(l1_bytes: u64, redis_url: Option<String>, prefix: &str) -> C
             nodes: Vec::new(),
             sentinels: Vec::new(),
             master_name: String::new(),
+            fill_lock: false,
             prefix: prefix.to_owned(),
             // generous for a noisy 2-core box; the outage test measures against it
             timeout: Duration::from_millis(250),

@@ -199,6 +199,7 @@ static GENERATION: Lazy<Lua> = lua!("generation.lua");
 static STORE: Lazy<Lua> = lua!("store.lua");
 static PURGE: Lazy<Lua> = lua!("purge.lua");
 static ADVANCE: Lazy<Lua> = lua!("advance.lua");
+static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -370,6 +371,12 @@ impl L2Store {
     /// `{prefix}v2:tombs` (on a cluster, the home slot's, which stays empty).
     pub fn tombstones_key(&self) -> String {
         format!("{}tombs", self.layout.home)
+    }
+
+    /// `{prefix}v2:lock:{hex}`: the cross-instance fill lock of an entry key, beside the
+    /// entry (the same partition on a cluster).
+    pub fn fill_lock_key(&self, key: &[u8; 16]) -> String {
+        format!("{}lock:{}", self.layout.part(key), hex(key))
     }
 
     /// Every partition's key prefix (standalone: the one prefix).
@@ -686,6 +693,57 @@ impl L2Store {
             cursor = next;
             first = false;
         }
+    }
+
+    /// Try to take the fill lock of `key` (`SET NX PX ttl` with `token`), under the read
+    /// timeout: `true` when this caller holds it now.
+    pub async fn take_fill_lock(
+        &self,
+        key: &[u8; 16],
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, L2Result> {
+        let k = self.fill_lock_key(key);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(L2Op::Lock, self.read_timeout(), |mut c| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&k)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Release the fill lock of `key` if `token` still holds it (under the write timeout).
+    pub async fn release_fill_lock(&self, key: &[u8; 16], token: u64) -> Result<(), L2Result> {
+        let mut cmd = UNLOCK.command(&[&self.fill_lock_key(key)]);
+        cmd.arg(token);
+        self.run(L2Op::Lock, self.write_timeout(), |mut c| async move {
+            let _: i64 = UNLOCK.run(&mut c, &cmd).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What a fill-lock waiter looks at: the entry's raw bytes, and whether its fill lock is
+    /// still held (both at once, under the read timeout).
+    pub async fn fill_state(&self, key: &[u8; 16]) -> Result<(Option<Vec<u8>>, bool), L2Result> {
+        let entry = self.entry_key(key);
+        let lock = self.fill_lock_key(key);
+        self.run(L2Op::Get, self.read_timeout(), |mut c| async move {
+            let mut c2 = c.clone();
+            let get = redis::cmd("GET").arg(&entry).to_owned();
+            let exists = redis::cmd("EXISTS").arg(&lock).to_owned();
+            let (value, held): (Option<Vec<u8>>, u64) =
+                tokio::try_join!(get.query_async(&mut c), exists.query_async(&mut c2))?;
+            Ok((value, held > 0))
+        })
+        .await
     }
 
     /// PUBLISH `payload` on `channel` under the write timeout (on the purge connection and
