@@ -126,6 +126,7 @@ impl Config {
                     "sentinels": l2.sentinels.iter().map(|u| redact_url(u.expose())).collect::<Vec<_>>(),
                     "master_name": l2.master_name,
                     "fill_lock": l2.fill_lock,
+                    "compress_above": l2.compress_above,
                     "prefix": l2.prefix,
                     "timeout": duration(l2.timeout),
                     "write_timeout": duration(l2.write_timeout),

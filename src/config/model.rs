@@ -386,6 +386,9 @@ pub struct L2Config {
     /// fleet fetches each key once; other instances wait up to `cache.lock_timeout` for the
     /// entry. Default `false`. Live.
     pub fill_lock: bool,
+    /// Bodies longer than this many bytes are stored in Redis zstd-compressed; `None`
+    /// (`"off"`): never. Default 4 KiB. Live.
+    pub compress_above: Option<u64>,
     /// Key prefix; the format version is appended by the store. Default `sidecache:`.
     pub prefix: String,
     /// Timeout of each Redis read. Default `50ms`.

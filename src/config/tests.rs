@@ -864,6 +864,23 @@ fn l2_modes_are_parsed_and_need_their_fields() {
     let l2 = c.cache.l2.unwrap();
     assert_eq!((l2.mode, l2.master_name.as_str()), (L2Mode::Sentinel, "m"));
     assert!(!l2.fill_lock, "off by default");
+    assert_eq!(l2.compress_above, Some(4096), "4 KiB by default");
+    let l2_with = |line: &str| {
+        ok(&format!(
+            "{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\n{line}\n"
+        ))
+        .cache
+        .l2
+        .unwrap()
+        .compress_above
+    };
+    assert_eq!(l2_with("compress_above = \"off\""), None);
+    assert_eq!(l2_with("compress_above = \"1KiB\""), Some(1024));
+    assert_eq!(l2_with("compress_above = 0"), Some(0));
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\ncompress_above = true\n"),
+        "cache.l2.compress_above (line 6): expected a size like \"4KiB\", a number of bytes, or \"off\", found a boolean",
+    );
     let c = ok(&format!(
         "{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\nfill_lock = true\n"
     ));

@@ -123,6 +123,7 @@ pub(crate) fn default_l2() -> L2Config {
         sentinels: Vec::new(),
         master_name: String::new(),
         fill_lock: false,
+        compress_above: Some(4 << 10),
         prefix: "sidecache:".to_string(),
         timeout: Duration::from_millis(50),
         write_timeout: Duration::from_secs(1),
@@ -823,6 +824,10 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
             .get(doc, "fill_lock")
             .and_then(|e| e.bool(doc))
             .unwrap_or(l2.fill_lock);
+        l2.compress_above = l2t
+            .get(doc, "compress_above")
+            .and_then(|e| e.size_or_off(doc))
+            .unwrap_or(l2.compress_above);
         l2.prefix = string(&mut l2t, doc, "prefix", l2.prefix);
         l2.channel = string(&mut l2t, doc, "channel", l2.channel);
         l2.channel_secret = l2t.get(doc, "channel_secret").and_then(|e| {

@@ -39,6 +39,7 @@ pub fn cache_config(l1_bytes: u64, redis_url: Option<String>, prefix: &str) -> C
             sentinels: Vec::new(),
             master_name: String::new(),
             fill_lock: false,
+            compress_above: Some(4096),
             prefix: prefix.to_owned(),
             // generous for a noisy 2-core box; the outage test measures against it
             timeout: Duration::from_millis(250),

@@ -263,6 +263,8 @@ pub struct L2Store {
     layout: Layout,
     read_timeout: AtomicDuration,
     write_timeout: AtomicDuration,
+    /// `cache.l2.compress_above` (`u64::MAX`: off).
+    compress_above: AtomicU64,
     /// The newest purge generation a reply carried (0: none yet).
     seen: AtomicU64,
 }
@@ -290,6 +292,7 @@ impl L2Store {
             layout: Layout::new(&cfg.prefix, cluster),
             read_timeout: AtomicDuration::new(cfg.timeout),
             write_timeout: AtomicDuration::new(cfg.write_timeout),
+            compress_above: AtomicU64::new(cfg.compress_above.unwrap_or(u64::MAX)),
             seen: AtomicU64::new(0),
         }
     }
@@ -298,9 +301,16 @@ impl L2Store {
     pub fn reconfigure(&self, cfg: &L2Config) {
         self.read_timeout.set(cfg.timeout);
         self.write_timeout.set(cfg.write_timeout);
+        self.compress_above
+            .store(cfg.compress_above.unwrap_or(u64::MAX), Ordering::Relaxed);
         for b in [&self.breaker, &self.purge_breaker] {
             b.reconfigure(cfg.breaker_failures, cfg.breaker_cooldown);
         }
+    }
+
+    /// Bodies longer than this are stored compressed (`None`: never).
+    pub fn compress_above(&self) -> Option<u64> {
+        Some(self.compress_above.load(Ordering::Relaxed)).filter(|n| *n != u64::MAX)
     }
 
     /// Timeout of each read.

@@ -314,7 +314,7 @@ impl TieredCache {
             return;
         };
         spawn_bg(async move {
-            let value = codec::encode(&entry);
+            let value = codec::encode_compressed(&entry, l2.compress_above());
             let write = EntryWrite {
                 key: &key,
                 value: &value,
