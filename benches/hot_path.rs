@@ -1,8 +1,9 @@
 //! Micro-benchmarks of the per-request work on sidecache's hot (L1 hit) path, piece by piece:
 //! route match + rewrite + cache key, L1 lookup + hit rebuild through the pingora `Storage`
-//! API, the L2 value codec, and metrics recording (the counters, and the ring the stats API
-//! reads). Whole-request costs under load are measured by `benches/load/run.sh`; these say
-//! where inside a request the time goes.
+//! API, the L2 value codec and its compression (zstd vs lz4 on the stand-in's JSON), and
+//! metrics recording (the counters, and the ring the stats API reads). Whole-request costs
+//! under load are measured by `benches/load/run.sh`; these say where inside a request the
+//! time goes.
 //!
 //! `cargo bench --bench hot_path` (< 1 minute); CI only compiles it.
 
@@ -163,6 +164,65 @@ fn codec_bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The stand-in's JSON payloads the compression choice was measured on: a contractor bundle
+/// (~5 KB), the state-machine diagram, and a 100 KB page of 20 different bundles.
+fn payloads() -> Vec<(&'static str, Vec<u8>)> {
+    use sidecache::demo::payloads;
+    let bundle = |id: u64| serde_json::to_vec(&payloads::contractor_bundle(&id.to_string(), id));
+    let mut page = b"[".to_vec();
+    for id in 0..20 {
+        page.extend(bundle(id).expect("json"));
+        page.push(b',');
+    }
+    page.push(b']');
+    vec![
+        ("bundle", bundle(42).expect("json")),
+        (
+            "diagram",
+            serde_json::to_vec(&payloads::diagram()).expect("json"),
+        ),
+        ("page", page),
+    ]
+}
+
+/// zstd (levels 1 and 3) against lz4 on the stand-in's JSON: compress and decompress time
+/// per payload, and the stored size (printed once, ratio = raw / stored).
+fn compression_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("l2_compression");
+    for (name, raw) in payloads() {
+        let z1 = zstd::bulk::compress(&raw, 1).expect("zstd");
+        let z3 = zstd::bulk::compress(&raw, 3).expect("zstd");
+        let l4 = lz4_flex::compress(&raw);
+        let ratio = |n: usize| raw.len() as f64 / n as f64;
+        eprintln!(
+            "{name}: {} B raw; zstd-1 {} B ({:.1}x), zstd-3 {} B ({:.1}x), lz4 {} B ({:.1}x)",
+            raw.len(),
+            z1.len(),
+            ratio(z1.len()),
+            z3.len(),
+            ratio(z3.len()),
+            l4.len(),
+            ratio(l4.len())
+        );
+        g.bench_function(format!("zstd-1 compress {name}"), |b| {
+            b.iter(|| zstd::bulk::compress(black_box(&raw), 1).expect("zstd"))
+        });
+        g.bench_function(format!("zstd-3 compress {name}"), |b| {
+            b.iter(|| zstd::bulk::compress(black_box(&raw), 3).expect("zstd"))
+        });
+        g.bench_function(format!("lz4 compress {name}"), |b| {
+            b.iter(|| lz4_flex::compress(black_box(&raw)))
+        });
+        g.bench_function(format!("zstd decompress {name}"), |b| {
+            b.iter(|| zstd::bulk::decompress(black_box(&z1), raw.len()).expect("zstd"))
+        });
+        g.bench_function(format!("lz4 decompress {name}"), |b| {
+            b.iter(|| lz4_flex::decompress(black_box(&l4), raw.len()).expect("lz4"))
+        });
+    }
+    g.finish();
+}
+
 fn metrics_bench(c: &mut Criterion) {
     let rm = RouteMetrics::new("bench_route", 1);
     let mut g = c.benchmark_group("metrics");
@@ -200,6 +260,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, l1, codec_bench, metrics_bench
+    targets = routing, l1, codec_bench, compression_bench, metrics_bench
 }
 criterion_main!(benches);

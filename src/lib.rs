@@ -8,6 +8,8 @@
 //! backend used by `sidecache demo`, tests and benches; [`bench`](mod@bench), [`warm`] and
 //! `sidecache purge` ([`purge::command`]) are clients built on the [`client`] toolkit.
 #![forbid(unsafe_code)]
+// redis 1.x's cluster futures nest deeper than the default limit allows in the admin handler.
+#![recursion_limit = "256"]
 
 pub mod admin;
 pub mod bench;

@@ -14,11 +14,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::backend::start_backend;
 use support::http::{get, metric, request, Resp};
 use support::redis::RedisServer;
-use support::sidecache::{run_cli, Sidecache, SidecacheOptions};
+use support::sidecache::{admin_purge, run_cli, Sidecache, SidecacheOptions};
 
 /// How long a purge may take to reach the other instance before the test fails (the target
 /// is 100 ms; this is a shared, noisy box).
@@ -122,18 +122,6 @@ async fn gone_from_l1(sc: &Sidecache, path: &str, since: Instant, what: &str) ->
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-async fn admin_purge(sc: &Sidecache, body: Value) -> Value {
-    let r = request(
-        "POST",
-        &sc.admin_url("/admin/purge"),
-        &[("content-type", "application/json")],
-        Bytes::from(body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 200, "purge {body}: {}", r.text());
-    r.json()
 }
 
 #[tokio::test(flavor = "multi_thread")]

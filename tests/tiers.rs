@@ -178,3 +178,50 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss_not_a_500() {
     );
     assert_eq!(backend.stats().hits(url), 2);
 }
+
+/// Bodies above `cache.l2.compress_above` (default 4 KiB) sit in Redis zstd-compressed and
+/// come back byte for byte on another instance; a value in a format this build does not know
+/// (a future version) is a counted miss, not a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_are_compressed_in_redis_and_served_whole() {
+    let redis = RedisServer::start();
+    let backend = start_backend(Duration::ZERO).await;
+    let opts = SidecacheOptions::new(config(&redis.url())).backend(backend.addr());
+    let a = Sidecache::start(opts.clone()).await;
+    let url = "/api/contractors/9/bundle";
+    let first = get(&a.url(url), &[]).await;
+    assert!(
+        first.body.len() > 4096,
+        "a bundle is ~5 KB: {}",
+        first.body.len()
+    );
+    wait_for_l2_entries(&redis, 1);
+    let key = redis.keys("*v2:e:*").remove(0);
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut redis.conn())
+        .expect("raw GET");
+    assert!(
+        stored.len() * 2 < first.body.len(),
+        "stored {} bytes for a {}-byte body",
+        stored.len(),
+        first.body.len()
+    );
+
+    let b = Sidecache::start(opts.clone()).await;
+    let from_l2 = get(&b.url(url), &[]).await;
+    assert_eq!(from_l2.x_cache(), "HIT-L2");
+    assert_eq!(from_l2.body, first.body);
+
+    let mut future = stored.clone();
+    future[4] = 99; // the format version byte
+    redis.set_raw(&key, &future);
+    let c = Sidecache::start(opts).await;
+    let r = get(&c.url(url), &[]).await;
+    assert_eq!((r.status, r.x_cache()), (200, "MISS"));
+    let m = get(&c.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "sidecache_corrupt_entries_total{tier=\"l2\"}"),
+        1.0
+    );
+}

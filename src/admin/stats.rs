@@ -14,6 +14,7 @@ use prometheus::core::Collector;
 use serde_json::{json, Map, Value};
 
 use crate::cache::status::CacheOutcome;
+use crate::config::L2Mode;
 use crate::live::Live;
 use crate::telemetry::metrics::{metrics, L2Op, UpstreamErrorKind, WarmUrlResult, LATENCY_BUCKETS};
 use crate::telemetry::recent::{recent, unix_now};
@@ -235,10 +236,21 @@ fn l2_json(live: &Live) -> Value {
     let Some(l2) = live.cache.l2() else {
         return json!({"configured": false});
     };
+    let snapshot = live.snapshot();
+    let Some(cfg) = snapshot.config.cache.l2.as_ref() else {
+        return json!({"configured": false});
+    };
     json!({
         "configured": true,
-        // Only a single Redis server is supported so far.
-        "mode": "standalone",
+        "mode": cfg.mode.label(),
+        // Cluster: how many seed nodes are configured; sentinel: the master followed and how
+        // many sentinels report it. Addresses are not shown (credentials live in the URLs).
+        "cluster_seeds": (cfg.mode == L2Mode::Cluster).then_some(cfg.nodes.len()),
+        "sentinel": (cfg.mode == L2Mode::Sentinel).then(|| json!({
+            "master_name": cfg.master_name,
+            "sentinels": cfg.sentinels.len(),
+        })),
+        "fill_lock": cfg.fill_lock,
         "up": metrics().l2_up.get() == 1,
         "breaker": breaker_state(l2.breaker().is_closed()),
         "purge_breaker": breaker_state(l2.purge_breaker().is_closed()),

@@ -47,6 +47,31 @@ pub(crate) fn apply(config: &mut Config, env: &dyn EnvSource, errors: &mut Vec<C
             Err(msg) => bad(errors, "SIDECACHE_REDIS_URL", msg),
         }
     }
+    for var in ["SIDECACHE_REDIS_NODES", "SIDECACHE_REDIS_SENTINELS"] {
+        let Some(value) = env.var(var) else {
+            continue;
+        };
+        let Some(l2) = config.cache.l2.as_mut() else {
+            bad(
+                errors,
+                var,
+                "set, but there is no [cache.l2] to use it (set its mode there)".to_string(),
+            );
+            continue;
+        };
+        let mut urls = Vec::new();
+        for url in value.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match check_redis_url(url) {
+                Ok(()) => urls.push(Secret::new(url)),
+                Err(msg) => bad(errors, var, msg),
+            }
+        }
+        if var == "SIDECACHE_REDIS_NODES" {
+            l2.nodes = urls;
+        } else {
+            l2.sentinels = urls;
+        }
+    }
     if let Some(secret) = env.var("SIDECACHE_CHANNEL_SECRET") {
         match config.cache.l2.as_mut() {
             _ if secret.len() < 16 => bad(

@@ -121,7 +121,13 @@ impl Config {
                     "max_object_bytes": self.cache.l1.max_object_bytes,
                 },
                 "l2": self.cache.l2.as_ref().map(|l2| json!({
+                    "mode": l2.mode.label(),
                     "url": redact_url(l2.url.expose()),
+                    "nodes": l2.nodes.iter().map(|u| redact_url(u.expose())).collect::<Vec<_>>(),
+                    "sentinels": l2.sentinels.iter().map(|u| redact_url(u.expose())).collect::<Vec<_>>(),
+                    "master_name": l2.master_name,
+                    "fill_lock": l2.fill_lock,
+                    "compress_above": l2.compress_above,
                     "prefix": l2.prefix,
                     "timeout": duration(l2.timeout),
                     "write_timeout": duration(l2.write_timeout),

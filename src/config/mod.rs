@@ -113,7 +113,7 @@ pub fn parse(
     let (mut config, pending) = validate::build(&mut doc, document.as_table(), source);
     env::apply(&mut config, env, &mut doc.errors);
     if let (Some(line), Some(l2)) = (pending.l2_without_url, &config.cache.l2) {
-        if l2.url.expose().is_empty() {
+        if l2.mode == L2Mode::Standalone && l2.url.expose().is_empty() {
             doc.error(
                 "cache.l2.url",
                 line,
@@ -121,7 +121,7 @@ pub fn parse(
             );
         }
     }
-    validate::after_env(&config, &mut doc);
+    validate::after_env(&config, &pending, &mut doc);
     let mut errors = doc.errors;
     if errors.is_empty() {
         return Ok(config);
@@ -188,9 +188,29 @@ pub const RESTART_ONLY: &[RestartOnly] = &[
         changed: |o, n| o.cache.l2.is_some() != n.cache.l2.is_some(),
     },
     RestartOnly {
+        path: "cache.l2.mode",
+        what: "the Redis mode",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.mode),
+    },
+    RestartOnly {
         path: "cache.l2.url",
         what: "the Redis URL",
         changed: |o, n| l2_field_changed(o, n, |l2| &l2.url),
+    },
+    RestartOnly {
+        path: "cache.l2.nodes",
+        what: "the Redis Cluster seed nodes",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.nodes),
+    },
+    RestartOnly {
+        path: "cache.l2.sentinels",
+        what: "the Redis sentinels",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.sentinels),
+    },
+    RestartOnly {
+        path: "cache.l2.master_name",
+        what: "the Sentinel master name",
+        changed: |o, n| l2_field_changed(o, n, |l2| &l2.master_name),
     },
     RestartOnly {
         path: "cache.l2.prefix",

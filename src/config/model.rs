@@ -372,8 +372,27 @@ pub struct L1Config {
 /// `[cache.l2]`: the shared Redis tier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct L2Config {
+    /// Which Redis deployment the tier talks to. Default standalone.
+    pub mode: L2Mode,
     /// `redis://[:password@]host:port[/db]`; env `SIDECACHE_REDIS_URL`. Redacted when shown.
+    /// Standalone: the server. Sentinel: optional, the master's credentials and db (its host
+    /// is not used). Cluster: unused.
     pub url: Secret,
+    /// Cluster: seed node URLs (credentials and TLS in them); env `SIDECACHE_REDIS_NODES`
+    /// (comma separated). Redacted when shown.
+    pub nodes: Vec<Secret>,
+    /// Sentinel: the sentinels' URLs; env `SIDECACHE_REDIS_SENTINELS` (comma separated).
+    /// Redacted when shown.
+    pub sentinels: Vec<Secret>,
+    /// Sentinel: the monitored master's name (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// On an L1+L2 miss, take a Redis lock on the key before going to the origin, so a
+    /// fleet fetches each key once; other instances wait up to `cache.lock_timeout` for the
+    /// entry. Default `false`. Live.
+    pub fill_lock: bool,
+    /// Bodies longer than this many bytes are stored in Redis zstd-compressed; `None`
+    /// (`"off"`): never. Default 4 KiB. Live.
+    pub compress_above: Option<u64>,
     /// Key prefix; the format version is appended by the store. Default `sidecache:`.
     pub prefix: String,
     /// Timeout of each Redis read. Default `50ms`.
@@ -390,6 +409,28 @@ pub struct L2Config {
     /// without a valid signature are dropped. Default none (unsigned). File or env
     /// `SIDECACHE_CHANNEL_SECRET`; redacted when shown.
     pub channel_secret: Option<Secret>,
+}
+
+/// `cache.l2.mode`: the kind of Redis deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Mode {
+    /// One server (or a managed primary endpoint) at `url`.
+    Standalone,
+    /// Redis Cluster (or a Valkey cluster) found through `nodes`.
+    Cluster,
+    /// The master `master_name` as the `sentinels` report it, followed across failovers.
+    Sentinel,
+}
+
+impl L2Mode {
+    /// The config value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+        }
+    }
 }
 
 /// `[warm]`: cache warming.

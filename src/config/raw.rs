@@ -189,6 +189,15 @@ impl<'n> Entry<'n> {
         }
     }
 
+    /// A size, or the string `"off"` (`Some(None)`).
+    pub fn size_or_off(&self, doc: &mut Doc<'_>) -> Option<Option<u64>> {
+        match self.node {
+            Node::Value(Value::String(s)) if s.value() == "off" => Some(None),
+            Node::Value(Value::Integer(_) | Value::String(_)) => self.size(doc).map(Some),
+            _ => self.wrong_type(doc, "a size like \"4KiB\", a number of bytes, or \"off\""),
+        }
+    }
+
     /// The elements of an array (of values or of tables), with indexed paths.
     pub fn list(&self, doc: &mut Doc<'_>) -> Option<Vec<Entry<'n>>> {
         let at = |i: usize, line: Option<usize>, node: Node<'n>| Entry {

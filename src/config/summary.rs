@@ -74,7 +74,10 @@ pub fn render(path: &Path, c: &Config) -> String {
     }
     let l2 = c.cache.l2.as_ref().map_or_else(
         || "off (L1 only)".to_owned(),
-        |l2| format!("redis, timeout {:?}", l2.timeout),
+        |l2| {
+            let fill = if l2.fill_lock { ", fill lock" } else { "" };
+            format!("redis {}, timeout {:?}{fill}", l2.mode.label(), l2.timeout)
+        },
     );
     let _ = writeln!(
         s,

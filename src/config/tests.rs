@@ -890,3 +890,137 @@ fn the_channel_secret_can_come_from_the_env() {
         ["SIDECACHE_CHANNEL_SECRET: must be at least 16 characters"]
     );
 }
+
+#[test]
+fn l2_modes_are_parsed_and_need_their_fields() {
+    let c = ok(&format!(
+        "{UPSTREAM}[cache.l2]\nmode = \"cluster\"\n\
+         nodes = [\"redis://:pw@a:7000\", \"redis://b:7001\"]\n"
+    ));
+    let l2 = c.cache.l2.as_ref().unwrap();
+    assert_eq!(l2.mode, L2Mode::Cluster);
+    assert_eq!(l2.nodes.len(), 2);
+    assert_eq!(l2.nodes[0].expose(), "redis://:pw@a:7000");
+    let json = c.redacted_json();
+    assert_eq!(json["cache"]["l2"]["mode"], "cluster");
+    assert_eq!(
+        json["cache"]["l2"]["nodes"][0],
+        "redis://:[redacted]@a:7000"
+    );
+
+    let c = ok(&format!(
+        "{UPSTREAM}[cache.l2]\nmode = \"sentinel\"\nsentinels = [\"redis://s:26379\"]\n\
+         master_name = \"m\"\n"
+    ));
+    let l2 = c.cache.l2.unwrap();
+    assert_eq!((l2.mode, l2.master_name.as_str()), (L2Mode::Sentinel, "m"));
+    assert!(!l2.fill_lock, "off by default");
+    assert_eq!(l2.compress_above, Some(4096), "4 KiB by default");
+    let l2_with = |line: &str| {
+        ok(&format!(
+            "{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\n{line}\n"
+        ))
+        .cache
+        .l2
+        .unwrap()
+        .compress_above
+    };
+    assert_eq!(l2_with("compress_above = \"off\""), None);
+    assert_eq!(l2_with("compress_above = \"1KiB\""), Some(1024));
+    assert_eq!(l2_with("compress_above = 0"), Some(0));
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\ncompress_above = true\n"),
+        "cache.l2.compress_above (line 6): expected a size like \"4KiB\", a number of bytes, or \"off\", found a boolean",
+    );
+    let c = ok(&format!(
+        "{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\nfill_lock = true\n"
+    ));
+    assert!(c.cache.l2.as_ref().unwrap().fill_lock);
+    assert_eq!(c.redacted_json()["cache"]["l2"]["fill_lock"], true);
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\nfill_lock = \"yes\"\n"),
+        "cache.l2.fill_lock (line 6): expected a boolean, found a string",
+    );
+    assert_eq!(
+        ok(&format!("{UPSTREAM}[cache.l2]\nurl = \"redis://r:1\"\n"))
+            .cache
+            .l2
+            .unwrap()
+            .mode,
+        L2Mode::Standalone
+    );
+
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nmode = \"cluster\"\n"),
+        "cache.l2.nodes (line 5): mode = \"cluster\" needs at least one seed node (or set SIDECACHE_REDIS_NODES)",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\nprefix = \"{{x}}\"\n"),
+        "cache.l2.prefix (line 7): must not contain '{' or '}' with mode = \"cluster\": the store adds its own hash tags",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nmode = \"cluster\"\nnodes = [\"http://a:1\"]\n"),
+        "cache.l2.nodes[0] (line 6): invalid Redis URL: expected redis://[:password@]host:port[/db]",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nmode = \"sentinel\"\nsentinels = [\"redis://s:1\"]\n"),
+        "cache.l2.master_name (line 5): mode = \"sentinel\" needs the master's name",
+    );
+    assert_error(
+        &format!("{UPSTREAM}[cache.l2]\nmode = \"primary\"\n"),
+        "cache.l2.mode (line 5): expected \"standalone\", \"cluster\" or \"sentinel\"",
+    );
+}
+
+#[test]
+fn l2_node_lists_come_from_the_env_and_mode_changes_need_a_restart() {
+    let text = format!("{UPSTREAM}[cache.l2]\nmode = \"cluster\"\n");
+    let e = env(&[("SIDECACHE_REDIS_NODES", "redis://a:1, redis://b:2")]);
+    let c = parse(&text, None, &e).unwrap();
+    let nodes: Vec<&str> = c
+        .cache
+        .l2
+        .as_ref()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(Secret::expose)
+        .collect();
+    assert_eq!(nodes, ["redis://a:1", "redis://b:2"]);
+
+    let text = format!("{UPSTREAM}[cache.l2]\nmode = \"sentinel\"\nmaster_name = \"m\"\n");
+    let e = env(&[("SIDECACHE_REDIS_SENTINELS", "redis://s:26379")]);
+    let sentinel = parse(&text, None, &e).unwrap();
+    assert_eq!(sentinel.cache.l2.as_ref().unwrap().sentinels.len(), 1);
+
+    let err = parse(
+        UPSTREAM,
+        None,
+        &env(&[("SIDECACHE_REDIS_NODES", "redis://a:1")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.report()
+            .starts_with("SIDECACHE_REDIS_NODES: set, but there is no [cache.l2]"),
+        "{}",
+        err.report()
+    );
+    let err = parse(
+        &text,
+        None,
+        &env(&[("SIDECACHE_REDIS_SENTINELS", "http://s")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.report()
+            .contains("SIDECACHE_REDIS_SENTINELS: invalid Redis URL"),
+        "{}",
+        err.report()
+    );
+
+    let report = check_reloadable(&sentinel, &c).unwrap_err().report();
+    assert!(report.contains("cache.l2.mode"), "{report}");
+    assert!(report.contains("cache.l2.nodes"), "{report}");
+    assert!(report.contains("cache.l2.sentinels"), "{report}");
+    assert!(report.contains("cache.l2.master_name"), "{report}");
+}

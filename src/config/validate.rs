@@ -38,6 +38,8 @@ const ROUTE_CACHE_KEYS: [&str; 12] = [
 pub(crate) struct Pending {
     /// `[cache.l2]` exists without `url`: its line, checked again after env overrides.
     pub l2_without_url: Option<Option<usize>>,
+    /// The line of `[cache.l2]`, for the mode's requirements checked after env overrides.
+    pub l2_mode_line: Option<usize>,
 }
 
 /// A socket address like `0.0.0.0:8080`.
@@ -115,7 +117,13 @@ fn absolute_path(s: &str) -> Result<String, String> {
 /// The `[cache.l2]` defaults, with an empty URL to be filled from the file or env.
 pub(crate) fn default_l2() -> L2Config {
     L2Config {
+        mode: L2Mode::Standalone,
         url: Secret::new(""),
+        nodes: Vec::new(),
+        sentinels: Vec::new(),
+        master_name: String::new(),
+        fill_lock: false,
+        compress_above: Some(4 << 10),
         prefix: "sidecache:".to_string(),
         timeout: Duration::from_millis(50),
         write_timeout: Duration::from_secs(1),
@@ -162,7 +170,10 @@ pub(crate) fn build(
 
 /// The checks that need the environment applied first. Everything `run` refuses at start is
 /// checked here, so `sidecache check` and `sidecache run` always agree.
-pub(crate) fn after_env(config: &Config, doc: &mut Doc<'_>) {
+pub(crate) fn after_env(config: &Config, pending: &Pending, doc: &mut Doc<'_>) {
+    if let Some(l2) = &config.cache.l2 {
+        l2_mode(l2, pending.l2_mode_line, config, doc);
+    }
     let admin = config.server.admin_listen;
     if !admin.ip().is_loopback() && config.server.admin_token.is_none() {
         let line = config.lines.get("server.admin_listen");
@@ -174,6 +185,46 @@ pub(crate) fn after_env(config: &Config, doc: &mut Doc<'_>) {
                  requires a bearer token, or listen on 127.0.0.1"
             ),
         );
+    }
+}
+
+/// What each `cache.l2.mode` needs (after env overrides, which may supply the lists).
+fn l2_mode(l2: &L2Config, table_line: Option<usize>, config: &Config, doc: &mut Doc<'_>) {
+    let line = |key: &str| config.lines.get(&format!("cache.l2.{key}")).or(table_line);
+    match l2.mode {
+        L2Mode::Standalone => {}
+        L2Mode::Cluster => {
+            if l2.nodes.is_empty() {
+                doc.error(
+                    "cache.l2.nodes",
+                    line("mode"),
+                    "mode = \"cluster\" needs at least one seed node (or set SIDECACHE_REDIS_NODES)",
+                );
+            }
+            if l2.prefix.contains(['{', '}']) {
+                doc.error(
+                    "cache.l2.prefix",
+                    line("prefix"),
+                    "must not contain '{' or '}' with mode = \"cluster\": the store adds its own hash tags",
+                );
+            }
+        }
+        L2Mode::Sentinel => {
+            if l2.sentinels.is_empty() {
+                doc.error(
+                    "cache.l2.sentinels",
+                    line("mode"),
+                    "mode = \"sentinel\" needs at least one sentinel (or set SIDECACHE_REDIS_SENTINELS)",
+                );
+            }
+            if l2.master_name.trim().is_empty() {
+                doc.error(
+                    "cache.l2.master_name",
+                    line("mode"),
+                    "mode = \"sentinel\" needs the master's name",
+                );
+            }
+        }
     }
 }
 
@@ -729,6 +780,7 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
 
     let mut pending = Pending {
         l2_without_url: None,
+        l2_mode_line: None,
     };
     let l2 = t.get(doc, "l2").and_then(|e| e.table(doc)).map(|mut l2t| {
         let mut l2 = default_l2();
@@ -745,6 +797,41 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
                 .and_then(|e| e.str(doc).map(str::to_string))
                 .unwrap_or(default)
         };
+        l2.mode = l2t
+            .get(doc, "mode")
+            .and_then(|e| {
+                e.parsed(doc, |s| match s {
+                    "standalone" => Ok(L2Mode::Standalone),
+                    "cluster" => Ok(L2Mode::Cluster),
+                    "sentinel" => Ok(L2Mode::Sentinel),
+                    _ => Err("expected \"standalone\", \"cluster\" or \"sentinel\""),
+                })
+            })
+            .unwrap_or(l2.mode);
+        let urls = |t: &mut Table<'_>, doc: &mut Doc<'_>, key| -> Vec<Secret> {
+            let Some(list) = t.get(doc, key).and_then(|e| e.strings(doc)) else {
+                return Vec::new();
+            };
+            list.into_iter()
+                .filter_map(|(s, e)| {
+                    e.parsed(doc, |_| {
+                        check_redis_url(&s).map(|()| Secret::new(s.clone()))
+                    })
+                })
+                .collect()
+        };
+        l2.nodes = urls(&mut l2t, doc, "nodes");
+        l2.sentinels = urls(&mut l2t, doc, "sentinels");
+        l2.master_name = string(&mut l2t, doc, "master_name", l2.master_name);
+        pending.l2_mode_line = l2t.line;
+        l2.fill_lock = l2t
+            .get(doc, "fill_lock")
+            .and_then(|e| e.bool(doc))
+            .unwrap_or(l2.fill_lock);
+        l2.compress_above = l2t
+            .get(doc, "compress_above")
+            .and_then(|e| e.size_or_off(doc))
+            .unwrap_or(l2.compress_above);
         l2.prefix = string(&mut l2t, doc, "prefix", l2.prefix);
         l2.channel = string(&mut l2t, doc, "channel", l2.channel);
         l2.channel_secret = l2t.get(doc, "channel_secret").and_then(|e| {

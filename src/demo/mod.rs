@@ -19,7 +19,7 @@
 //! [`routes`] for their parameters. Anything else is a 404 `{"error":"not_found","path":..}`.
 
 mod body;
-mod payloads;
+pub mod payloads;
 pub mod routes;
 
 pub use body::{pattern_byte, pattern_chunk, DemoBody, Fnv64, BIG_CHUNK};

@@ -24,6 +24,14 @@
 //! Limitation: a signed message can be replayed by whoever can read the channel; that only
 //! repeats a purge that was really made.
 //!
+//! **Cluster and Sentinel.** On a Redis Cluster purges use classic `PUBLISH`/`SUBSCRIBE`, not
+//! sharded `SPUBLISH`: a classic message is forwarded over the cluster bus to every node, so
+//! the subscriber may sit on any node and needs no slot map, and purges are rare enough that
+//! the bus fan-out costs nothing (sharded pub/sub only pays off for many busy channels). The
+//! subscriber connects to one seed and moves to the next after a failure. Under Sentinel each
+//! (re)connect asks the sentinels for the current master, so after a failover the subscriber
+//! resubscribes there (and the gap rule below clears L1, since messages may have been lost).
+//!
 //! **Subscriber.** A dedicated (non-multiplexed) Redis connection in `SUBSCRIBE` mode, read by
 //! a small blocking thread that never touches the cache; it forwards [`Event`]s to an async
 //! task in pingora's runtime ([`run`], started as a background service) that applies them, so
@@ -51,6 +59,7 @@ use tokio::sync::mpsc;
 use tokio::sync::watch;
 
 use super::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
+use crate::cache::storage::topology::SubscribeTarget;
 use crate::hex::hex;
 use crate::telemetry::events::{InternalEvent, PubsubLink, PubsubLinkState, PurgeMessageDropped};
 use crate::telemetry::metrics::MessageDrop;
@@ -336,7 +345,7 @@ pub(super) async fn run(
     let Some(l2) = service.cache().l2() else {
         return;
     };
-    let Some(client) = l2.client().cloned() else {
+    let Some(target) = l2.subscriber() else {
         return;
     };
     let channel = channel.to_owned();
@@ -344,7 +353,7 @@ pub(super) async fn run(
     let thread_channel = channel.clone();
     let spawned = std::thread::Builder::new()
         .name("sidecache-pubsub".into())
-        .spawn(move || reader_loop(&client, &thread_channel, &tx));
+        .spawn(move || reader_loop(&target, &thread_channel, &tx));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the purge subscriber thread; purges are not received from other instances");
         return;
@@ -362,11 +371,15 @@ pub(super) async fn run(
 }
 
 /// The blocking side: connect, `SUBSCRIBE`, forward messages; on any failure back off and
-/// start again. Returns only when the async side is gone.
-fn reader_loop(client: &redis::Client, channel: &str, tx: &mpsc::Sender<Event>) {
+/// start again (on a cluster at the next seed, under Sentinel at the master the sentinels
+/// name now). Returns only when the async side is gone.
+fn reader_loop(target: &SubscribeTarget, channel: &str, tx: &mpsc::Sender<Event>) {
     let mut backoff = BACKOFF_MIN;
+    let mut attempt = 0u64;
     loop {
-        let err = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+        let client = target.client(attempt);
+        attempt += 1;
+        let err = match client.and_then(|c| c.get_connection_with_timeout(CONNECT_TIMEOUT)) {
             Err(e) => e.to_string(),
             Ok(mut con) => {
                 let mut ps = con.as_pubsub();

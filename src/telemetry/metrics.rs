@@ -98,10 +98,19 @@ pub enum L2Op {
     /// One batch of a purge (the first also records its tombstone).
     Purge,
     Publish,
+    /// Taking or releasing a cross-instance fill lock (`cache.l2.fill_lock`).
+    Lock,
 }
 impl L2Op {
     /// Every operation, in label order.
-    pub const ALL: [L2Op; 5] = [Self::Get, Self::Set, Self::Del, Self::Purge, Self::Publish];
+    pub const ALL: [L2Op; 6] = [
+        Self::Get,
+        Self::Set,
+        Self::Del,
+        Self::Purge,
+        Self::Publish,
+        Self::Lock,
+    ];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -110,6 +119,7 @@ impl L2Op {
             Self::Del => "del",
             Self::Purge => "purge",
             Self::Publish => "publish",
+            Self::Lock => "lock",
         }
     }
 }

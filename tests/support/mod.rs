@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a real `redis-server` on a free port, the
+//! Helpers shared by the integration tests: a real `redis-server` on a free port (and a real
+//! Redis Cluster and Sentinel set-up), the
 //! stand-in backend, a recording upstream, a scripted origin, a tiny HTTP client, raw TCP,
 //! headless Chromium,
 //! background traffic, a TCP delay proxy, helpers that drive the storage directly, and a
@@ -13,6 +14,7 @@ pub mod http;
 pub mod raw;
 pub mod recorder;
 pub mod redis;
+pub mod redis_cluster;
 pub mod scripted;
 pub mod sidecache;
 pub mod storage;

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tempfile::TempDir;
 
+use super::http::{get, request};
+
 /// Path of the binary under test, built by cargo for integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidecache");
 
@@ -320,4 +322,35 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {BIN}: {e}"))
+}
+
+/// GET `path` on `sc` (each answer must be 200) until one answers `x_cache`, for up to 20 s.
+pub async fn until_x_cache(sc: &Sidecache, path: &str, x_cache: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(&sc.url(path), &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        if r.x_cache() == x_cache {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {x_cache} (last {})",
+            r.x_cache()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POST `body` to `sc`'s `/admin/purge`; must answer 200; returns the report.
+pub async fn admin_purge(sc: &Sidecache, body: serde_json::Value) -> serde_json::Value {
+    let r = request(
+        "POST",
+        &sc.admin_url("/admin/purge"),
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "purge {body}: {}", r.text());
+    r.json()
 }

@@ -10,7 +10,7 @@ use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_http::ResponseHeader;
 use sidecache::cache::storage::{EntryContext, Tier, TieredCache, TieredHit};
-use sidecache::config::{CacheConfig, L1Config, L2Config, Secret};
+use sidecache::config::{CacheConfig, L1Config, L2Config, L2Mode, Secret};
 use sidecache::purge::{PurgeKind, PurgeReport, PurgeRequest, PurgeService, PurgeSource};
 
 /// Largest body the test caches store.
@@ -33,7 +33,13 @@ pub fn cache_config(l1_bytes: u64, redis_url: Option<String>, prefix: &str) -> C
             max_object_bytes: MAX_OBJECT,
         },
         l2: redis_url.map(|url| L2Config {
+            mode: L2Mode::Standalone,
             url: Secret::new(url),
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            fill_lock: false,
+            compress_above: Some(4096),
             prefix: prefix.to_owned(),
             // generous for a noisy 2-core box; the outage test measures against it
             timeout: Duration::from_millis(250),

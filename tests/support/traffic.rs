@@ -72,4 +72,17 @@ impl Traffic {
         let failed = self.failed.lock().expect("lock").clone();
         (self.ok.load(Ordering::Relaxed), failed)
     }
+
+    /// Stop the workers and fail the test if any request failed; returns those answered 200.
+    pub async fn stop_without_failures(self) -> u64 {
+        let (ok, failed) = self.stop().await;
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)]
+        );
+        ok
+    }
 }

@@ -4,17 +4,30 @@
 //! never deserializes). L2 (Redis) keeps the bytes produced by [`encode`]:
 //!
 //! ```text
-//! magic "SCE1" (4) | format version u8 (=1)
+//! magic "SCE1" (4) | format version u8 (=2)
 //! fresh_until u64 | created u64 | epoch u64        (nanoseconds since the Unix epoch, BE)
 //! swr u32 | sie u32 | status u16
 //! header count u32, then per header: name len u16, name, value len u32, value
 //! variance flag u8 (0/1) [+ 16 bytes]
 //! url: len u32 + utf8 | route: len u32 + utf8 | tag count u32, then len u32 + utf8 each
+//! body encoding u8 (0 raw, 1 zstd) [+ zstd: decoded len u32]
 //! body len u32 | body (must end exactly at the end of the value)
 //! ```
 //! All integers big-endian. Header names keep the case `ResponseHeader` recorded (titled
 //! otherwise) and the order of `ResponseHeader::map`. Any mismatch is a [`DecodeError`]; the
 //! caller treats it as a miss and deletes the value.
+//!
+//! Version 1 (written before compression existed) is the same without the body encoding
+//! byte, always raw; it is still read, so an upgrade keeps the entries already in Redis.
+//!
+//! **Compression.** Bodies longer than `cache.l2.compress_above` (default 4 KiB) are stored
+//! zstd-compressed at level [`ZSTD_LEVEL`] when that saves at least an eighth; the decoded
+//! length is recorded, and decoding refuses a frame that does not decode to exactly it (or to
+//! more than [`MAX_DECODED_BODY`]). zstd over lz4: on the stand-in's JSON payloads it stores
+//! markedly less at a cost per byte that stays small next to a Redis round trip (figures in
+//! docs/performance.md, `cargo bench --bench hot_path -- l2_compression`), and the library
+//! is already built for pingora-cache. L1 keeps bodies decoded, so only L2 reads and writes
+//! pay for it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +39,18 @@ use super::EntryContext;
 
 /// First bytes of every encoded entry.
 pub const MAGIC: &[u8; 4] = b"SCE1";
-/// Format version written by this build; anything else is rejected on decode.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format version written by this build. [`decode`] reads it and [`FORMAT_V1`]; anything
+/// else is rejected.
+pub const FORMAT_VERSION: u8 = 2;
+/// The previous format (no body encoding byte, raw bodies), still read.
+pub const FORMAT_V1: u8 = 1;
+/// zstd level of compressed bodies (1: the fastest; higher levels gained little on JSON).
+pub const ZSTD_LEVEL: i32 = 1;
+/// Largest decoded body a compressed value may claim (bounds the allocation).
+pub const MAX_DECODED_BODY: usize = 1 << 30;
+
+const BODY_RAW: u8 = 0;
+const BODY_ZSTD: u8 = 1;
 /// Extra lifetime kept after the last moment pingora could still use an entry.
 pub const SLACK: Duration = Duration::from_secs(5);
 
@@ -165,8 +188,18 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// Encode an entry for L2.
+/// Encode an entry for L2, its body raw.
 pub fn encode(e: &StoredEntry) -> Vec<u8> {
+    encode_compressed(e, None)
+}
+
+/// Encode an entry for L2, its body zstd-compressed when longer than `compress_above` bytes
+/// (`None`: never) and compressing saves at least an eighth.
+pub fn encode_compressed(e: &StoredEntry, compress_above: Option<u64>) -> Vec<u8> {
+    let compressed = compress_above
+        .filter(|limit| e.body.len() as u64 > *limit)
+        .and_then(|_| zstd::bulk::compress(&e.body, ZSTD_LEVEL).ok())
+        .filter(|z| z.len() < e.body.len() - e.body.len() / 8);
     let mut out = Vec::with_capacity(64 + e.header_bytes + e.body.len() + e.ctx.url.len());
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
@@ -205,7 +238,17 @@ pub fn encode(e: &StoredEntry) -> Vec<u8> {
     for t in &e.ctx.tags {
         put_str(&mut out, t.as_bytes());
     }
-    put_str(&mut out, &e.body);
+    match &compressed {
+        Some(z) => {
+            out.push(BODY_ZSTD);
+            out.extend_from_slice(&(e.body.len() as u32).to_be_bytes());
+            put_str(&mut out, z);
+        }
+        None => {
+            out.push(BODY_RAW);
+            put_str(&mut out, &e.body);
+        }
+    }
     out
 }
 
@@ -249,14 +292,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decode bytes produced by [`encode`]. The body is a zero-copy slice of `raw`.
+/// Decode bytes produced by [`encode`] or [`encode_compressed`] (or a version 1 value). A
+/// raw body is a zero-copy slice of `raw`.
 pub fn decode(raw: Bytes) -> Result<StoredEntry, DecodeError> {
     let mut r = Reader { buf: &raw, pos: 0 };
     if r.take(4).map_err(|_| DecodeError::BadMagic)? != MAGIC {
         return Err(DecodeError::BadMagic);
     }
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
         return Err(DecodeError::UnknownVersion(version));
     }
     let fresh_until = from_nanos(r.u64()?);
@@ -298,13 +342,34 @@ pub fn decode(raw: Bytes) -> Result<StoredEntry, DecodeError> {
     for _ in 0..ntags {
         tags.push(r.string("tag")?);
     }
+    let (encoding, decoded_len) = match version {
+        FORMAT_V1 => (BODY_RAW, 0),
+        _ => match r.u8()? {
+            BODY_RAW => (BODY_RAW, 0),
+            BODY_ZSTD => (BODY_ZSTD, r.u32()? as usize),
+            _ => return Err(DecodeError::Invalid("body encoding")),
+        },
+    };
     let blen = r.u32()? as usize;
     let start = r.pos;
     r.take(blen)?;
     if r.pos != raw.len() {
         return Err(DecodeError::Invalid("trailing bytes"));
     }
-    let body = raw.slice(start..start + blen);
+    let body = match encoding {
+        BODY_ZSTD => {
+            if decoded_len > MAX_DECODED_BODY {
+                return Err(DecodeError::Invalid("compressed body length"));
+            }
+            let decoded = zstd::bulk::decompress(&raw[start..start + blen], decoded_len)
+                .map_err(|_| DecodeError::Invalid("compressed body"))?;
+            if decoded.len() != decoded_len {
+                return Err(DecodeError::Invalid("compressed body length"));
+            }
+            Bytes::from(decoded)
+        }
+        _ => raw.slice(start..start + blen),
+    };
     let header_bytes = header_size(&header);
     Ok(StoredEntry {
         fresh_until,
@@ -384,6 +449,89 @@ mod tests {
         assert!(decode(Bytes::from(long)).is_err());
     }
 
+    /// A version 1 value (no body encoding byte): what `encode` wrote before compression.
+    fn encode_v1(e: &StoredEntry) -> Vec<u8> {
+        let mut v2 = encode(e);
+        v2[4] = FORMAT_V1;
+        // drop the body encoding byte, just before the body's length and bytes
+        let at = v2.len() - e.body.len() - 4 - 1;
+        assert_eq!(v2[at], BODY_RAW);
+        v2.remove(at);
+        v2
+    }
+
+    fn json_body(len: usize) -> Bytes {
+        let mut s = String::from("[");
+        let mut i = 0;
+        while s.len() < len {
+            s.push_str(&format!(
+                "{{\"id\":{i},\"name\":\"contractor {i}\",\"state\":\"active\",\"tags\":[\"a\",\"b\"]}},"
+            ));
+            i += 1;
+        }
+        s.push(']');
+        Bytes::from(s)
+    }
+
+    #[test]
+    fn bodies_above_the_threshold_are_compressed_and_read_back() {
+        let mut e = sample();
+        e.body = json_body(20_000);
+        let raw = encode(&e);
+        let small = encode_compressed(&e, Some(4096));
+        assert!(
+            small.len() * 3 < raw.len(),
+            "{} vs {}",
+            small.len(),
+            raw.len()
+        );
+        let d = decode(Bytes::from(small)).expect("decode");
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.ctx, e.ctx);
+        // at or below the threshold, and with compression off: raw
+        assert_eq!(encode_compressed(&e, Some(20_000_000)), raw);
+        assert_eq!(encode_compressed(&e, None), raw);
+        // a body that does not shrink stays raw
+        let mut noise = sample();
+        noise.body = Bytes::from((0..10_000).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
+        assert_eq!(encode_compressed(&noise, Some(16)), encode(&noise));
+    }
+
+    #[test]
+    fn version_1_values_are_still_read() {
+        let e = sample();
+        let d = decode(Bytes::from(encode_v1(&e))).expect("decode v1");
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.ctx, e.ctx);
+        assert_eq!(d.header.status, e.header.status);
+    }
+
+    #[test]
+    fn a_bad_compressed_body_is_an_error_not_a_panic() {
+        let mut e = sample();
+        e.body = json_body(8192);
+        let good = encode_compressed(&e, Some(0));
+        let at = good.len() - (good.len() - 64).min(40);
+        let mut corrupt = good.clone();
+        for b in &mut corrupt[at..] {
+            *b ^= 0x5a;
+        }
+        assert!(decode(Bytes::from(corrupt)).is_err());
+        // a decoded length that lies
+        let z = zstd::bulk::compress(&e.body, ZSTD_LEVEL).expect("compress");
+        let mut lying = encode(&sample());
+        let body_at = lying.len() - sample().body.len() - 4 - 1;
+        lying.truncate(body_at);
+        lying.push(BODY_ZSTD);
+        lying.extend_from_slice(&((e.body.len() - 1) as u32).to_be_bytes());
+        lying.extend_from_slice(&(z.len() as u32).to_be_bytes());
+        lying.extend_from_slice(&z);
+        assert_eq!(
+            decode(Bytes::from(lying)).err(),
+            Some(DecodeError::Invalid("compressed body"))
+        );
+    }
+
     proptest::proptest! {
         /// Any entry encodes and decodes back to itself (to the nanosecond, every header line
         /// in order, the body byte for byte), and no byte string makes `decode` panic.
@@ -400,6 +548,7 @@ mod tests {
             url in "\\PC{0,30}",
             tags in proptest::collection::vec("\\PC{0,12}", 0..4),
             body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            compress_above in proptest::option::of(0u64..600),
         ) {
             let mut header = ResponseHeader::build(status, None).expect("status");
             for (name, value) in &headers {
@@ -417,7 +566,7 @@ mod tests {
                 ctx: EntryContext { url, route: "r".into(), tags },
                 body: Bytes::from(body),
             };
-            let d = decode(Bytes::from(encode(&e))).expect("decodes");
+            let d = decode(Bytes::from(encode_compressed(&e, compress_above))).expect("decodes");
             proptest::prop_assert_eq!(d.fresh_until, e.fresh_until);
             proptest::prop_assert_eq!(d.created, e.created);
             proptest::prop_assert_eq!(d.epoch, e.epoch);

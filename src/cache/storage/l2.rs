@@ -38,25 +38,49 @@
 //! its own, so a purge of 100,000 entries neither blocks Redis for long, nor queues reads
 //! behind it, nor can open the breaker reads depend on.
 //!
-//! The scripts compute index keys from the prefix, as the store always did: a standalone Redis
-//! (or one primary), not Redis Cluster. The connections are created lazily in the runtime that
-//! first uses them (a `tokio::sync::OnceCell`; a failed init leaves the cell empty so the next
-//! allowed attempt retries). Every operation runs under a timeout, emits an `L2Operation`
-//! event and feeds its breaker; while a breaker is open its operations are skipped
-//! (`L2Result::Skipped`).
+//! **On a Redis Cluster** (`mode = "cluster"`) a script may only touch keys of one slot, so the
+//! layout above is repeated in [`CLUSTER_PARTITIONS`] partitions, each under a hash tag of its
+//! own: `{prefix}v2:{pNN.M}:e:...`, `...:url:...`, `...:tag:...`, `...:urls`, `...:purge`,
+//! `...:tombs` (the tags are chosen so the partitions' slots are spread evenly over the slot
+//! range, hence over the masters). An entry lives in the partition of its key's first byte,
+//! with its url and tag indexes and the tombstones its store checks, so every script call
+//! touches one slot. The purge generation itself is one counter on a home slot
+//! (`{prefix}v2:{home}:purge`): a GET reads it beside the entry (two requests in flight at
+//! once), and a purge first advances it ([`advance.lua`]) and then runs its batches in every
+//! partition with that generation, recording the tombstone there before deleting. A store
+//! that races a purge either lands before the purge reaches its partition (and is deleted by
+//! it) or after (and is refused by the tombstone). A partition without state (a new cluster,
+//! a flushed or failed-over node that lost it) is seeded with the home generation and refuses
+//! work that began before it. A purge by tag or prefix therefore visits every partition, i.e.
+//! every master holding sidecache keys; the partitions are fixed, so no `SCAN` is needed.
+//! Limitation: if the home slot loses its state and its master's clock is behind the old
+//! generation, purges for a while get generations below work already under way; keep the
+//! cluster on NTP (the same holds for a standalone Redis that fails over).
+//!
+//! The connections are created lazily in the runtime that first uses them, one at a time; a
+//! failed connect leaves no connection, so the next allowed attempt retries, and under
+//! Sentinel a failed operation drops its connection so the next finds the master again (see
+//! [`super::topology`]). Every operation runs under a timeout, emits an `L2Operation` event
+//! and feeds its breaker; while a breaker is open its operations are skipped
+//! (`L2Result::Skipped`). The breakers are per store, not per node: on a cluster one master
+//! down fails the operations on its slots, enough of them open the breaker for the whole
+//! tier, and every request goes on from L1 or the origin until a probe succeeds. That is
+//! coarser than per node, but a lookup then never waits on a half-dead cluster.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use once_cell::sync::Lazy;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::FromRedisValue;
-use tokio::sync::OnceCell;
 
 use super::atomic_duration::AtomicDuration;
 use super::breaker::{BreakerScope, CircuitBreaker};
 use super::purge_log::Refusal;
+use super::topology::{L2Connection, SubscribeTarget, Topology};
 use super::PurgeKind;
 use crate::config::L2Config;
 use crate::hex::hex;
@@ -71,6 +95,66 @@ pub const PURGE_URLS_PER_BATCH: usize = 256;
 
 /// Entries a tag purge takes per script call.
 pub const PURGE_ENTRIES_PER_BATCH: usize = 512;
+
+/// Hash-tagged partitions the keys are spread over on a Redis Cluster: enough to spread
+/// over a dozen masters or so, few enough that a purge's one call per partition stays cheap.
+pub const CLUSTER_PARTITIONS: usize = 16;
+
+/// Redis Cluster's key slot of a hash tag (CRC16/XMODEM mod 16384, as `CLUSTER KEYSLOT`).
+pub fn key_slot(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for b in tag.bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// The hash tag of partition `i`: the first `p{i}.{j}` whose slot lies in the `i`-th of
+/// [`CLUSTER_PARTITIONS`] equal slot ranges, so evenly split clusters get even partitions.
+fn partition_tag(i: usize) -> String {
+    let range = 16384 / CLUSTER_PARTITIONS;
+    (0u32..)
+        .map(|j| format!("p{i:02}.{j}"))
+        .find(|t| usize::from(key_slot(t)) / range == i)
+        .unwrap_or_else(|| format!("p{i:02}"))
+}
+
+/// Where the keys live: the home of the purge generation and the partitions of entries and
+/// their indexes (standalone: one prefix for all).
+struct Layout {
+    home: String,
+    parts: Vec<String>,
+}
+
+impl Layout {
+    fn new(prefix: &str, cluster: bool) -> Self {
+        let base = format!("{prefix}{KEY_VERSION}");
+        if !cluster {
+            return Layout {
+                home: base.clone(),
+                parts: vec![base],
+            };
+        }
+        Layout {
+            home: format!("{base}{{home}}:"),
+            parts: (0..CLUSTER_PARTITIONS)
+                .map(|i| format!("{base}{{{}}}:", partition_tag(i)))
+                .collect(),
+        }
+    }
+
+    /// The partition prefix of an entry key.
+    fn part(&self, key: &[u8; 16]) -> &str {
+        &self.parts[usize::from(key[0]) % self.parts.len()]
+    }
+}
 
 /// A Lua script called by `EVALSHA`, loaded on first use and again whenever Redis has
 /// forgotten it (restart, `SCRIPT FLUSH`).
@@ -87,11 +171,11 @@ impl Lua {
     /// Run `cmd` (built by [`Lua::command`]), loading the script if Redis does not have it.
     async fn run<T: FromRedisValue>(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut L2Connection,
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
         match cmd.query_async(c).await {
-            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
                 self.0.prepare_invoke().load_async(c).await?;
                 cmd.query_async(c).await
             }
@@ -114,6 +198,8 @@ macro_rules! lua {
 static GENERATION: Lazy<Lua> = lua!("generation.lua");
 static STORE: Lazy<Lua> = lua!("store.lua");
 static PURGE: Lazy<Lua> = lua!("purge.lua");
+static ADVANCE: Lazy<Lua> = lua!("advance.lua");
+static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -159,52 +245,72 @@ const fn kind_letter(kind: PurgeKind) -> &'static str {
     }
 }
 
+/// One lane's connection, opened on first use and dropped when it must be found again.
+#[derive(Default)]
+struct ConnectionSlot {
+    current: ArcSwapOption<L2Connection>,
+    /// Held while connecting, so concurrent first uses open one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
 /// The Redis tier: connections, breakers, timeouts and key layout.
 pub struct L2Store {
-    client: Option<redis::Client>,
-    conn: OnceCell<ConnectionManager>,
-    purge_conn: OnceCell<ConnectionManager>,
+    topology: Option<Topology>,
+    conn: ConnectionSlot,
+    purge_conn: ConnectionSlot,
     breaker: CircuitBreaker,
     purge_breaker: CircuitBreaker,
-    prefix: String,
+    layout: Layout,
     read_timeout: AtomicDuration,
     write_timeout: AtomicDuration,
+    /// `cache.l2.compress_above` (`u64::MAX`: off).
+    compress_above: AtomicU64,
     /// The newest purge generation a reply carried (0: none yet).
     seen: AtomicU64,
 }
 
 impl L2Store {
-    /// No I/O: parses the URL only (a bad URL makes every operation fail and opens the breaker).
+    /// No I/O: parses the URLs only (a bad one makes every operation fail and opens the
+    /// breaker).
     pub fn new(cfg: &L2Config) -> Self {
-        let client = match redis::Client::open(cfg.url.expose()) {
-            Ok(c) => Some(c),
+        let topology = match Topology::new(cfg) {
+            Ok(t) => Some(t),
             Err(e) => {
-                tracing::error!(error = %e, "invalid redis url; L2 disabled");
+                tracing::error!(error = %e, mode = cfg.mode.label(), "invalid redis settings; L2 disabled");
                 None
             }
         };
+        let cluster = topology.as_ref().is_some_and(Topology::is_cluster);
         let breaker =
             |scope| CircuitBreaker::new(scope, cfg.breaker_failures, cfg.breaker_cooldown);
         L2Store {
-            client,
-            conn: OnceCell::new(),
-            purge_conn: OnceCell::new(),
+            topology,
+            conn: ConnectionSlot::default(),
+            purge_conn: ConnectionSlot::default(),
             breaker: breaker(BreakerScope::Entries),
             purge_breaker: breaker(BreakerScope::Purges),
-            prefix: format!("{}{}", cfg.prefix, KEY_VERSION),
+            layout: Layout::new(&cfg.prefix, cluster),
             read_timeout: AtomicDuration::new(cfg.timeout),
             write_timeout: AtomicDuration::new(cfg.write_timeout),
+            compress_above: AtomicU64::new(cfg.compress_above.unwrap_or(u64::MAX)),
             seen: AtomicU64::new(0),
         }
     }
 
-    /// Live-adjust timeouts and breaker settings. The url and prefix need a restart.
+    /// Live-adjust timeouts and breaker settings. The mode, urls and prefix need a restart.
     pub fn reconfigure(&self, cfg: &L2Config) {
         self.read_timeout.set(cfg.timeout);
         self.write_timeout.set(cfg.write_timeout);
+        self.compress_above
+            .store(cfg.compress_above.unwrap_or(u64::MAX), Ordering::Relaxed);
         for b in [&self.breaker, &self.purge_breaker] {
             b.reconfigure(cfg.breaker_failures, cfg.breaker_cooldown);
         }
+    }
+
+    /// Bodies longer than this are stored compressed (`None`: never).
+    pub fn compress_above(&self) -> Option<u64> {
+        Some(self.compress_above.load(Ordering::Relaxed)).filter(|n| *n != u64::MAX)
     }
 
     /// Timeout of each read.
@@ -237,78 +343,102 @@ impl L2Store {
         self.seen.fetch_max(generation, Ordering::SeqCst);
     }
 
-    /// `{prefix}v2:e:{hex}` for an entry key.
+    /// Whether the keys are spread over cluster partitions.
+    fn partitioned(&self) -> bool {
+        self.layout.parts.len() > 1
+    }
+
+    /// `{prefix}v2:e:{hex}` for an entry key (on a cluster, in its partition).
     pub fn entry_key(&self, key: &[u8; 16]) -> String {
-        format!("{}e:{}", self.prefix, hex(key))
+        format!("{}e:{}", self.layout.part(key), hex(key))
     }
 
-    /// `{prefix}v2:url:{url}`.
+    /// `{prefix}v2:url:{url}` (on a cluster, partition 0's).
     pub fn url_key(&self, url: &str) -> String {
-        format!("{}url:{}", self.prefix, url)
+        format!("{}url:{}", self.layout.parts[0], url)
     }
 
-    /// `{prefix}v2:tag:{tag}`.
+    /// `{prefix}v2:tag:{tag}` (on a cluster, partition 0's).
     pub fn tag_key(&self, tag: &str) -> String {
-        format!("{}tag:{}", self.prefix, tag)
+        format!("{}tag:{}", self.layout.parts[0], tag)
     }
 
-    /// `{prefix}v2:urls`.
+    /// `{prefix}v2:urls` (on a cluster, partition 0's).
     pub fn urls_key(&self) -> String {
-        format!("{}urls", self.prefix)
+        format!("{}urls", self.layout.parts[0])
     }
 
-    /// `{prefix}v2:urls:expiry`.
+    /// `{prefix}v2:urls:expiry` (on a cluster, partition 0's).
     pub fn url_expiry_key(&self) -> String {
-        format!("{}urls:expiry", self.prefix)
+        format!("{}urls:expiry", self.layout.parts[0])
     }
 
-    /// `{prefix}v2:purge`.
+    /// `{prefix}v2:purge`, the purge generation's hash (on a cluster, the home slot's).
     pub fn purge_state_key(&self) -> String {
-        format!("{}purge", self.prefix)
+        format!("{}purge", self.layout.home)
     }
 
-    /// `{prefix}v2:tombs`.
+    /// `{prefix}v2:tombs` (on a cluster, the home slot's, which stays empty).
     pub fn tombstones_key(&self) -> String {
-        format!("{}tombs", self.prefix)
+        format!("{}tombs", self.layout.home)
     }
 
-    async fn connection(&self, lane: Lane) -> redis::RedisResult<ConnectionManager> {
-        let client = self.client.as_ref().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid redis url"))
-        })?;
-        let connect_timeout = self.write_timeout().max(Duration::from_millis(100));
-        let cell = match lane {
+    /// `{prefix}v2:lock:{hex}`: the cross-instance fill lock of an entry key, beside the
+    /// entry (the same partition on a cluster).
+    pub fn fill_lock_key(&self, key: &[u8; 16]) -> String {
+        format!("{}lock:{}", self.layout.part(key), hex(key))
+    }
+
+    /// Every partition's key prefix (standalone: the one prefix).
+    pub fn partition_prefixes(&self) -> &[String] {
+        &self.layout.parts
+    }
+
+    fn slot(&self, lane: Lane) -> &ConnectionSlot {
+        match lane {
             Lane::Entries => &self.conn,
             Lane::Purges => &self.purge_conn,
-        };
-        let conn = cell
-            .get_or_try_init(|| async {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(connect_timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(200);
-                match tokio::time::timeout(
-                    connect_timeout,
-                    client.get_connection_manager_with_config(cfg),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(redis::RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "redis connect timed out",
-                    ))),
-                }
-            })
-            .await?;
-        Ok(conn.clone())
+        }
+    }
+
+    async fn connection(&self, lane: Lane) -> redis::RedisResult<L2Connection> {
+        let topology = self.topology.as_ref().ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid redis settings",
+            ))
+        })?;
+        let slot = self.slot(lane);
+        if let Some(c) = slot.current.load_full() {
+            return Ok((*c).clone());
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(c) = slot.current.load_full() {
+            return Ok((*c).clone());
+        }
+        let connect_timeout = self.write_timeout().max(Duration::from_millis(100));
+        let conn = topology.connect(connect_timeout).await?;
+        slot.current.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// After a failure: under Sentinel, forget the connection so the next operation asks the
+    /// sentinels where the master is now.
+    fn failed(&self, lane: Lane) {
+        if self
+            .topology
+            .as_ref()
+            .is_some_and(Topology::follows_failover)
+        {
+            self.slot(lane).current.store(None);
+        }
     }
 
     /// Run one logical entry operation (may be several commands) through the entry breaker,
     /// `timeout` and metrics. `Err` carries how it ended (`Skipped`, `Timeout`, `Error`).
     pub async fn run<T, F, Fut>(&self, op: L2Op, timeout: Duration, f: F) -> Result<T, L2Result>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(L2Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.run_in(Lane::Entries, op, timeout, f).await
@@ -322,7 +452,7 @@ impl L2Store {
         f: F,
     ) -> Result<T, L2Result>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(L2Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let breaker = match lane {
@@ -355,6 +485,7 @@ impl L2Store {
             breaker.on_success();
         } else {
             breaker.on_failure();
+            self.failed(lane);
         }
         L2Operation {
             op,
@@ -370,21 +501,30 @@ impl L2Store {
     }
 
     /// GET an entry's raw bytes and the purge generation in one round trip, under the read
-    /// timeout (a Redis without a generation yet gets one in a second round trip).
+    /// timeout (a Redis without a generation yet gets one in a second round trip). On a
+    /// cluster the two live on different slots and are asked at once.
     pub async fn get_entry(&self, key: &[u8; 16]) -> Result<L2Read, L2Result> {
         let k = self.entry_key(key);
         let state = self.purge_state_key();
         let tombs = self.tombstones_key();
+        let partitioned = self.partitioned();
         let read = self
             .run(L2Op::Get, self.read_timeout(), |mut c| async move {
-                let (value, generation): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
-                    .cmd("GET")
-                    .arg(&k)
-                    .cmd("HGET")
-                    .arg(&state)
-                    .arg("gen")
-                    .query_async(&mut c)
-                    .await?;
+                let (value, generation): (Option<Vec<u8>>, Option<u64>) = if partitioned {
+                    let mut c2 = c.clone();
+                    let get = redis::cmd("GET").arg(&k).to_owned();
+                    let hget = redis::cmd("HGET").arg(&state).arg("gen").to_owned();
+                    tokio::try_join!(get.query_async(&mut c), hget.query_async(&mut c2))?
+                } else {
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(&k)
+                        .cmd("HGET")
+                        .arg(&state)
+                        .arg("gen")
+                        .query_async(&mut c)
+                        .await?
+                };
                 let generation = match generation {
                     Some(g) => g,
                     None => {
@@ -412,36 +552,58 @@ impl L2Store {
     }
 
     /// The script call that makes `write` (see [`L2Store::set_entry`]). Pipelining these
-    /// requires the script to be loaded already (any [`L2Store::set_entry`] loads it).
+    /// requires the script to be loaded already (any [`L2Store::set_entry`] loads it) and,
+    /// on a cluster, the partition to have its state.
     pub fn store_command(&self, write: &EntryWrite<'_>) -> redis::Cmd {
+        self.store_command_seeded(write, if self.partitioned() { "" } else { "-" })
+    }
+
+    /// [`L2Store::store_command`] with `seed`: `-` on a standalone Redis, else `""` or the
+    /// generation to seed an empty partition with.
+    fn store_command_seeded(&self, write: &EntryWrite<'_>, seed: &str) -> redis::Cmd {
         let ttl_ms = u64::try_from(write.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let part = self.layout.part(write.key);
         let mut cmd = STORE.command(&[
-            &self.purge_state_key(),
-            &self.tombstones_key(),
+            &format!("{part}purge"),
+            &format!("{part}tombs"),
             &self.entry_key(write.key),
-            &self.urls_key(),
-            &self.url_expiry_key(),
+            &format!("{part}urls"),
+            &format!("{part}urls:expiry"),
         ]);
-        cmd.arg(&self.prefix)
+        cmd.arg(part)
             .arg(write.value)
             .arg(ttl_ms)
             .arg(write.since)
             .arg(write.url)
+            .arg(seed)
             .arg(write.tags);
         cmd
     }
 
     /// Make `write` unless a purge after its work began matches the entry (the check and the
-    /// store are one script), under the write timeout.
+    /// store are one script), under the write timeout. On a cluster, a partition without
+    /// state is first seeded with the current generation (and this write refused, as it
+    /// began before what the partition can vouch for).
     pub async fn set_entry(&self, write: &EntryWrite<'_>) -> Result<StoreOutcome, L2Result> {
-        let cmd = self.store_command(write);
-        let code: i64 = self
-            .run(L2Op::Set, self.write_timeout(), |mut c| async move {
-                STORE.run(&mut c, &cmd).await
-            })
-            .await?;
+        let mut seed = if self.partitioned() {
+            String::new()
+        } else {
+            "-".to_owned()
+        };
+        let code = loop {
+            let cmd = self.store_command_seeded(write, &seed);
+            let code: i64 = self
+                .run(L2Op::Set, self.write_timeout(), |mut c| async move {
+                    STORE.run(&mut c, &cmd).await
+                })
+                .await?;
+            if code != -2 || !seed.is_empty() {
+                break code;
+            }
+            seed = self.generation().await?.to_string();
+        };
         Ok(match code {
             1 => StoreOutcome::Stored,
             0 => StoreOutcome::Refused(Refusal::Purged),
@@ -460,31 +622,69 @@ impl L2Store {
     }
 
     /// Purge every entry `kind`/`target` names: the first batch records the tombstone, then
-    /// bounded batches delete (see the module docs). Returns the entries deleted; stops at the
-    /// first batch that fails.
+    /// bounded batches delete (see the module docs). On a cluster the generation is advanced
+    /// on the home slot first and every partition runs its batches with it. Returns the
+    /// entries deleted; stops at the first batch that fails.
     pub async fn purge(&self, kind: PurgeKind, target: &str) -> Result<u64, L2Result> {
+        if !self.partitioned() {
+            let (generation, deleted) = self
+                .purge_partition(&self.layout.home, kind, target, "")
+                .await?;
+            self.saw(generation);
+            return Ok(deleted);
+        }
+        let cmd = ADVANCE.command(&[&self.purge_state_key(), &self.tombstones_key()]);
+        let generation: u64 = self
+            .run_in(
+                Lane::Purges,
+                L2Op::Purge,
+                self.write_timeout(),
+                |mut c| async move { ADVANCE.run(&mut c, &cmd).await },
+            )
+            .await?;
+        self.saw(generation);
+        let given = generation.to_string();
+        let mut deleted = 0;
+        for part in &self.layout.parts {
+            deleted += self.purge_partition(part, kind, target, &given).await?.1;
+        }
+        Ok(deleted)
+    }
+
+    /// The batches of one purge in the partition under `part` (standalone: the one);
+    /// `given` is the cluster's generation for it (`""`: standalone, the script takes one).
+    /// Returns the generation recorded and the entries deleted.
+    async fn purge_partition(
+        &self,
+        part: &str,
+        kind: PurgeKind,
+        target: &str,
+        given: &str,
+    ) -> Result<(u64, u64), L2Result> {
         let batch = match kind {
             PurgeKind::Prefix => PURGE_URLS_PER_BATCH,
             PurgeKind::Url | PurgeKind::Tag => PURGE_ENTRIES_PER_BATCH,
         };
         let keys = [
-            self.purge_state_key(),
-            self.tombstones_key(),
-            self.urls_key(),
-            self.url_expiry_key(),
+            format!("{part}purge"),
+            format!("{part}tombs"),
+            format!("{part}urls"),
+            format!("{part}urls:expiry"),
         ];
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut cursor = String::new();
         let mut first = true;
+        let mut recorded = 0;
         let mut deleted = 0;
         loop {
             let mut cmd = PURGE.command(&keys);
-            cmd.arg(&self.prefix)
+            cmd.arg(part)
                 .arg(kind_letter(kind))
                 .arg(target)
                 .arg(if first { "1" } else { "0" })
                 .arg(&cursor)
-                .arg(batch);
+                .arg(batch)
+                .arg(given);
             let (generation, n, next): (u64, u64, String) = self
                 .run_in(
                     Lane::Purges,
@@ -494,19 +694,71 @@ impl L2Store {
                 )
                 .await?;
             if first {
-                self.saw(generation);
+                recorded = generation;
             }
             deleted += n;
             if next.is_empty() {
-                return Ok(deleted);
+                return Ok((recorded, deleted));
             }
             cursor = next;
             first = false;
         }
     }
 
+    /// Try to take the fill lock of `key` (`SET NX PX ttl` with `token`), under the read
+    /// timeout: `true` when this caller holds it now.
+    pub async fn take_fill_lock(
+        &self,
+        key: &[u8; 16],
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, L2Result> {
+        let k = self.fill_lock_key(key);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(L2Op::Lock, self.read_timeout(), |mut c| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&k)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Release the fill lock of `key` if `token` still holds it (under the write timeout).
+    pub async fn release_fill_lock(&self, key: &[u8; 16], token: u64) -> Result<(), L2Result> {
+        let mut cmd = UNLOCK.command(&[&self.fill_lock_key(key)]);
+        cmd.arg(token);
+        self.run(L2Op::Lock, self.write_timeout(), |mut c| async move {
+            let _: i64 = UNLOCK.run(&mut c, &cmd).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What a fill-lock waiter looks at: the entry's raw bytes, and whether its fill lock is
+    /// still held (both at once, under the read timeout).
+    pub async fn fill_state(&self, key: &[u8; 16]) -> Result<(Option<Vec<u8>>, bool), L2Result> {
+        let entry = self.entry_key(key);
+        let lock = self.fill_lock_key(key);
+        self.run(L2Op::Get, self.read_timeout(), |mut c| async move {
+            let mut c2 = c.clone();
+            let get = redis::cmd("GET").arg(&entry).to_owned();
+            let exists = redis::cmd("EXISTS").arg(&lock).to_owned();
+            let (value, held): (Option<Vec<u8>>, u64) =
+                tokio::try_join!(get.query_async(&mut c), exists.query_async(&mut c2))?;
+            Ok((value, held > 0))
+        })
+        .await
+    }
+
     /// PUBLISH `payload` on `channel` under the write timeout (on the purge connection and
-    /// breaker, counted as `op="publish"`). Returns how many subscribers received it.
+    /// breaker, counted as `op="publish"`). Returns how many subscribers received it (on a
+    /// cluster: on the node that took it; the cluster bus forwards it to the others).
     pub async fn publish(&self, channel: &str, payload: String) -> Result<u64, L2Result> {
         let channel = channel.to_owned();
         self.run_in(
@@ -525,10 +777,9 @@ impl L2Store {
         .await
     }
 
-    /// The parsed Redis client (`None` when the url was invalid), for dedicated connections
-    /// such as the purge subscriber's.
-    pub fn client(&self) -> Option<&redis::Client> {
-        self.client.as_ref()
+    /// Where the purge subscriber connects (`None` when the settings were invalid).
+    pub fn subscriber(&self) -> Option<SubscribeTarget> {
+        self.topology.as_ref().map(Topology::subscriber)
     }
 
     /// PING under the read timeout (readiness). Bypasses the breaker but reports to it on
@@ -540,6 +791,9 @@ impl L2Store {
             Ok::<(), redis::RedisError>(())
         })
         .await;
+        if !matches!(res, Ok(Ok(()))) {
+            self.failed(Lane::Entries);
+        }
         match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("redis error: {e}")),
@@ -548,5 +802,38 @@ impl L2Store {
                 self.read_timeout()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slot_matches_redis() {
+        // CLUSTER KEYSLOT values from Redis
+        assert_eq!(key_slot("123456789"), 0x31C3);
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot(""), 0);
+    }
+
+    #[test]
+    fn cluster_partitions_spread_over_the_slot_range() {
+        let layout = Layout::new("sc:", true);
+        assert_eq!(layout.parts.len(), CLUSTER_PARTITIONS);
+        let range = 16384 / CLUSTER_PARTITIONS;
+        for (i, part) in layout.parts.iter().enumerate() {
+            let tag = part
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map(|(tag, _)| tag)
+                .expect("hash tag");
+            assert_eq!(usize::from(key_slot(tag)) / range, i, "{part}");
+            assert!(part.starts_with("sc:v2:{"), "{part}");
+        }
+        assert_eq!(layout.home, "sc:v2:{home}:");
+        let standalone = Layout::new("sc:", false);
+        assert_eq!(standalone.parts, ["sc:v2:"]);
+        assert_eq!(standalone.home, "sc:v2:");
     }
 }

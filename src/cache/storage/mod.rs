@@ -6,6 +6,8 @@
 //!   guarded by a [`breaker::CircuitBreaker`].
 //! - [`codec`]: the versioned binary entry format stored in Redis.
 //! - [`tiered`]: the `Storage` implementation, hit/miss handlers and per-tier purges.
+//! - [`fill_lock`]: the cross-instance fill lock (`cache.l2.fill_lock`).
+//! - [`topology`]: how L2 reaches Redis per `cache.l2.mode` (standalone, cluster, sentinel).
 //! - [`purge_log`]: this process's record of recent purges, so purges win over work that
 //!   began before them (Redis keeps its own, see [`l2`]).
 //!
@@ -17,10 +19,12 @@
 pub mod atomic_duration;
 pub mod breaker;
 pub mod codec;
+pub mod fill_lock;
 pub mod l1;
 pub mod l2;
 pub mod purge_log;
 pub mod tiered;
+pub mod topology;
 
 pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;

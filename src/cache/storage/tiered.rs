@@ -24,7 +24,7 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -38,6 +38,7 @@ use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 
 use super::codec::{self, StoredEntry};
+use super::fill_lock::{self, FillLock, FillOutcome, FillSlot};
 use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::{EntryWrite, L2Store, StoreOutcome};
 use super::purge_log::{PurgeLog, PurgeTicket, Refusal};
@@ -52,6 +53,10 @@ pub struct TieredCache {
     l2: Option<L2Store>,
     purges: PurgeLog,
     max_object_bytes: AtomicU64,
+    /// `cache.l2.fill_lock` (live).
+    fill_lock: AtomicBool,
+    /// `cache.lock_timeout`: how long a fill lock lives and its waiters wait.
+    lock_timeout: Duration,
 }
 
 /// When one request's cache work began, in each tier's purge generation: what everything it
@@ -80,6 +85,8 @@ pub struct L1Probe {
     since_l1: u64,
     /// Redis's purge generation (0: unknown), refreshed by the lookup's L2 read.
     since_l2: AtomicU64,
+    /// The cross-instance fill lock this request took, if any (shared by the copies).
+    fill: FillSlot,
 }
 
 /// A copy carries the state of the original (used or not, Redis generation).
@@ -91,6 +98,7 @@ impl Clone for L1Probe {
             used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
             since_l1: self.since_l1,
             since_l2: AtomicU64::new(self.since_l2.load(Ordering::Relaxed)),
+            fill: self.fill.clone(),
         }
     }
 }
@@ -139,6 +147,8 @@ impl TieredCache {
             l2: cfg.l2.as_ref().map(L2Store::new),
             purges: PurgeLog::new(),
             max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
+            fill_lock: AtomicBool::new(cfg.l2.as_ref().is_some_and(|l2| l2.fill_lock)),
+            lock_timeout: cfg.lock_timeout,
         }
     }
 
@@ -151,6 +161,7 @@ impl TieredCache {
         self.l1.reconfigure(cfg.l1.max_bytes);
         if let (Some(l2), Some(c)) = (&self.l2, &cfg.l2) {
             l2.reconfigure(c);
+            self.fill_lock.store(c.fill_lock, Ordering::Relaxed);
         }
     }
 
@@ -164,6 +175,7 @@ impl TieredCache {
             used: AtomicBool::new(false),
             since_l1: started.l1,
             since_l2: AtomicU64::new(started.l2.unwrap_or(0)),
+            fill: FillSlot::default(),
         }
     }
 
@@ -259,7 +271,14 @@ impl TieredCache {
 
     /// Store `entry` under `key` in L1 now and in L2 in the background, each unless a purge
     /// since `started` matches it.
-    fn store(&'static self, key: EntryKey, entry: StoredEntry, started: WorkStart) {
+    /// A fill lock the work holds is released once the L2 write is done.
+    fn store(
+        &'static self,
+        key: EntryKey,
+        entry: StoredEntry,
+        started: WorkStart,
+        fill: Option<FillLock>,
+    ) {
         match self.purges.admit(started.l1, &entry.ctx) {
             Ok(_admitted) => {
                 self.l1.insert(key, entry.clone());
@@ -270,12 +289,18 @@ impl TieredCache {
             }
             .emit(),
         }
-        self.spawn_l2_write(key, entry, started.l2);
+        self.spawn_l2_write(key, entry, started.l2, fill);
     }
 
     /// Write `entry` to L2 in a spawned task under the write timeout, unless a purge after
     /// Redis generation `since` matches it (no `since`: refused).
-    fn spawn_l2_write(&'static self, key: EntryKey, entry: StoredEntry, since: Option<u64>) {
+    fn spawn_l2_write(
+        &'static self,
+        key: EntryKey,
+        entry: StoredEntry,
+        since: Option<u64>,
+        fill: Option<FillLock>,
+    ) {
         let Some(l2) = &self.l2 else { return };
         let Some(ttl) = entry.remaining(SystemTime::now()) else {
             return;
@@ -289,7 +314,7 @@ impl TieredCache {
             return;
         };
         spawn_bg(async move {
-            let value = codec::encode(&entry);
+            let value = codec::encode_compressed(&entry, l2.compress_above());
             let write = EntryWrite {
                 key: &key,
                 value: &value,
@@ -299,6 +324,7 @@ impl TieredCache {
                 since,
             };
             let stored = l2.set_entry(&write).await;
+            drop(fill);
             if let Ok(StoreOutcome::Refused(reason)) = stored {
                 StoreRefused {
                     tier: Tier::L2,
@@ -319,6 +345,21 @@ impl TieredCache {
             return (None, None);
         };
         (decode_l2(l2, key, read.value), Some(read.generation))
+    }
+
+    /// After an L1 and L2 miss with Redis reachable: the cross-instance fill lock (see
+    /// [`super::fill_lock`]), when on. `Some`: another instance filled the entry meanwhile.
+    async fn fill(&'static self, probe: Option<&L1Probe>, key: &EntryKey) -> Option<StoredEntry> {
+        let (Some(l2), Some(p)) = (self.l2.as_ref(), probe) else {
+            return None;
+        };
+        if !self.fill_lock.load(Ordering::Relaxed) {
+            return None;
+        }
+        match fill_lock::take_or_wait(l2, key, &p.fill, self.lock_timeout).await {
+            FillOutcome::Fetch => None,
+            FillOutcome::Filled(raw) => decode_l2(l2, key, Some(raw)),
+        }
     }
 }
 
@@ -382,8 +423,13 @@ impl Storage for TieredCache {
         if let (Some(p), Some(g)) = (probe, generation) {
             p.since_l2.store(g, Ordering::Relaxed);
         }
-        let Some(entry) = entry else {
-            return Ok(None);
+        let entry = match (entry, generation) {
+            (Some(e), _) => e,
+            (None, Some(_)) => match self.fill(probe, &k).await {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
         };
         match self.purges.admit(since, &entry.ctx) {
             Ok(_admitted) => {
@@ -425,6 +471,10 @@ impl Storage for TieredCache {
             limit: self.max_object_bytes(),
             too_large: false,
             started: self.started(key).await,
+            fill: key
+                .extensions
+                .get::<L1Probe>()
+                .and_then(|p| fill_lock::take(&p.fill)),
         }))
     }
 
@@ -464,7 +514,7 @@ impl Storage for TieredCache {
         let k = key.combined_bin();
         let started = self.started(key).await;
         if let Some(old) = self.l1.get(&k) {
-            self.store(k, old.entry.with_meta(meta), started);
+            self.store(k, old.entry.with_meta(meta), started, None);
             return Ok(true);
         }
         if self.l2.is_none() {
@@ -475,7 +525,7 @@ impl Storage for TieredCache {
             if let (Some(old), _) = self.l2_lookup(&k).await {
                 let mut updated = old.with_meta_fields(&fresh);
                 updated.ctx = old.ctx.clone();
-                self.spawn_l2_write(k, updated, started.l2);
+                self.spawn_l2_write(k, updated, started.l2, None);
             }
         });
         Ok(true)
@@ -588,6 +638,8 @@ pub struct TieredMiss {
     limit: u64,
     too_large: bool,
     started: WorkStart,
+    /// The fill lock the request took, held until the L2 write is done.
+    fill: Option<FillLock>,
 }
 
 #[async_trait]
@@ -616,7 +668,7 @@ impl HandleMiss for TieredMiss {
         let size = this.body.len();
         let mut entry = this.template;
         entry.body = this.body.freeze();
-        this.cache.store(this.key, entry, this.started);
+        this.cache.store(this.key, entry, this.started, this.fill);
         Ok(MissFinishType::Created(size))
     }
 }

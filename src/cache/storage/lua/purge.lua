@@ -2,7 +2,8 @@
 -- KEYS[3] url set (lexicographic), KEYS[4] url expiry set.
 -- ARGV[1] key prefix ({prefix}v2:), ARGV[2] kind ('u' url, 'p' prefix, 't' tag),
 -- ARGV[3] target, ARGV[4] '1' on the first batch, ARGV[5] cursor ('' = from the start),
--- ARGV[6] batch size (urls for a prefix, entries for a tag).
+-- ARGV[6] batch size (urls for a prefix, entries for a tag), ARGV[7] '' on a standalone
+-- Redis, else (a cluster partition) the purge's generation, taken from the home slot.
 -- Returns {generation recorded (0 after the first batch), entries deleted, next cursor
 -- ('' = done)}.
 local HORIZON_US = 600000000 -- tombstones are kept 10 minutes ...
@@ -11,10 +12,19 @@ local KEPT = 100000          -- ... and at most this many; the floor rises past 
 local P, kind, target = ARGV[1], ARGV[2], ARGV[3]
 local batch = tonumber(ARGV[6])
 local generation = 0
+local given = ARGV[7]
 if ARGV[4] == '1' then
+  if given ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('HSET', KEYS[1], 'gen', given, 'floor', given, 'tombs', '0')
+  end
   local gen, floor = purge_state()
   local now = now_us()
   generation = math.max(gen + 1, now)
+  if given ~= '' then
+    -- generations come from the home slot's clock, so the horizon is measured on it too
+    generation = tonumber(given)
+    now = generation
+  end
   redis.call('ZADD', KEYS[2], dec(generation), kind .. target)
   local cutoff = now - HORIZON_US
   local old = redis.call('ZREVRANGEBYSCORE', KEYS[2], dec(cutoff), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -27,7 +37,7 @@ if ARGV[4] == '1' then
     local popped = redis.call('ZPOPMIN', KEYS[2], excess)
     floor = math.max(floor, tonumber(popped[#popped]))
   end
-  redis.call('HSET', KEYS[1], 'gen', dec(generation), 'floor', dec(floor), 'tombs', '1')
+  redis.call('HSET', KEYS[1], 'gen', dec(math.max(gen, generation)), 'floor', dec(floor), 'tombs', '1')
   redis.call('PEXPIRE', KEYS[2], HORIZON_US / 1000)
 end
 

@@ -1,19 +1,32 @@
 -- Store one entry unless a purge after its work began matches it.
 -- KEYS[3] entry key, KEYS[4] url set (lexicographic, score 0), KEYS[5] url expiry set.
 -- ARGV[1] key prefix ({prefix}v2:), ARGV[2] encoded entry, ARGV[3] ttl in ms,
--- ARGV[4] generation at which the work began, ARGV[5] url ('' = none), ARGV[6..] tags.
--- Returns 1 stored, 0 refused (a purge matched), -1 refused (the record does not reach back).
+-- ARGV[4] generation at which the work began, ARGV[5] url ('' = none), ARGV[6] '-' on a
+-- standalone Redis, else (a cluster partition) '' or the generation to seed a partition whose
+-- state is missing with, ARGV[7..] tags.
+-- Returns 1 stored, 0 refused (a purge matched), -1 refused (the record does not reach back),
+-- -2 refused (cluster: the partition has no state yet; call again with a seed).
 local SCAN = 1000 -- tombstones newer than the start that are looked at; more refuses
 local TRIM = 64   -- expired urls dropped from the url sets per store
 
+local seed = ARGV[6]
+local partition = seed ~= '-'
+if partition and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- a partition's state starts at the cluster's generation (the home slot's), never at this
+  -- node's clock: purges before now left no tombstone here, so older work is refused
+  if seed == '' then return -2 end
+  redis.call('HSET', KEYS[1], 'gen', seed, 'floor', seed, 'tombs', '0')
+end
 local gen, floor = purge_state()
 local start = tonumber(ARGV[4])
-if start < floor or start > gen then
+-- a partition's own generation lags the home slot's between purges, so only a standalone
+-- Redis can tell "began after the current generation" (its state was lost) from it
+if start < floor or (not partition and start > gen) then
   return -1
 end
 local url = ARGV[5]
 local tags = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   tags[ARGV[i]] = true
 end
 local newer = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf', 'LIMIT', 0, SCAN + 1)
@@ -57,7 +70,7 @@ if url ~= '' then
   live_for_ttl(KEYS[4])
   live_for_ttl(KEYS[5])
 end
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   index(ARGV[1] .. 'tag:' .. ARGV[i])
 end
 return 1

@@ -1,0 +1,101 @@
+//! The cross-instance fill lock (`cache.l2.fill_lock = true`), end to end: two real sidecache
+//! processes sharing one Redis (and a Redis Cluster) turn 100 concurrent misses of one key
+//! into a single origin request; without the lock each process fetches. A holder SIGKILLed
+//! mid-fetch leaves a lock that expires, and with Redis down requests still answer.
+
+mod support;
+
+use std::time::Duration;
+
+use support::backend::{start_backend, Backend};
+use support::http::get;
+use support::redis::RedisServer;
+use support::redis_cluster::{bundle, l2_config, poll, toml_list, RedisCluster};
+use support::sidecache::{until_x_cache, Sidecache, SidecacheOptions};
+
+fn options(l2: &str, fill_lock: bool, lock_timeout: &str, backend: &Backend) -> SidecacheOptions {
+    let config = l2_config("\"8MiB\"", &format!("{l2}\nfill_lock = {fill_lock}")).replace(
+        "[cache]\n",
+        &format!("[cache]\nlock_timeout = \"{lock_timeout}\"\n"),
+    );
+    SidecacheOptions::new(config).backend(backend.addr())
+}
+
+/// 100 concurrent GETs of `path`, alternating between `a` and `b`; every one must be 200.
+/// Returns their X-Cache values.
+async fn stampede(a: &Sidecache, b: &Sidecache, path: &str) -> Vec<String> {
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let url = if i % 2 == 0 { a.url(path) } else { b.url(path) };
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    let mut x_cache = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        x_cache.push(r.x_cache().to_string());
+    }
+    x_cache
+}
+
+async fn one_origin_request_for_the_fleet(l2: &str) {
+    let backend = start_backend(Duration::from_millis(500)).await;
+    let a = Sidecache::start(options(l2, true, "5s", &backend)).await;
+    let b = Sidecache::start(options(l2, true, "5s", &backend)).await;
+    let path = bundle(1);
+    let seen = stampede(&a, &b, &path).await;
+    assert_eq!(backend.stats().hits(&path), 1, "{seen:?}");
+    assert!(seen.iter().any(|x| x == "HIT-L2"), "{seen:?}");
+
+    // the control: the same fleet without the lock fetches once per process
+    let c = Sidecache::start(options(l2, false, "5s", &backend)).await;
+    let d = Sidecache::start(options(l2, false, "5s", &backend)).await;
+    let path = bundle(2);
+    stampede(&c, &d, &path).await;
+    assert!(backend.stats().hits(&path) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_origin_request_for_two_instances_on_one_redis() {
+    let redis = RedisServer::start();
+    one_origin_request_for_the_fleet(&format!("url = {:?}\nprefix = \"fl:\"", redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_origin_request_for_two_instances_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    let l2 = format!(
+        "mode = \"cluster\"\nnodes = {}\nprefix = \"fl:\"",
+        toml_list(&cluster.urls())
+    );
+    one_origin_request_for_the_fleet(&l2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_holders_lock_expires_and_redis_down_goes_to_the_origin() {
+    let mut redis = RedisServer::start();
+    let l2 = format!("url = {:?}\nprefix = \"fl:\"", redis.url());
+    let backend = start_backend(Duration::from_secs(3)).await;
+    let a = Sidecache::start(options(&l2, true, "1s", &backend)).await;
+    let b = Sidecache::start(options(&l2, true, "1s", &backend)).await;
+    let path = bundle(3);
+    let url = a.url(&path);
+    let holder = tokio::spawn(async move { support::http::try_get(&url, &[]).await });
+    poll(Duration::from_secs(10), "A holds the fill lock", || {
+        !redis.keys("fl:v2:lock:*").is_empty()
+    });
+    drop(a); // SIGKILL mid-fetch: the lock is never released
+    let _ = holder.await;
+    backend.set_delay(Duration::ZERO);
+    let r = get(&b.url(&path), &[]).await;
+    assert_eq!((r.status, r.x_cache()), (200, "MISS"));
+    poll(Duration::from_secs(10), "the lock is gone", || {
+        redis.keys("fl:v2:lock:*").is_empty()
+    });
+    until_x_cache(&b, &path, "HIT-L1").await;
+
+    redis.kill();
+    let r = get(&b.url(&bundle(4)), &[]).await;
+    assert_eq!(r.status, 200);
+}
