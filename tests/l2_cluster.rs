@@ -43,6 +43,11 @@ async fn hits_cross_instances_and_purges_reach_every_shard() {
     let a = Sidecache::start(opts.clone()).await;
     let b = Sidecache::start(opts).await;
 
+    // the operator's view names the deployment: /admin/stats shows the mode and the seeds
+    let stats = get(&a.admin_url("/admin/stats"), &[]).await.json();
+    assert_eq!(stats["l2"]["mode"], json!("cluster"), "{stats}");
+    assert_eq!(stats["l2"]["cluster_seeds"], json!(3), "{stats}");
+
     fill(&a, 1..=24).await;
     // the entries are spread over the masters
     let holding = (0..3)

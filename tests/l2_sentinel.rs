@@ -37,6 +37,17 @@ async fn a_failover_is_followed_without_client_errors() {
     let b =
         Sidecache::start(SidecacheOptions::new(config(&set, "\"8MiB\"")).backend(backend.addr()))
             .await;
+    let stats = get(&a.admin_url("/admin/stats"), &[]).await.json();
+    assert_eq!(
+        stats["l2"]["mode"],
+        serde_json::json!("sentinel"),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["l2"]["sentinel"]["sentinels"],
+        serde_json::json!(3),
+        "{stats}"
+    );
     for id in 1..=4 {
         get(&a.url(&bundle(id)), &[]).await;
         until_x_cache(&a, &bundle(id), "HIT-L2").await;
