@@ -164,7 +164,7 @@ impl Topology {
     /// Where the purge subscriber connects.
     pub fn subscriber(&self) -> SubscribeTarget {
         match self {
-            Self::Standalone(client) => SubscribeTarget::One(Box::new(client.clone())),
+            Self::Standalone(client) => SubscribeTarget::One(client.clone()),
             Self::Cluster { seeds, .. } => SubscribeTarget::Seeds(seeds.clone()),
             Self::Sentinel { subscriber, .. } => SubscribeTarget::Sentinel(subscriber.clone()),
         }
@@ -179,8 +179,7 @@ impl Topology {
 /// the master, so after a failover the subscriber lands on the new master.
 #[derive(Clone)]
 pub enum SubscribeTarget {
-    /// Boxed: a TLS-capable client is ten times the size of the other variants.
-    One(Box<redis::Client>),
+    One(redis::Client),
     Seeds(Vec<redis::Client>),
     Sentinel(Arc<Mutex<SentinelClient>>),
 }
@@ -189,7 +188,7 @@ impl SubscribeTarget {
     /// The client to use on attempt number `attempt` (0, 1, ...).
     pub fn client(&self, attempt: u64) -> RedisResult<redis::Client> {
         match self {
-            Self::One(c) => Ok(c.as_ref().clone()),
+            Self::One(c) => Ok(c.clone()),
             Self::Seeds(seeds) => {
                 let n = seeds.len().max(1) as u64;
                 seeds.get((attempt % n) as usize).cloned().ok_or_else(|| {
