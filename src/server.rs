@@ -88,6 +88,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         "purge subscriber",
         PurgeSubscriberService { live },
     ));
+    server.add_service(background_service("l2 connect", L2ConnectService { live }));
     let warm = &live.snapshot().config.warm;
     if warm.on_start && (!warm.urls.is_empty() || !warm.templates.is_empty()) {
         // Hold readiness from here; the service releases it when done or at the deadline.
@@ -195,6 +196,21 @@ struct PurgeSubscriberService {
 impl BackgroundService for PurgeSubscriberService {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.live.purges.run_subscriber(shutdown).await;
+    }
+}
+
+/// Opens the L2 connections at start, so the first requests do not wait on a connect (a
+/// TLS handshake takes longer than one read timeout). Does nothing without L2.
+struct L2ConnectService {
+    live: &'static Live,
+}
+
+#[async_trait]
+impl BackgroundService for L2ConnectService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        if let Some(l2) = self.live.cache.l2() {
+            l2.connect_in_background();
+        }
     }
 }
 

@@ -71,11 +71,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use once_cell::sync::Lazy;
 use redis::FromRedisValue;
+use tokio::sync::watch;
 
 use super::atomic_duration::AtomicDuration;
 use super::breaker::{BreakerScope, CircuitBreaker};
@@ -245,19 +246,33 @@ const fn kind_letter(kind: PurgeKind) -> &'static str {
     }
 }
 
-/// One lane's connection, opened on first use and dropped when it must be found again.
+/// How a connect in flight ended (`None` while it runs).
+type ConnectOutcome = Option<Result<L2Connection, Arc<redis::RedisError>>>;
+
+/// The shortest deadline a connect gets, whatever the write timeout: a TLS handshake on a
+/// loaded host can take longer than one read timeout, and nothing waits on it but the
+/// operations, each under its own timeout.
+const CONNECT_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);
+
+/// One lane's connection, opened at start and on first use, and dropped when it must be
+/// found again.
+///
+/// A connect runs in a task of its own that every operation needing it waits on, each for
+/// no longer than its own timeout. Running it inside the first operation instead would let
+/// that operation's deadline (50 ms by default) abort a slower handshake again and again, so
+/// a `rediss://` store behind a slow link would never connect at all.
 #[derive(Default)]
 struct ConnectionSlot {
     current: ArcSwapOption<L2Connection>,
-    /// Held while connecting, so concurrent first uses open one connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connect in flight or the last one's outcome, so concurrent first uses share one.
+    pending: std::sync::Mutex<Option<watch::Receiver<ConnectOutcome>>>,
 }
 
 /// The Redis tier: connections, breakers, timeouts and key layout.
 pub struct L2Store {
-    topology: Option<Topology>,
-    conn: ConnectionSlot,
-    purge_conn: ConnectionSlot,
+    topology: Option<Arc<Topology>>,
+    conn: Arc<ConnectionSlot>,
+    purge_conn: Arc<ConnectionSlot>,
     breaker: CircuitBreaker,
     purge_breaker: CircuitBreaker,
     layout: Layout,
@@ -274,19 +289,19 @@ impl L2Store {
     /// breaker).
     pub fn new(cfg: &L2Config) -> Self {
         let topology = match Topology::new(cfg) {
-            Ok(t) => Some(t),
+            Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::error!(error = %e, mode = cfg.mode.label(), "invalid redis settings; L2 disabled");
                 None
             }
         };
-        let cluster = topology.as_ref().is_some_and(Topology::is_cluster);
+        let cluster = topology.as_deref().is_some_and(Topology::is_cluster);
         let breaker =
             |scope| CircuitBreaker::new(scope, cfg.breaker_failures, cfg.breaker_cooldown);
         L2Store {
             topology,
-            conn: ConnectionSlot::default(),
-            purge_conn: ConnectionSlot::default(),
+            conn: Arc::default(),
+            purge_conn: Arc::default(),
             breaker: breaker(BreakerScope::Entries),
             purge_breaker: breaker(BreakerScope::Purges),
             layout: Layout::new(&cfg.prefix, cluster),
@@ -394,32 +409,71 @@ impl L2Store {
         &self.layout.parts
     }
 
-    fn slot(&self, lane: Lane) -> &ConnectionSlot {
+    fn slot(&self, lane: Lane) -> &Arc<ConnectionSlot> {
         match lane {
             Lane::Entries => &self.conn,
             Lane::Purges => &self.purge_conn,
         }
     }
 
+    /// Start opening both connections now, so the first requests find them open (a TLS
+    /// handshake is slower than one read timeout). Returns at once; needs a Tokio runtime.
+    pub fn connect_in_background(&self) {
+        for lane in [Lane::Entries, Lane::Purges] {
+            if self.slot(lane).current.load().is_none() {
+                // Dropping the receiver leaves the connect running in its task.
+                drop(self.start_connect(lane));
+            }
+        }
+    }
+
+    /// The lane's connect in flight, or a new one if none is.
+    fn start_connect(&self, lane: Lane) -> Option<watch::Receiver<ConnectOutcome>> {
+        let topology = self.topology.clone()?;
+        let slot = self.slot(lane);
+        let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = pending.as_ref().filter(|rx| rx.borrow().is_none()) {
+            return Some(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        *pending = Some(rx.clone());
+        drop(pending);
+        let timeout = self.write_timeout().max(CONNECT_TIMEOUT_FLOOR);
+        let slot = Arc::clone(slot);
+        tokio::spawn(async move {
+            let outcome = topology.connect(timeout).await;
+            match &outcome {
+                Ok(conn) => slot.current.store(Some(Arc::new(conn.clone()))),
+                Err(e) => tracing::debug!(error = %e, "redis connect failed"),
+            }
+            tx.send_replace(Some(outcome.map_err(Arc::new)));
+        });
+        Some(rx)
+    }
+
     async fn connection(&self, lane: Lane) -> redis::RedisResult<L2Connection> {
-        let topology = self.topology.as_ref().ok_or_else(|| {
+        if let Some(c) = self.slot(lane).current.load_full() {
+            return Ok((*c).clone());
+        }
+        let invalid = || {
             redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "invalid redis settings",
             ))
+        };
+        let mut rx = self.start_connect(lane).ok_or_else(invalid)?;
+        let outcome = rx.wait_for(Option::is_some).await.map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::Io, "redis connect abandoned"))
         })?;
-        let slot = self.slot(lane);
-        if let Some(c) = slot.current.load_full() {
-            return Ok((*c).clone());
+        match outcome.as_ref() {
+            Some(Ok(conn)) => Ok(conn.clone()),
+            Some(Err(e)) => Err(redis::RedisError::from((
+                e.kind(),
+                "redis connect failed",
+                e.to_string(),
+            ))),
+            None => Err(invalid()),
         }
-        let _connecting = slot.connecting.lock().await;
-        if let Some(c) = slot.current.load_full() {
-            return Ok((*c).clone());
-        }
-        let connect_timeout = self.write_timeout().max(Duration::from_millis(100));
-        let conn = topology.connect(connect_timeout).await?;
-        slot.current.store(Some(Arc::new(conn.clone())));
-        Ok(conn)
     }
 
     /// After a failure: under Sentinel, forget the connection so the next operation asks the
@@ -427,7 +481,7 @@ impl L2Store {
     fn failed(&self, lane: Lane) {
         if self
             .topology
-            .as_ref()
+            .as_deref()
             .is_some_and(Topology::follows_failover)
         {
             self.slot(lane).current.store(None);
@@ -779,7 +833,7 @@ impl L2Store {
 
     /// Where the purge subscriber connects (`None` when the settings were invalid).
     pub fn subscriber(&self) -> Option<SubscribeTarget> {
-        self.topology.as_ref().map(Topology::subscriber)
+        self.topology.as_deref().map(Topology::subscriber)
     }
 
     /// PING under the read timeout (readiness). Bypasses the breaker but reports to it on
