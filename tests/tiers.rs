@@ -225,3 +225,32 @@ async fn large_bodies_are_compressed_in_redis_and_served_whole() {
         1.0
     );
 }
+
+/// `rediss://`: credentials and TLS come through the URL (managed Redis requires TLS in
+/// transit). The instances trust the test CA through `SSL_CERT_FILE`, as rustls-native-certs
+/// reads it; the plain port is only the harness's window into what was stored.
+///
+/// Each instance opens its connections (entries, purges, the purge subscriber: 3) at start,
+/// before any request: a TLS handshake on a loaded host outlasts the 50 ms read timeout, and
+/// a connect made inside the first lookup was cut off by that lookup's deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn l2_over_tls_is_shared_between_instances() {
+    let redis = RedisServer::start_tls();
+    let backend = start_backend(Duration::ZERO).await;
+    let ca = redis.ca_file().display().to_string();
+    let opts = SidecacheOptions::new(config(&redis.tls_url()))
+        .backend(backend.addr())
+        .env("SSL_CERT_FILE", ca);
+    let a = Sidecache::start(opts.clone()).await;
+    redis.wait_for_tls_clients(3);
+    let url = "/api/contractors/7/bundle";
+    assert_eq!(get(&a.url(url), &[]).await.x_cache(), "MISS");
+    wait_for_l2_entries(&redis, 1);
+
+    let b = Sidecache::start(opts).await;
+    redis.wait_for_tls_clients(6);
+    assert_eq!(get(&b.url(url), &[]).await.x_cache(), "HIT-L2");
+    assert_eq!(backend.stats().hits(url), 1, "one origin fetch over TLS");
+    let m = get(&b.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "sidecache_l2_up"), 1.0);
+}

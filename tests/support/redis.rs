@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// With [`RedisServer::start_tls`]: the TLS port (the plain port stays open for the
+    /// harness's own inspection).
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -27,14 +30,110 @@ impl RedisServer {
         let mut s = RedisServer {
             child: None,
             port: free_port(),
+            tls_port: None,
             dir,
         };
         s.spawn();
         s
     }
 
+    /// Start a server that also serves TLS on a second free port, with a throw-away CA and a
+    /// server certificate for 127.0.0.1 made by `openssl` in its temp dir ([`Self::ca_file`]).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl on PATH (Debian package openssl)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sidecache test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("write san.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_port: Some(free_port()),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// The CA that signed a [`Self::start_tls`] server's certificate (PEM).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `rediss://127.0.0.1:{tls_port}/` of a [`Self::start_tls`] server.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}/")
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(tls_port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"))
+                .arg("--tls-auth-clients")
+                .arg("no");
+        }
+        let child = cmd
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
@@ -130,6 +229,30 @@ impl RedisServer {
             .expect("raw KEYS");
         k.sort();
         k
+    }
+
+    /// How many clients are connected to the TLS port of a [`Self::start_tls`] server.
+    pub fn tls_clients(&self) -> usize {
+        let port = self.tls_port.expect("started with start_tls");
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.conn())
+            .expect("raw CLIENT LIST");
+        let laddr = format!(" laddr=127.0.0.1:{port} ");
+        list.lines().filter(|l| l.contains(&laddr)).count()
+    }
+
+    /// Wait (up to 10 s) until at least `n` clients are connected to the TLS port.
+    pub fn wait_for_tls_clients(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.tls_clients() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} TLS clients connected, expected {n}",
+                self.tls_clients()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Does `key` exist?

@@ -79,9 +79,23 @@ pub enum Topology {
 
 fn sentinel_client(cfg: &L2Config) -> RedisResult<SentinelClient> {
     let mut node = SentinelNodeConnectionInfo::default();
-    if !cfg.url.expose().is_empty() {
+    // The master is reached over TLS when `url` says `rediss://` (without a url: when the
+    // sentinels do), as a managed Sentinel set serves both over TLS.
+    let tls_from = if cfg.url.expose().is_empty() {
+        cfg.sentinels.first().map(|s| s.expose())
+    } else {
         let info = cfg.url.expose().into_connection_info()?;
         node = node.set_redis_connection_info(info.redis_settings().clone());
+        Some(cfg.url.expose())
+    };
+    if let Some(url) = tls_from {
+        if let redis::ConnectionAddr::TcpTls { insecure, .. } = url.into_connection_info()?.addr() {
+            node = node.set_tls_mode(if *insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            });
+        }
     }
     let sentinels: Vec<&str> = cfg.sentinels.iter().map(|s| s.expose()).collect();
     SentinelClient::build(
@@ -164,7 +178,7 @@ impl Topology {
     /// Where the purge subscriber connects.
     pub fn subscriber(&self) -> SubscribeTarget {
         match self {
-            Self::Standalone(client) => SubscribeTarget::One(client.clone()),
+            Self::Standalone(client) => SubscribeTarget::One(Box::new(client.clone())),
             Self::Cluster { seeds, .. } => SubscribeTarget::Seeds(seeds.clone()),
             Self::Sentinel { subscriber, .. } => SubscribeTarget::Sentinel(subscriber.clone()),
         }
@@ -179,7 +193,8 @@ impl Topology {
 /// the master, so after a failover the subscriber lands on the new master.
 #[derive(Clone)]
 pub enum SubscribeTarget {
-    One(redis::Client),
+    /// Boxed: a TLS-capable client is ten times the size of the other variants.
+    One(Box<redis::Client>),
     Seeds(Vec<redis::Client>),
     Sentinel(Arc<Mutex<SentinelClient>>),
 }
@@ -188,7 +203,7 @@ impl SubscribeTarget {
     /// The client to use on attempt number `attempt` (0, 1, ...).
     pub fn client(&self, attempt: u64) -> RedisResult<redis::Client> {
         match self {
-            Self::One(c) => Ok(c.clone()),
+            Self::One(c) => Ok(c.as_ref().clone()),
             Self::Seeds(seeds) => {
                 let n = seeds.len().max(1) as u64;
                 seeds.get((attempt % n) as usize).cloned().ok_or_else(|| {
