@@ -57,8 +57,11 @@
 //! generation, purges for a while get generations below work already under way; keep the
 //! cluster on NTP (the same holds for a standalone Redis that fails over).
 //!
-//! The connections are created lazily in the runtime that first uses them, one at a time; a
-//! failed connect leaves no connection, so the next allowed attempt retries, and under
+//! The connections are opened at start ([`L2Store::connect_in_background`]) and again
+//! whenever one is missing, one connect per lane at a time, each in a task of its own that
+//! operations wait on for no longer than their own timeout (so a slow TLS handshake is not
+//! cut off by a 50 ms read). A failed connect leaves no connection, so the next allowed
+//! attempt retries, and under
 //! Sentinel a failed operation drops its connection so the next finds the master again (see
 //! [`super::topology`]). Every operation runs under a timeout, emits an `L2Operation` event
 //! and feeds its breaker; while a breaker is open its operations are skipped
