@@ -31,7 +31,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_cache::CacheMeta;
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
@@ -75,7 +75,7 @@ pub struct StoredEntry {
 impl StoredEntry {
     /// Capture the fields of `meta` plus the body and context.
     pub fn from_meta(meta: &CacheMeta, ctx: EntryContext, body: Bytes) -> Self {
-        let header = meta.response_header_copy();
+        let header = compact(meta.response_header());
         let header_bytes = header_size(&header);
         StoredEntry {
             fresh_until: meta.fresh_until(),
@@ -121,6 +121,42 @@ impl StoredEntry {
         m
     }
 
+    /// A copy of the stored header with room for `spare` more lines and no more: a
+    /// `clone()` followed by inserts doubles both of its maps (the values and the
+    /// case-preserving names), and a copy kept in L1 would then cost more than the entry's
+    /// own header. Case, order, reason phrase and version are kept.
+    pub fn header_with_room(&self, spare: usize) -> ResponseHeader {
+        let h = &self.header;
+        let size = Some(h.headers.len() + spare);
+        let built = if h.has_case() {
+            ResponseHeader::build(h.status, size)
+        } else {
+            ResponseHeader::build_no_case(h.status, size)
+        };
+        let Ok(mut out) = built else {
+            return h.clone();
+        };
+        out.set_version(h.version);
+        let copied = out.set_reason_phrase(h.get_reason_phrase()).and_then(|()| {
+            if h.has_case() {
+                for (name, value) in h.case_header_iter() {
+                    out.append_header(name.clone(), value.clone())?;
+                }
+            } else {
+                for (name, value) in &h.headers {
+                    out.append_header(name.clone(), value.clone())?;
+                }
+            }
+            Ok(())
+        });
+        // Every name and value was valid in `h`; should a copy fail all the same, the clone
+        // is right, only larger.
+        match copied {
+            Ok(()) => out,
+            Err(_) => h.clone(),
+        }
+    }
+
     /// Last moment the entry is of any use: fresh_until + max(swr, sie) + [`SLACK`].
     pub fn deadline(&self) -> SystemTime {
         self.fresh_until + Duration::from_secs(u64::from(self.swr.max(self.sie))) + SLACK
@@ -133,14 +169,68 @@ impl StoredEntry {
             _ => None,
         }
     }
+}
 
-    /// Bytes this entry costs in L1: headers + body + context + fixed overhead.
-    pub fn weight_bytes(&self) -> u64 {
-        let ctx = self.ctx.url.len()
-            + self.ctx.route.len()
-            + self.ctx.tags.iter().map(|t| t.len() + 24).sum::<usize>();
-        (self.header_bytes + self.body.len() + ctx + 256) as u64
+/// A copy of `h` whose names and values live in one buffer of their exact size.
+///
+/// pingora parses an origin's header into slices of its read buffer (4 KiB at least, often
+/// with the start of the body in it), so a stored clone would keep that whole buffer alive
+/// for as long as the entry lives, unseen by L1's weigher: in a flood of small entries
+/// that was more memory than the entries themselves.
+fn compact(h: &ResponseHeader) -> ResponseHeader {
+    let mut buf = BytesMut::with_capacity(
+        h.case_header_iter()
+            .map(|(n, v)| n.as_slice().len() + v.len())
+            .sum::<usize>()
+            + h.headers.values().map(|v| v.len()).sum::<usize>() * usize::from(!h.has_case()),
+    );
+    let built = if h.has_case() {
+        ResponseHeader::build(h.status, Some(h.headers.len()))
+    } else {
+        ResponseHeader::build_no_case(h.status, Some(h.headers.len()))
+    };
+    let Ok(mut out) = built else {
+        return h.clone();
+    };
+    out.set_version(h.version);
+    let copied = out.set_reason_phrase(h.get_reason_phrase()).and_then(|()| {
+        if h.has_case() {
+            for (name, value) in h.case_header_iter() {
+                buf.extend_from_slice(name.as_slice());
+                buf.extend_from_slice(value.as_bytes());
+            }
+            let mut rest = buf.freeze();
+            for (name, value) in h.case_header_iter() {
+                let name_bytes = rest.split_to(name.as_slice().len());
+                let value_bytes = rest.split_to(value.len());
+                out.append_header(name_bytes, shared_value(value, value_bytes))?;
+            }
+        } else {
+            for value in h.headers.values() {
+                buf.extend_from_slice(value.as_bytes());
+            }
+            let mut rest = buf.freeze();
+            for (name, value) in &h.headers {
+                let value_bytes = rest.split_to(value.len());
+                out.append_header(name.clone(), shared_value(value, value_bytes))?;
+            }
+        }
+        Ok(())
+    });
+    // Every name and value was valid in `h`; should a copy fail all the same, the clone is
+    // right, only larger. A clone's buckets are exactly as many as its lines (a map built
+    // for n lines has room for about 1.5 n), and its names and values share `buf`.
+    match copied {
+        Ok(()) => out.clone(),
+        Err(_) => h.clone(),
     }
+}
+
+/// `bytes` (a copy of `value`'s) as a header value, with `value`'s sensitivity.
+fn shared_value(value: &http::HeaderValue, bytes: Bytes) -> http::HeaderValue {
+    let mut v = http::HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| value.clone());
+    v.set_sensitive(value.is_sensitive());
+    v
 }
 
 fn header_size(h: &ResponseHeader) -> usize {
@@ -422,6 +512,53 @@ mod tests {
         let mut wire = Vec::new();
         d.header.header_to_h1_wire(&mut wire);
         assert!(String::from_utf8_lossy(&wire).contains("x-Mixed-Case: a"));
+    }
+
+    #[test]
+    fn a_stored_header_does_not_keep_the_parse_buffer() {
+        // As pingora parses an origin's header: names and values slice one read buffer.
+        let read_buf = Bytes::from(
+            b"Content-Type: application/json\r\nx-Mixed-Case: a\r\n{\"body\":1}".repeat(64),
+        );
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        h.append_header(read_buf.slice(0..12), raw(&read_buf, 14..30))
+            .expect("h");
+        h.append_header(read_buf.slice(32..44), raw(&read_buf, 46..47))
+            .expect("h");
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h);
+        let e = StoredEntry::from_meta(&meta, EntryContext::default(), Bytes::new());
+        drop(meta);
+        // The only other owner of the read buffer is this test.
+        assert!(
+            read_buf.is_unique(),
+            "the stored header still points into the read buffer"
+        );
+        let mut wire = Vec::new();
+        e.header.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            wire,
+            b"Content-Type: application/json\r\nx-Mixed-Case: a\r\n"
+        );
+    }
+
+    fn raw(buf: &Bytes, range: std::ops::Range<usize>) -> http::HeaderValue {
+        http::HeaderValue::from_maybe_shared(buf.slice(range)).expect("value")
+    }
+
+    #[test]
+    fn header_with_room_is_an_exact_copy() {
+        let e = sample();
+        let copy = e.header_with_room(3);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        e.header.header_to_h1_wire(&mut a);
+        copy.header_to_h1_wire(&mut b);
+        assert_eq!(a, b, "same lines, same case, same order");
+        assert_eq!(
+            (copy.status, copy.version),
+            (e.header.status, e.header.version)
+        );
+        assert!(copy.headers.capacity() >= e.header.headers.len() + 3);
     }
 
     #[test]
