@@ -568,10 +568,15 @@ async fn l1_stays_within_its_byte_budget_under_a_flood_of_keys() {
     let value = |name: &str| support::http::metric(&metrics, name);
     let bytes = value("sidecache_l1_bytes");
     let capacity = value("sidecache_l1_capacity_bytes");
+    let entries = value("sidecache_l1_entries");
     assert_eq!(capacity, 4.0 * 1024.0 * 1024.0);
+    // moka applies a batch of up to 64 writes before it evicts for them, so the weight in L1
+    // may run that far past the budget; with a 4 MiB budget and entries weighed at their
+    // whole heap cost (≈9 KiB here) that batch alone is 14 % of it.
+    let batch = 64.0 * bytes / entries.max(1.0);
     assert!(
-        bytes > 0.0 && bytes <= capacity * 1.1,
-        "{bytes} of {capacity}"
+        bytes > 0.0 && bytes <= capacity * 1.05 + batch,
+        "{bytes} of {capacity} ({entries} entries)"
     );
 }
 

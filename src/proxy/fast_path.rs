@@ -18,6 +18,7 @@ use super::forwarded::REQUEST_ID;
 use super::RequestCtx;
 use crate::cache::status::CacheOutcome;
 use crate::cache::storage::codec::StoredEntry;
+use crate::cache::storage::l1::HIT_HEADER_LINES;
 use crate::cache::storage::L1Entry;
 
 const REQUEST_ID_HEADER: header::HeaderName = header::HeaderName::from_static(REQUEST_ID);
@@ -49,14 +50,21 @@ pub(super) async fn answer(
 ) -> Result<()> {
     let stored = &entry.entry;
     let head_only = session.req_header().method == http::Method::HEAD;
-    let mut resp = Box::new(entry.hit_header.get_or_init(|| hit_header(stored)).clone());
+    let mut resp = Box::new(
+        entry
+            .hit_header
+            .get_or_init(|| Box::new(hit_header(stored)))
+            .as_ref()
+            .clone(),
+    );
     let age = SystemTime::now()
         .duration_since(stored.epoch)
         .unwrap_or_default()
         .as_secs();
-    // The shared header has neither: appending skips insert's scan of the case map.
-    resp.append_header(header::AGE, age)?;
-    resp.append_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
+    // The shared header holds both as placeholders, so these replace values in place and
+    // the copy's maps (cloned at their exact length) never grow per hit.
+    resp.insert_header(header::AGE, age)?;
+    resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
     let no_body = matches!(resp.status.as_u16(), 204 | 304);
     ctx.progress.status = resp.status.as_u16();
     ctx.progress.fast_hit = true;
@@ -69,10 +77,11 @@ pub(super) async fn answer(
 }
 
 /// The header every fast hit on `stored` shares: the stored header, HTTP/1.1 framing with an
-/// exact `Content-Length`, and the `X-Cache` / `Cache-Status` of an L1 hit. Per hit only
-/// `Age` and the request id are added.
+/// exact `Content-Length`, the `X-Cache` / `Cache-Status` of an L1 hit, and placeholders of
+/// `Age` and the request id, which each hit replaces ([`HIT_HEADER_LINES`] in all). It lives in L1 beside the entry, so
+/// it is built at its exact size (see [`StoredEntry::header_with_room`]) and kept as a clone.
 fn hit_header(stored: &StoredEntry) -> ResponseHeader {
-    let mut resp = stored.header.clone();
+    let mut resp = stored.header_with_room(HIT_HEADER_LINES);
     resp.set_version(http::Version::HTTP_11);
     // Entries written before hop-by-hop headers were stripped at the origin may hold some.
     super::normalize::strip_hop_by_hop(&mut resp, &header::PROXY_AUTHENTICATE);
@@ -92,5 +101,8 @@ fn hit_header(stored: &StoredEntry) -> ResponseHeader {
     if let Some(cs) = outcome.cache_status(false, None) {
         let _ = resp.insert_header("cache-status", cs);
     }
-    resp
+    let _ = resp.append_header(header::AGE, 0);
+    let _ = resp.append_header(REQUEST_ID_HEADER, http::HeaderValue::from_static(""));
+    // Kept as a clone: a clone's maps hold exactly its lines, not the room `resp` has left.
+    resp.clone()
 }

@@ -22,6 +22,8 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 
+use pingora_http::ResponseHeader;
+
 use super::codec::StoredEntry;
 use super::PurgeKind;
 use crate::telemetry::events::{InternalEvent, L1Eviction, L1Stored};
@@ -41,8 +43,9 @@ pub type EntryKey = [u8; 16];
 pub struct L1Entry {
     pub entry: StoredEntry,
     /// The response header a fast-path hit sends (the stored header plus framing and cache
-    /// status headers), built once by the first such hit and cloned by the next ones.
-    pub hit_header: std::sync::OnceLock<pingora_http::ResponseHeader>,
+    /// status headers), built once by the first such hit and cloned by the next ones. Boxed:
+    /// inline it would cost every entry 232 bytes, also those never hit.
+    pub hit_header: std::sync::OnceLock<Box<pingora_http::ResponseHeader>>,
     generation: u64,
     weight: u32,
 }
@@ -181,6 +184,55 @@ fn build(max_bytes: u64) -> Inner {
     }
 }
 
+/// Heap every entry costs whatever it holds: the `Arc<L1Entry>`, moka's node, key, deque
+/// and timer links, and the url index's member (measured by `tests/l1_footprint.rs`).
+const ENTRY_COST: u64 = 1024;
+
+/// Bytes of one bucket of an `http::HeaderMap` (hash, links, name, value).
+const MAP_BUCKET: u64 = 104;
+
+/// Bytes of one index slot of an `http::HeaderMap`.
+const MAP_SLOT: u64 = 4;
+
+/// Heap each tag costs in the tag index beyond its bytes (a map member).
+const TAG_COST: u64 = 64;
+
+/// Lines the fast path's hit header may add to the stored header: framing, `X-Cache`,
+/// `Cache-Status`, and the placeholders of `Age` and the request id.
+pub const HIT_HEADER_LINES: usize = 5;
+
+/// Heap of one cloned `HeaderMap` of `lines` lines: a power-of-two table of index slots and
+/// one bucket per line (a clone keeps no spare buckets; stored and hit headers are clones).
+fn map_cost(lines: usize) -> u64 {
+    let slots = (lines + lines / 3).max(1).next_power_of_two() as u64;
+    slots * MAP_SLOT + lines as u64 * MAP_BUCKET
+}
+
+/// Heap of the maps of a `ResponseHeader` with `lines` lines: the values and, when it keeps
+/// the names' case, a second map of the same size.
+fn header_maps_cost(header: &ResponseHeader, lines: usize) -> u64 {
+    let maps = if header.has_case() { 2 } else { 1 };
+    maps * map_cost(lines)
+}
+
+/// What `entry` costs L1's heap, in bytes: its moka weight, so `cache.l1.max_bytes` bounds
+/// memory, not only bodies. A flood of small distinct entries is where an undercount shows:
+/// with a 64-byte body an entry holds about 6 KiB, most of it the two header maps of its
+/// stored header and of the hit header the first fast-path hit builds (counted always).
+/// `tests/l1_footprint.rs` fails when L1 holds more than 1.1× its budget in heap.
+pub fn heap_cost(entry: &StoredEntry) -> u64 {
+    let lines = entry.header.headers.len();
+    let maps = header_maps_cost(&entry.header, lines)
+        + header_maps_cost(&entry.header, lines + HIT_HEADER_LINES);
+    // Names and values (one buffer, shared by the hit header), plus the hit header's own.
+    let header_bytes = entry.header_bytes as u64 + HIT_HEADER_LINES as u64 * 32;
+    let ctx = &entry.ctx;
+    // The url is held by the entry and again as the url index's key.
+    let strings = 2 * ctx.url.len() + ctx.route.len();
+    let tags: u64 = ctx.tags.iter().map(|t| 2 * t.len() as u64 + TAG_COST).sum();
+    ENTRY_COST + maps + header_bytes + strings as u64 + tags + entry.body.len() as u64
+}
+
 impl L1Store {
     /// An L1 with a byte budget of `max_bytes` (0 = disabled).
     pub fn new(max_bytes: u64) -> Self {
@@ -231,8 +283,7 @@ impl L1Store {
         if entry.remaining(SystemTime::now()).is_none() {
             return false;
         }
-        // The weight also covers the prebuilt hit header (about the stored header's size).
-        let Ok(weight) = u32::try_from(entry.weight_bytes() + entry.header_bytes as u64) else {
+        let Ok(weight) = u32::try_from(heap_cost(&entry)) else {
             return false;
         };
         if u64::from(weight) > inner.max_bytes {
