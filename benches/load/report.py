@@ -177,6 +177,12 @@ def targets(rows):
             # One stored miss: the flood is all stored misses.
             check("One stored miss: CPU <= nginx's", sc["cpu_x_nginx"] <= 1.0,
                   f"{sc['cpu_us_per_req']:.0f} µs vs {ng['cpu_us_per_req']:.0f} µs = {sc['cpu_x_nginx']:.2f}x")
+        base = by.get(("7-flood", "sidecache-base-flood"))
+        if base:
+            out.append({"target": "(baseline build) flood: RSS, keys/s",
+                        "met": None,
+                        "detail": f"{base['rss_mb']:.0f} MB vs {sc['rss_mb']:.0f} MB now; "
+                                  f"{base['rps']:,.0f}/s vs {sc['rps']:,.0f}/s now"})
     for system in ("sidecache", "nginx"):
         before, during = by.get(("8-stall-before", system)), by.get(("8-stall-during", system))
         if before and during and before["p99_ms"]:

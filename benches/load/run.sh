@@ -5,7 +5,8 @@
 #                                                                   (builds release first)
 #   benches/load/run.sh [same options]                             (expects the release binaries)
 # --baseline BIN also runs BIN (another sidecache build, e.g. the previous commit's) as the
-# system "sidecache-base" in scenarios 1, 2, 4 and 5, interleaved with the others, so a change
+# system "sidecache-base" in scenarios 1, 2, 4 and 5, interleaved with the others, and as
+# "sidecache-base-flood" (a fresh process) in scenario 7, so a change
 # is measured as new vs old in one run ("×base" in the report).
 # Full: 3 rounds of 8 s per system and scenario (~10 min); --quick: 1 round of 3 s (~1.5 min).
 #
@@ -203,7 +204,7 @@ declare -A ADMIN=()
 
 start_sidecache() { # NAME L1_MAX_BYTES L1_MAX_OBJECT_BYTES [REDIS_PORT]
   local name=$1 conf=$WORK/$1.toml bin=$SIDECACHE
-  [[ $name == sidecache-base ]] && bin=$BASELINE
+  [[ $name == sidecache-base* ]] && bin=$BASELINE
   PORT[$name]=$(free_port); ADMIN[$name]=$(free_port)
   fill "$HERE/sidecache.toml.tmpl" "$conf" PORT="${PORT[$name]}" ADMIN_PORT="${ADMIN[$name]}" \
     ORIGIN_PORT="$ORIGIN_PORT" L1_MAX_BYTES="$2" L1_MAX_OBJECT_BYTES="$3"
@@ -224,7 +225,10 @@ fi
 
 # Fresh processes for the memory scenarios: their peak RSS is theirs alone, from start.
 run_in() { [[ ,$SCENARIOS, == *,$1,* ]]; }
-if run_in 7; then start_sidecache sidecache-flood 64MiB 8MiB; fi
+if run_in 7; then
+  start_sidecache sidecache-flood 64MiB 8MiB
+  [[ -n $BASELINE ]] && start_sidecache sidecache-base-flood 64MiB 8MiB
+fi
 if run_in 9; then start_sidecache sidecache-fresh 64MiB 8MiB; fi
 
 if [[ $HAVE_NGINX -eq 1 ]]; then
@@ -413,7 +417,7 @@ if run_in 7; then
   # 200,000 keys once per system (3 rounds would take minutes each); --quick: 20,000.
   FLOOD_KEYS=200000; [[ $QUICK -eq 1 ]] && FLOOD_KEYS=20000
   saved=$DURATION; DURATION=300
-  for s in sidecache-flood nginx; do
+  for s in sidecache-flood ${BASELINE:+sidecache-base-flood} nginx; do
     round=1 wrk_run 7-flood "$s" 64 1 / "$BUNDLE_RE" UNIQUE_IDS="flood-$s-$RANDOM" \
       UNIQUE_LIMIT=$FLOOD_KEYS
   done
