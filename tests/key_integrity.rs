@@ -11,22 +11,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use support::backend::start_backend;
 use support::http::{get, request};
-use support::sidecache::{Sidecache, SidecacheOptions};
+use support::sidecache::{config_opening, Sidecache, SidecacheOptions};
 
-const CONFIG: &str = r#"
-[server]
-listen = "{listen}"
-admin_listen = "{admin}"
-threads = 2
-grace_period = "1s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{backend}"
-
+/// The routes and the rest, after [`config_opening`].
+const ROUTES: &str = r#"
 [[routes]]
 name = "echo_keyed_query"
 match = "GET /test/echo"
@@ -51,7 +39,7 @@ ttl = "60s"
 
 async fn setup(extra: &str) -> (sidecache::demo::Backend, Sidecache) {
     let backend = start_backend(Duration::ZERO).await;
-    let config = CONFIG.replace(
+    let config = config_opening().then(ROUTES).replace(
         "grace_period = \"1s\"",
         &format!("grace_period = \"1s\"\n{extra}"),
     );
@@ -178,7 +166,7 @@ async fn query_names_are_keyed_as_the_origin_reads_them_and_only_keyed_ones_are_
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_unkeyed_query_sends_the_whole_query() {
     let backend = start_backend(Duration::ZERO).await;
-    let config = CONFIG.replace(
+    let config = config_opening().then(ROUTES).replace(
         "key = { query = [\"include\"], headers = [\"accept-language\"] }",
         "key = { query = [\"include\"], headers = [\"accept-language\"] }\nforward_unkeyed_query = true",
     );
@@ -311,7 +299,7 @@ async fn bodies_on_get_are_refused_and_never_cached() {
     assert_eq!(backend.stats().hits("/test/echo"), 0);
 
     let backend = start_backend(Duration::ZERO).await;
-    let config = CONFIG.replace(
+    let config = config_opening().then(ROUTES).replace(
         "grace_period = \"1s\"",
         "grace_period = \"1s\"\nallow_body_on_safe_methods = true",
     );

@@ -18,7 +18,7 @@ use serde_json::json;
 use support::backend::start_backend;
 use support::http::{get, metric, request, Resp};
 use support::redis::RedisServer;
-use support::sidecache::{admin_purge, run_cli, Sidecache, SidecacheOptions};
+use support::sidecache::{admin_purge, config_opening, run_cli, Sidecache, SidecacheOptions};
 
 /// How long a purge may take to reach the other instance before the test fails (the target
 /// is 100 ms; this is a shared, noisy box).
@@ -27,22 +27,8 @@ const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
 /// Bound for warming, resubscribing and other polls.
 const POLL: Duration = Duration::from_secs(15);
 
-const CONFIG: &str = r#"
-[server]
-listen = "{listen}"
-admin_listen = "{admin}"
-threads = 2
-grace_period = "1s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{backend}"
-connect_timeout = "300ms"
-read_timeout = "5s"
-
+/// The routes and the rest, after [`config_opening`].
+const ROUTES: &str = r#"
 [[routes]]
 name = "contractor_bundle"
 match = "GET /api/contractors/:id/bundle"
@@ -75,7 +61,11 @@ struct Pair {
 
 async fn start_pair(redis: &RedisServer) -> Pair {
     let backend = start_backend(Duration::ZERO).await;
-    let config = CONFIG.replace("{redis}", &redis.url());
+    let config = config_opening()
+        .upstream(r#"connect_timeout = "300ms""#)
+        .upstream(r#"read_timeout = "5s""#)
+        .then(ROUTES)
+        .replace("{redis}", &redis.url());
     let opts = SidecacheOptions::new(config).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
     let b = Sidecache::start(opts).await;

@@ -11,27 +11,14 @@ use serde_json::Value;
 use support::backend::start_backend;
 use support::browser::{dump_dom, route_cell, text_of_id};
 use support::http::{get, request};
-use support::sidecache::{free_addr, Sidecache, SidecacheOptions};
+use support::sidecache::{config_opening, free_addr, Sidecache, SidecacheOptions};
 
 const DIAGRAM: &str = "/api/state-machine/diagram";
 const METADATA: &str = "/api/state-machine/metadata";
 
 fn config(admin: &str) -> String {
-    format!(
+    config_opening().admin_listen(admin).then(
         r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "{admin}"
-threads = 2
-grace_period = "1s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{{backend}}"
-
 [[routes]]
 name = "diagram"
 match = "GET /api/state-machine/diagram"
@@ -41,7 +28,7 @@ ttl = "5m"
 name = "metadata"
 match = "GET /api/state-machine/metadata"
 ttl = "5m"
-"#
+"#,
     )
 }
 

@@ -8,24 +8,11 @@ use std::time::{Duration, Instant};
 use support::backend::start_backend;
 use support::http::{get, metric};
 use support::redis::RedisServer;
-use support::sidecache::{Sidecache, SidecacheOptions};
+use support::sidecache::{config_opening, Sidecache, SidecacheOptions};
 
 fn config(redis_url: &str) -> String {
-    format!(
+    config_opening().grace_period("2s").then(&format!(
         r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "{{admin}}"
-threads = 2
-grace_period = "2s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{{backend}}"
-
 [[routes]]
 name = "contractor_bundle"
 match = "GET /api/contractors/:id/bundle"
@@ -41,7 +28,7 @@ timeout = "50ms"
 breaker_failures = 2
 breaker_cooldown = "500ms"
 "#
-    )
+    ))
 }
 
 /// L2 writes are asynchronous: wait until Redis holds `n` entries.

@@ -11,29 +11,17 @@ use std::time::{Duration, Instant};
 use support::backend::{start_backend, Backend};
 use support::http::{get, try_get};
 use support::redis::RedisServer;
-use support::sidecache::{run_cli, Sidecache, SidecacheOptions};
+use support::sidecache::{config_opening, run_cli, Sidecache, SidecacheOptions};
 
 const DIAGRAM: &str = "/api/state-machine/diagram";
 
 /// A config with L2 on `redis`, the two cached routes, and `warm_section` appended.
 fn config(redis: &RedisServer, warm_section: &str) -> String {
-    format!(
+    let opening = config_opening()
+        .upstream(r#"connect_timeout = "300ms""#)
+        .upstream(r#"read_timeout = "10s""#);
+    opening.then(&format!(
         r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "{{admin}}"
-threads = 2
-grace_period = "1s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{{backend}}"
-connect_timeout = "300ms"
-read_timeout = "10s"
-
 [[routes]]
 name = "contractor_bundle"
 match = "GET /api/contractors/:id/bundle"
@@ -50,7 +38,7 @@ url = "{redis}"
 {warm_section}
 "#,
         redis = redis.url()
-    )
+    ))
 }
 
 fn bundle(id: u32) -> String {

@@ -14,6 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::sidecache::config_opening;
+
 /// A port `p` with `p` and `p + 10000` (the cluster bus) both free.
 fn free_cluster_port() -> u16 {
     loop {
@@ -482,21 +484,8 @@ fn write_sentinel_conf(path: &Path, port: u16, name: &str, master_port: u16) {
 /// (tagged `contractor:{id}`), L1 of `l1_max_bytes` (TOML value; `0` disables it), and the
 /// `[cache.l2]` settings `l2` (mode and where) with short timeouts and a quick breaker.
 pub fn l2_config(l1_max_bytes: &str, l2: &str) -> String {
-    format!(
+    config_opening().then(&format!(
         r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "{{admin}}"
-threads = 2
-grace_period = "1s"
-
-[proxy]
-default_upstream = "backend"
-
-[[upstreams]]
-name = "backend"
-address = "{{backend}}"
-
 [[routes]]
 name = "contractor_bundle"
 match = "GET /api/contractors/:id/bundle"
@@ -516,7 +505,7 @@ write_timeout = "1s"
 breaker_failures = 3
 breaker_cooldown = "300ms"
 "#
-    )
+    ))
 }
 
 /// `["a", "b"]` as a TOML array of strings.

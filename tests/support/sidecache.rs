@@ -80,6 +80,65 @@ impl SidecacheOptions {
     }
 }
 
+/// The opening most test configs share: `[server]` on the harness's free ports with 2
+/// threads, and `[proxy]` sending everything to one `[[upstreams]]` entry named `backend`
+/// at `{backend}`. Each test appends its routes and the rest with [`ConfigOpening::then`].
+///
+/// ```ignore
+/// let config = config_opening().grace_period("2s").then(r#"
+/// [[routes]]
+/// name = "r"
+/// match = "GET /api/x"
+/// ttl = "60s"
+/// "#);
+/// ```
+pub fn config_opening() -> ConfigOpening {
+    ConfigOpening {
+        admin_listen: "{admin}".to_owned(),
+        grace_period: "1s",
+        upstream: String::new(),
+    }
+}
+
+/// See [`config_opening`].
+#[derive(Debug, Clone)]
+pub struct ConfigOpening {
+    admin_listen: String,
+    grace_period: &'static str,
+    upstream: String,
+}
+
+impl ConfigOpening {
+    /// `server.admin_listen` (default: the `{admin}` free port).
+    pub fn admin_listen(mut self, addr: impl Into<String>) -> Self {
+        self.admin_listen = addr.into();
+        self
+    }
+
+    /// `server.grace_period` (default `1s`).
+    pub fn grace_period(mut self, period: &'static str) -> Self {
+        self.grace_period = period;
+        self
+    }
+
+    /// A line added to the `backend` upstream, e.g. `read_timeout = "5s"`.
+    pub fn upstream(mut self, line: &str) -> Self {
+        self.upstream.push_str(line);
+        self.upstream.push('\n');
+        self
+    }
+
+    /// The opening followed by `rest`.
+    pub fn then(self, rest: &str) -> String {
+        format!(
+            "\n[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{}\"\nthreads = 2\n\
+             grace_period = \"{}\"\n\n[proxy]\ndefault_upstream = \"backend\"\n\n\
+             [[upstreams]]\nname = \"backend\"\naddress = \"{{backend}}\"\n{}{rest}",
+            self.admin_listen, self.grace_period, self.upstream
+        )
+    }
+}
+
 /// A running `sidecache` child process and its temp dir (config and logs).
 pub struct Sidecache {
     child: Child,
