@@ -207,6 +207,15 @@ fn compression_bench(c: &mut Criterion) {
         g.bench_function(format!("zstd-1 compress {name}"), |b| {
             b.iter(|| zstd::bulk::compress(black_box(&raw), 1).expect("zstd"))
         });
+        // One context kept and reused, against one made per call (`bulk::compress`).
+        let mut cctx = zstd::bulk::Compressor::new(1).expect("zstd context");
+        g.bench_function(format!("zstd-1 compress, reused context {name}"), |b| {
+            b.iter(|| cctx.compress(black_box(&raw)).expect("zstd"))
+        });
+        let mut dctx = zstd::bulk::Decompressor::new().expect("zstd context");
+        g.bench_function(format!("zstd decompress, reused context {name}"), |b| {
+            b.iter(|| dctx.decompress(black_box(&z1), raw.len()).expect("zstd"))
+        });
         g.bench_function(format!("zstd-3 compress {name}"), |b| {
             b.iter(|| zstd::bulk::compress(black_box(&raw), 3).expect("zstd"))
         });
