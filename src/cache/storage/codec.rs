@@ -125,20 +125,11 @@ impl StoredEntry {
     /// A copy of the stored header with room for `spare` more lines and no more: a
     /// `clone()` followed by inserts doubles both of its maps (the values and the
     /// case-preserving names), and a copy kept in L1 would then cost more than the entry's
-    /// own header. Case, order, reason phrase and version are kept.
+    /// own header. Case, order, reason phrase and version are kept; names and values are
+    /// shared with the stored header.
     pub fn header_with_room(&self, spare: usize) -> ResponseHeader {
         let h = &self.header;
-        let size = Some(h.headers.len() + spare);
-        let built = if h.has_case() {
-            ResponseHeader::build(h.status, size)
-        } else {
-            ResponseHeader::build_no_case(h.status, size)
-        };
-        let Ok(mut out) = built else {
-            return h.clone();
-        };
-        out.set_version(h.version);
-        let copied = out.set_reason_phrase(h.get_reason_phrase()).and_then(|()| {
+        rebuild(h, spare, |out| {
             if h.has_case() {
                 for (name, value) in h.case_header_iter() {
                     out.append_header(name.clone(), value.clone())?;
@@ -149,13 +140,8 @@ impl StoredEntry {
                 }
             }
             Ok(())
-        });
-        // Every name and value was valid in `h`; should a copy fail all the same, the clone
-        // is right, only larger.
-        match copied {
-            Ok(()) => out,
-            Err(_) => h.clone(),
-        }
+        })
+        .unwrap_or_else(|| h.clone())
     }
 
     /// Last moment the entry is of any use: fresh_until + max(swr, sie) + [`SLACK`].
@@ -179,23 +165,13 @@ impl StoredEntry {
 /// for as long as the entry lives, unseen by L1's weigher: in a flood of small entries
 /// that was more memory than the entries themselves.
 fn compact(h: &ResponseHeader) -> ResponseHeader {
-    let mut buf = BytesMut::with_capacity(
-        h.case_header_iter()
-            .map(|(n, v)| n.as_slice().len() + v.len())
-            .sum::<usize>()
-            + h.headers.values().map(|v| v.len()).sum::<usize>() * usize::from(!h.has_case()),
-    );
-    let built = if h.has_case() {
-        ResponseHeader::build(h.status, Some(h.headers.len()))
-    } else {
-        ResponseHeader::build_no_case(h.status, Some(h.headers.len()))
-    };
-    let Ok(mut out) = built else {
-        return h.clone();
-    };
-    out.set_version(h.version);
-    let copied = out.set_reason_phrase(h.get_reason_phrase()).and_then(|()| {
+    let copy = rebuild(h, 0, |out| {
         if h.has_case() {
+            let mut buf = BytesMut::with_capacity(
+                h.case_header_iter()
+                    .map(|(n, v)| n.as_slice().len() + v.len())
+                    .sum(),
+            );
             for (name, value) in h.case_header_iter() {
                 buf.extend_from_slice(name.as_slice());
                 buf.extend_from_slice(value.as_bytes());
@@ -207,6 +183,7 @@ fn compact(h: &ResponseHeader) -> ResponseHeader {
                 out.append_header(name_bytes, shared_value(value, value_bytes))?;
             }
         } else {
+            let mut buf = BytesMut::with_capacity(h.headers.values().map(|v| v.len()).sum());
             for value in h.headers.values() {
                 buf.extend_from_slice(value.as_bytes());
             }
@@ -218,13 +195,30 @@ fn compact(h: &ResponseHeader) -> ResponseHeader {
         }
         Ok(())
     });
-    // Every name and value was valid in `h`; should a copy fail all the same, the clone is
-    // right, only larger. A clone's buckets are exactly as many as its lines (a map built
-    // for n lines has room for about 1.5 n), and its names and values share `buf`.
-    match copied {
-        Ok(()) => out.clone(),
-        Err(_) => h.clone(),
+    // Kept as a clone: a clone's buckets are exactly as many as its lines (a map built for
+    // n lines has room for about 1.5 n), and its names and values still share the buffer.
+    copy.map_or_else(|| h.clone(), |out| out.clone())
+}
+
+/// A header like `h` (status, version, reason phrase, case-keeping or not) built for its
+/// lines plus `spare`, filled by `lines`. `None` if any step fails: every name and value was
+/// valid in `h`, so callers fall back to a plain clone, which is right, only larger.
+fn rebuild(
+    h: &ResponseHeader,
+    spare: usize,
+    lines: impl FnOnce(&mut ResponseHeader) -> pingora_error::Result<()>,
+) -> Option<ResponseHeader> {
+    let size = Some(h.headers.len() + spare);
+    let mut out = if h.has_case() {
+        ResponseHeader::build(h.status, size)
+    } else {
+        ResponseHeader::build_no_case(h.status, size)
     }
+    .ok()?;
+    out.set_version(h.version);
+    out.set_reason_phrase(h.get_reason_phrase()).ok()?;
+    lines(&mut out).ok()?;
+    Some(out)
 }
 
 /// `bytes` (a copy of `value`'s) as a header value, with `value`'s sensitivity.
