@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::backend::start_backend;
-use support::browser::{dump_dom, route_cell, text_of_id};
+use support::browser::{dump_dom_async, refreshes, route_cell, text_of_id};
 use support::http::{get, request};
 use support::sidecache::{config_opening, free_addr, Sidecache, SidecacheOptions};
 
@@ -207,17 +207,11 @@ async fn the_status_page_renders_the_figures_of_metrics_in_a_headless_browser() 
 
     let m = scrape(&sc).await;
     let url = format!("{}?refresh=1", sc.admin_url("/status"));
-    let url_for_browser = url.clone();
-    let dom =
-        tokio::task::spawn_blocking(move || dump_dom(&url_for_browser, Duration::from_secs(5)))
-            .await
-            .expect("browser");
-    let refreshes: u32 = text_of_id(&dom, "refreshes")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no refresh counter in {dom}"));
+    let dom = dump_dom_async(url, Duration::from_secs(5)).await;
+    let polls: u32 = refreshes(&dom).unwrap_or_else(|| panic!("no refresh counter in {dom}"));
     assert!(
-        refreshes >= 2,
-        "the page polled again: {refreshes} refreshes\n{dom}"
+        polls >= 2,
+        "the page polled again: {polls} refreshes\n{dom}"
     );
     assert_eq!(
         text_of_id(&dom, "version").as_deref(),
@@ -296,19 +290,11 @@ async fn off_loopback_the_page_and_the_stats_need_the_token() {
     // A browser without the token sees no page; with it (as Basic credentials) the page
     // loads and its script's polls carry the credentials too.
     let denied_url = admin("/status?refresh=1");
-    let denied = tokio::task::spawn_blocking(move || dump_dom(&denied_url, Duration::from_secs(2)))
-        .await
-        .expect("browser");
-    assert!(text_of_id(&denied, "refreshes").is_none(), "{denied}");
+    let denied = dump_dom_async(denied_url, Duration::from_secs(2)).await;
+    assert!(refreshes(&denied).is_none(), "{denied}");
     let allowed_url = format!("http://admin:tok-123@127.0.0.1:{port}/status?refresh=1");
-    let allowed =
-        tokio::task::spawn_blocking(move || dump_dom(&allowed_url, Duration::from_secs(4)))
-            .await
-            .expect("browser");
-    let refreshes: u32 = text_of_id(&allowed, "refreshes")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
-    assert!(refreshes >= 1, "{allowed}");
+    let allowed = dump_dom_async(allowed_url, Duration::from_secs(4)).await;
+    assert!(refreshes(&allowed).unwrap_or(0) >= 1, "{allowed}");
     assert_eq!(
         route_cell(&allowed, "diagram", "requests_since_start").as_deref(),
         Some("3")

@@ -69,6 +69,19 @@ pub fn dump_dom(url: &str, run_for: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`dump_dom`] from async code: the browser runs on a blocking thread, so the server under
+/// test (on the test's runtime) keeps answering it.
+pub async fn dump_dom_async(url: String, run_for: Duration) -> String {
+    tokio::task::spawn_blocking(move || dump_dom(&url, run_for))
+        .await
+        .expect("browser thread")
+}
+
+/// The status page's refresh counter in `dom` (how many polls its script completed).
+pub fn refreshes(dom: &str) -> Option<u32> {
+    text_of_id(dom, "refreshes").and_then(|t| t.parse().ok())
+}
+
 /// A PNG of `url` at `width` x `height` after `run_for` of virtual time, written to `png`.
 pub fn screenshot(url: &str, png: &Path, (width, height): (u32, u32), run_for: Duration) {
     run(&[
