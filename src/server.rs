@@ -84,11 +84,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         },
     ));
     server.add_service(background_service("config reload", ReloadService { live }));
-    server.add_service(background_service(
-        "purge subscriber",
-        PurgeSubscriberService { live },
-    ));
-    server.add_service(background_service("l2 connect", L2ConnectService { live }));
+    server.add_service(background_service("l2", L2Service { live }));
     let warm = &live.snapshot().config.warm;
     if warm.on_start && (!warm.urls.is_empty() || !warm.templates.is_empty()) {
         // Hold readiness from here; the service releases it when done or at the deadline.
@@ -186,31 +182,21 @@ impl BackgroundService for ReloadService {
     }
 }
 
-/// Receives purges broadcast by other instances over Redis pub/sub and applies them to L1
-/// (see `cache::storage::pubsub`). Does nothing without L2.
-struct PurgeSubscriberService {
+/// L2's background work, on a thread of its own: opens both L2 connections at start, so the
+/// first requests do not wait on a connect (a TLS handshake takes longer than one read
+/// timeout), then receives purges broadcast by other instances over Redis pub/sub and
+/// applies them to L1 (see `purge::broadcast`). Does nothing without L2.
+struct L2Service {
     live: &'static Live,
 }
 
 #[async_trait]
-impl BackgroundService for PurgeSubscriberService {
+impl BackgroundService for L2Service {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.live.purges.run_subscriber(shutdown).await;
-    }
-}
-
-/// Opens the L2 connections at start, so the first requests do not wait on a connect (a
-/// TLS handshake takes longer than one read timeout). Does nothing without L2.
-struct L2ConnectService {
-    live: &'static Live,
-}
-
-#[async_trait]
-impl BackgroundService for L2ConnectService {
-    async fn start(&self, _shutdown: ShutdownWatch) {
         if let Some(l2) = self.live.cache.l2() {
             l2.connect_in_background();
         }
+        self.live.purges.run_subscriber(shutdown).await;
     }
 }
 
