@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::lock::CacheKeyLockImpl;
 
 use crate::cache::key::keyed_query;
-use crate::cache::storage::{PurgeKind, TieredCache};
+use crate::cache::storage::{CoalescingLock, PurgeKind, TieredCache};
 use crate::config::{self, Config, ConfigErrors, EnvSource};
 use crate::proxy::normalize::{normalize_authority, normalize_path, BadPath};
 use crate::purge::PurgeService;
@@ -125,7 +125,7 @@ pub struct Live {
     pub cache: &'static TieredCache,
     /// Purges of both tiers, and their broadcast to other instances.
     pub purges: &'static PurgeService,
-    /// Per-process request coalescing.
+    /// Per-process request coalescing (pingora's lock, re-checking L1 when it grants a fill).
     pub cache_lock: &'static CacheKeyLockImpl,
     /// Keys whose last response could not be stored: their next requests skip the cache lock
     /// and the storage lookup (Varnish's hit-for-miss), until a response is storable again.
@@ -156,8 +156,10 @@ impl Live {
         let cache: &'static TieredCache = Box::leak(Box::new(TieredCache::new(&config.cache)));
         let purges: &'static PurgeService =
             Box::leak(Box::new(PurgeService::new(cache, &config.cache)));
-        let cache_lock: &'static CacheKeyLockImpl =
-            Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
+        let cache_lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CoalescingLock::new(
+            cache,
+            config.cache.lock_timeout,
+        )));
         let predictor: &'static UncacheablePredictor = Box::leak(Box::new(
             UncacheablePredictor::new(PREDICTOR_KEYS_PER_SHARD, None),
         ));

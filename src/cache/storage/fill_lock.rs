@@ -1,20 +1,28 @@
 //! The cross-instance fill lock (`cache.l2.fill_lock = true`): one origin fetch per key for a
 //! whole fleet, where pingora's cache lock only coalesces within one process.
 //!
-//! On an L1 and L2 miss the lookup tries `SET {prefix}v2:lock:{key} token NX PX lock_timeout`
-//! (beside the entry, so on a cluster it is on the entry's slot):
+//! On an L1 and L2 miss the lookup runs `lua/fill.lua` on `{prefix}v2:lock:{key}` (beside the
+//! entry, so on a cluster it is on the entry's slot), which reads the entry and, only when
+//! it is absent, takes the lock, in one atomic step:
 //! - **taken**: the lookup misses and this request fetches. The [`FillLock`] guard rides with
 //!   the request (in its [`super::L1Probe`]) into the miss handler and the L2 write, and is
-//!   released (only if the token still holds it) when that write has finished, or when the
-//!   request ends without storing anything (an uncacheable answer, an error), so waiters
-//!   never sit out the whole timeout for nothing.
-//! - **held by another instance**: the lookup polls L2 (the entry and whether the lock is
-//!   still held, one round trip) with backoff from 5 ms doubling to 100 ms, for at most
-//!   `cache.lock_timeout`. The entry appearing is served as HIT-L2; the lock vanishing
-//!   without an entry (released, or expired because its holder died) or the time running
-//!   out is a miss, and the request goes to the origin as it would without the lock.
+//!   released (only if the token still holds it) when that write has finished. A request
+//!   that ends without storing anything (an uncacheable answer, a body too large, an error)
+//!   **gives up** the lock instead: for [`GAVE_UP_LINGER`] the lock tells its waiters to go
+//!   to the origin at once, rather than taking it in turn and waiting out one fetch each.
+//! - **held by another holder**: the lookup polls with the same script, with backoff from
+//!   5 ms doubling to 100 ms, for at most `cache.lock_timeout`. The entry appearing is served
+//!   as HIT-L2; a lock released without an entry (the holder's store was refused, or failed)
+//!   or expired (its holder died) is taken by the next poll, so one waiter fetches for all;
+//!   a holder that gave up, or the time running out, sends the request to the origin as it
+//!   would go without the lock.
 //! - **Redis unreachable** (error, timeout, breaker open): the lookup misses at once, as
 //!   today.
+//!
+//! The entry is read and the lock taken in one step because a holder writes the entry
+//! before it releases the lock: whoever finds the lock free also finds the entry, unless the
+//! holder made none. Two separate steps let a late request (its read before the store, its
+//! take after the release) fetch a second time.
 //!
 //! Only a lookup that carries the request's probe takes the lock (the request plan's
 //! lookups all do), since the guard needs somewhere to live until the store.
@@ -22,7 +30,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::l2::L2Store;
+use super::l2::{FillState, L2Store};
 use super::EntryKey;
 
 /// First poll delay of a waiter.
@@ -31,19 +39,32 @@ const POLL_MIN: Duration = Duration::from_millis(5);
 /// Largest poll delay of a waiter.
 const POLL_MAX: Duration = Duration::from_millis(100);
 
-/// A held fill lock: released (if still ours) when dropped.
+/// How long a lock whose holder gave up says so to its waiters.
+pub const GAVE_UP_LINGER: Duration = Duration::from_secs(1);
+
+/// A held fill lock: released (if still ours) when dropped; given up unless a store of its
+/// entry was attempted ([`FillLock::store_attempted`]).
 pub struct FillLock {
     l2: &'static L2Store,
     key: EntryKey,
     token: u64,
+    store_attempted: bool,
+}
+
+impl FillLock {
+    /// The entry is being stored: release the lock normally when dropped (after the store).
+    pub fn store_attempted(&mut self) {
+        self.store_attempted = true;
+    }
 }
 
 impl Drop for FillLock {
     fn drop(&mut self) {
         let (l2, key, token) = (self.l2, self.key, self.token);
+        let gave_up = (!self.store_attempted).then_some(GAVE_UP_LINGER);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
-                let _ = l2.release_fill_lock(&key, token).await;
+                let _ = l2.release_fill_lock(&key, token, gave_up).await;
             });
         }
     }
@@ -68,35 +89,32 @@ pub async fn take_or_wait(
     slot: &FillSlot,
     timeout: Duration,
 ) -> FillOutcome {
-    let token = fastrand::u64(1..);
-    match l2.take_fill_lock(key, token, timeout).await {
-        Ok(true) => {
-            let lock = FillLock {
-                l2,
-                key: *key,
-                token,
-            };
-            *slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
-            return FillOutcome::Fetch;
-        }
-        Ok(false) => {}
-        Err(_) => return FillOutcome::Fetch,
-    }
     let deadline = Instant::now() + timeout;
     let mut delay = POLL_MIN;
     loop {
+        let token = fastrand::u64(1..);
+        match l2.take_fill_lock(key, token, timeout).await {
+            Ok(FillState::Filled(raw)) => return FillOutcome::Filled(raw),
+            Ok(FillState::Taken) => {
+                let lock = FillLock {
+                    l2,
+                    key: *key,
+                    token,
+                    store_attempted: false,
+                };
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+                return FillOutcome::Fetch;
+            }
+            Ok(FillState::Held) => {}
+            Ok(FillState::GaveUp) | Err(_) => return FillOutcome::Fetch,
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return FillOutcome::Fetch;
         }
         tokio::time::sleep(delay.min(left)).await;
-        match l2.fill_state(key).await {
-            Ok((Some(raw), _)) => return FillOutcome::Filled(raw),
-            Ok((None, true)) => {}
-            Ok((None, false)) | Err(_) => return FillOutcome::Fetch,
-        }
         delay = (delay * 2).min(POLL_MAX);
     }
 }

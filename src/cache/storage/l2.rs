@@ -204,6 +204,7 @@ static STORE: Lazy<Lua> = lua!("store.lua");
 static PURGE: Lazy<Lua> = lua!("purge.lua");
 static ADVANCE: Lazy<Lua> = lua!("advance.lua");
 static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
+static FILL: Lazy<Lua> = lua!("fill.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -225,6 +226,19 @@ pub struct EntryWrite<'a> {
     pub url: &'a str,
     pub tags: &'a [String],
     pub since: u64,
+}
+
+/// What the fill lock of an entry said (see `lua/fill.lua`).
+#[derive(Debug)]
+pub enum FillState {
+    /// The entry is there: its raw bytes.
+    Filled(Vec<u8>),
+    /// The lock was free and is now the caller's.
+    Taken,
+    /// Another holder is fetching.
+    Held,
+    /// The last holder's response could not be stored: fetch without the lock.
+    GaveUp,
 }
 
 /// What became of a store.
@@ -762,53 +776,46 @@ impl L2Store {
         }
     }
 
-    /// Try to take the fill lock of `key` (`SET NX PX ttl` with `token`), under the read
-    /// timeout: `true` when this caller holds it now.
+    /// Read the entry of `key` and, when it is absent, take its fill lock (`token`, held
+    /// for `ttl`), both in one atomic script under the read timeout (see `lua/fill.lua`).
     pub async fn take_fill_lock(
         &self,
         key: &[u8; 16],
         token: u64,
         ttl: Duration,
-    ) -> Result<bool, L2Result> {
-        let k = self.fill_lock_key(key);
+    ) -> Result<FillState, L2Result> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = FILL.command(&[&self.entry_key(key), &self.fill_lock_key(key)]);
+        cmd.arg(token).arg(ttl_ms);
         self.run(L2Op::Lock, self.read_timeout(), |mut c| async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&k)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut c)
-                .await?;
-            Ok(set.is_some())
+            let (state, value): (i64, Vec<u8>) = FILL.run(&mut c, &cmd).await?;
+            Ok(match state {
+                2 => FillState::Filled(value),
+                1 => FillState::Taken,
+                3 => FillState::GaveUp,
+                _ => FillState::Held,
+            })
         })
         .await
     }
 
     /// Release the fill lock of `key` if `token` still holds it (under the write timeout).
-    pub async fn release_fill_lock(&self, key: &[u8; 16], token: u64) -> Result<(), L2Result> {
+    /// `gave_up`: the holder's response could not be stored, and the lock says so to its
+    /// waiters for `linger` instead of disappearing.
+    pub async fn release_fill_lock(
+        &self,
+        key: &[u8; 16],
+        token: u64,
+        gave_up: Option<Duration>,
+    ) -> Result<(), L2Result> {
+        let linger_ms = gave_up.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         let mut cmd = UNLOCK.command(&[&self.fill_lock_key(key)]);
-        cmd.arg(token);
+        cmd.arg(token).arg(linger_ms);
         self.run(L2Op::Lock, self.write_timeout(), |mut c| async move {
             let _: i64 = UNLOCK.run(&mut c, &cmd).await?;
             Ok(())
-        })
-        .await
-    }
-
-    /// What a fill-lock waiter looks at: the entry's raw bytes, and whether its fill lock is
-    /// still held (both at once, under the read timeout).
-    pub async fn fill_state(&self, key: &[u8; 16]) -> Result<(Option<Vec<u8>>, bool), L2Result> {
-        let entry = self.entry_key(key);
-        let lock = self.fill_lock_key(key);
-        self.run(L2Op::Get, self.read_timeout(), |mut c| async move {
-            let mut c2 = c.clone();
-            let get = redis::cmd("GET").arg(&entry).to_owned();
-            let exists = redis::cmd("EXISTS").arg(&lock).to_owned();
-            let (value, held): (Option<Vec<u8>>, u64) =
-                tokio::try_join!(get.query_async(&mut c), exists.query_async(&mut c2))?;
-            Ok((value, held > 0))
         })
         .await
     }

@@ -6,6 +6,8 @@
 //!   guarded by a [`breaker::CircuitBreaker`].
 //! - [`codec`]: the versioned binary entry format stored in Redis.
 //! - [`tiered`]: the `Storage` implementation, hit/miss handlers and per-tier purges.
+//! - [`coalescing_lock`]: pingora's per-process cache lock, re-checking L1 when it grants a
+//!   fill, so a late miss never fetches a key whose fill just finished.
 //! - [`fill_lock`]: the cross-instance fill lock (`cache.l2.fill_lock`).
 //! - [`topology`]: how L2 reaches Redis per `cache.l2.mode` (standalone, cluster, sentinel).
 //! - [`purge_log`]: this process's record of recent purges, so purges win over work that
@@ -18,6 +20,7 @@
 
 pub mod atomic_duration;
 pub mod breaker;
+pub mod coalescing_lock;
 pub mod codec;
 pub mod fill_lock;
 pub mod l1;
@@ -26,6 +29,7 @@ pub mod purge_log;
 pub mod tiered;
 pub mod topology;
 
+pub use coalescing_lock::CoalescingLock;
 pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
 pub use purge_log::{PurgeLog, PurgeTicket, Refusal};

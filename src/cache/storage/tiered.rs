@@ -87,6 +87,9 @@ pub struct L1Probe {
     since_l2: AtomicU64,
     /// The cross-instance fill lock this request took, if any (shared by the copies).
     fill: FillSlot,
+    /// Whether the request's last storage lookup (of whichever key) missed: the cache lock
+    /// re-checks L1 only for a miss (see [`super::coalescing_lock`]).
+    last_lookup_missed: AtomicBool,
 }
 
 /// A copy carries the state of the original (used or not, Redis generation).
@@ -99,6 +102,7 @@ impl Clone for L1Probe {
             since_l1: self.since_l1,
             since_l2: AtomicU64::new(self.since_l2.load(Ordering::Relaxed)),
             fill: self.fill.clone(),
+            last_lookup_missed: AtomicBool::new(self.last_lookup_missed()),
         }
     }
 }
@@ -115,6 +119,11 @@ impl L1Probe {
     /// The live entry the probe found, if any.
     pub fn found(&self) -> Option<&Arc<L1Entry>> {
         self.found.as_ref()
+    }
+
+    /// Whether the request's last storage lookup missed.
+    pub fn last_lookup_missed(&self) -> bool {
+        self.last_lookup_missed.load(Ordering::Relaxed)
     }
 
     /// Leave this result in `key` for the next storage lookup of it.
@@ -176,6 +185,7 @@ impl TieredCache {
             since_l1: started.l1,
             since_l2: AtomicU64::new(started.l2.unwrap_or(0)),
             fill: FillSlot::default(),
+            last_lookup_missed: AtomicBool::new(false),
         }
     }
 
@@ -302,6 +312,10 @@ impl TieredCache {
         fill: Option<FillLock>,
     ) {
         let Some(l2) = &self.l2 else { return };
+        let mut fill = fill;
+        if let Some(lock) = fill.as_mut() {
+            lock.store_attempted();
+        }
         let Some(ttl) = entry.remaining(SystemTime::now()) else {
             return;
         };
@@ -361,6 +375,44 @@ impl TieredCache {
             FillOutcome::Filled(raw) => decode_l2(l2, key, Some(raw)),
         }
     }
+
+    /// The lookup itself: L1 (the probe's result, once), then L2, then the fill lock.
+    async fn lookup_tiers(&'static self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
+        let k = key.combined_bin();
+        let probe = key.extensions.get::<L1Probe>();
+        let probed = probe.and_then(|p| p.take_for(&k));
+        if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
+            return Some(hit(&e.entry, Tier::L1));
+        }
+        let since = probe.map_or_else(|| self.purges.generation(), |p| p.since_l1);
+        let (entry, generation) = self.l2_lookup(&k).await;
+        if let (Some(p), Some(g)) = (probe, generation) {
+            p.since_l2.store(g, Ordering::Relaxed);
+        }
+        let entry = match (entry, generation) {
+            (Some(e), _) => e,
+            (None, Some(_)) => match self.fill(probe, &k).await {
+                Some(e) => e,
+                None => return None,
+            },
+            (None, None) => return None,
+        };
+        match self.purges.admit(since, &entry.ctx) {
+            Ok(_admitted) => {
+                let h = hit(&entry, Tier::L2);
+                self.l1.insert(k, entry);
+                Some(h)
+            }
+            Err(reason) => {
+                StoreRefused {
+                    tier: Tier::L1,
+                    reason,
+                }
+                .emit();
+                None
+            }
+        }
+    }
 }
 
 /// Decode a value read from L2 (`None`: absent, expired or corrupt).
@@ -412,40 +464,12 @@ impl Storage for TieredCache {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let k = key.combined_bin();
-        let probe = key.extensions.get::<L1Probe>();
-        let probed = probe.and_then(|p| p.take_for(&k));
-        if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
-            return Ok(Some(hit(&e.entry, Tier::L1)));
+        let found = self.lookup_tiers(key).await;
+        if let Some(p) = key.extensions.get::<L1Probe>() {
+            p.last_lookup_missed
+                .store(found.is_none(), Ordering::Relaxed);
         }
-        let since = probe.map_or_else(|| self.purges.generation(), |p| p.since_l1);
-        let (entry, generation) = self.l2_lookup(&k).await;
-        if let (Some(p), Some(g)) = (probe, generation) {
-            p.since_l2.store(g, Ordering::Relaxed);
-        }
-        let entry = match (entry, generation) {
-            (Some(e), _) => e,
-            (None, Some(_)) => match self.fill(probe, &k).await {
-                Some(e) => e,
-                None => return Ok(None),
-            },
-            (None, None) => return Ok(None),
-        };
-        match self.purges.admit(since, &entry.ctx) {
-            Ok(_admitted) => {
-                let h = hit(&entry, Tier::L2);
-                self.l1.insert(k, entry);
-                Ok(Some(h))
-            }
-            Err(reason) => {
-                StoreRefused {
-                    tier: Tier::L1,
-                    reason,
-                }
-                .emit();
-                Ok(None)
-            }
-        }
+        Ok(found)
     }
 
     /// Called after `response_cache_filter` made the response cacheable (and after the variance

@@ -1,0 +1,22 @@
+-- The cross-instance fill lock of one entry, read together with the entry, atomically.
+-- KEYS[1] the entry, KEYS[2] its fill lock (the same slot; the prelude's keys are not used).
+-- ARGV[1] the caller's token, ARGV[2] the lock's time to live in ms.
+-- Returns {2, value} when the entry is there (whoever holds the lock), else {state, ''}: 1
+-- when the lock was free and is now the caller's, 3 when its holder gave up (the response
+-- was not storable: fetch without the lock), 0 when another holder has it.
+-- Reading the entry and taking the lock in one step is what keeps a late caller from
+-- fetching again: a holder stores the entry before it releases the lock, so a caller that
+-- finds the lock free also finds the entry, unless no entry was made.
+local value = redis.call('GET', KEYS[1])
+if value then
+  return {2, value}
+end
+local held = redis.call('GET', KEYS[2])
+if held == 'gave-up' then
+  return {3, ''}
+end
+if held then
+  return {0, ''}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, ''}
