@@ -10,6 +10,13 @@
 //! `Mutex` that is never held across an await. Index members carry the generation of the L1
 //! insert that created them, so a late eviction notice for an old generation cannot unindex a
 //! newer entry under the same key.
+//!
+//! **The index agrees with moka by construction.** An insert indexes its entry, then hands it
+//! to moka; inserts of one key do both steps one at a time (a striped lock, [`INSERT_STRIPES`],
+//! never held by the eviction listener), so moka keeps the value whose index member was
+//! written last. Without it two inserts of one key could reach moka in the opposite order
+//! from their index updates, and the `Replaced` notice of the value that lost would unindex
+//! the one that stayed: url, prefix and tag purges would then miss it until its deadline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -34,6 +41,9 @@ pub const YIELD_EVERY: usize = 512;
 
 /// Urls taken from the index per lock in a prefix purge.
 pub const URL_BATCH: usize = 256;
+
+/// Stripes of the lock that makes the inserts of one key one at a time.
+pub const INSERT_STRIPES: usize = 64;
 
 /// Storage key: `CacheHashKey::combined_bin()` (primary hash + variance).
 pub type EntryKey = [u8; 16];
@@ -137,9 +147,11 @@ struct Inner {
 pub struct L1Store {
     inner: ArcSwap<Inner>,
     generation: AtomicU64,
+    /// Inserts of keys in one stripe index and store one at a time (see the module docs).
+    inserting: [Mutex<()>; INSERT_STRIPES],
 }
 
-fn lock(m: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -239,6 +251,7 @@ impl L1Store {
         L1Store {
             inner: ArcSwap::from_pointee(build(max_bytes)),
             generation: AtomicU64::new(1),
+            inserting: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
@@ -289,6 +302,8 @@ impl L1Store {
         if u64::from(weight) > inner.max_bytes {
             return false;
         }
+        let stripe = usize::from(key[0]) % INSERT_STRIPES;
+        let _one_at_a_time = lock(&self.inserting[stripe]);
         let v = Arc::new(L1Entry {
             entry,
             hit_header: std::sync::OnceLock::new(),
@@ -456,6 +471,42 @@ impl L1Store {
             .as_ref()
             .map(|c| c.weighted_size())
             .unwrap_or(0)
+    }
+
+    /// Whether the indexes hold exactly what L1 holds: every entry under its url and each of
+    /// its tags with its own generation, and nothing else. Runs moka's pending maintenance
+    /// first; O(entries), for tests.
+    pub fn index_agrees(&self) -> bool {
+        self.sync();
+        let inner = self.inner.load();
+        let Some(cache) = &inner.cache else {
+            return true;
+        };
+        let idx = lock(&inner.index);
+        let mut members = 0;
+        for (key, v) in cache.iter() {
+            let ctx = &v.entry.ctx;
+            let indexed = |m: Option<&Members>| m.and_then(|m| m.get(&*key)) == Some(&v.generation);
+            if !ctx.url.is_empty() {
+                members += 1;
+                if !indexed(idx.urls.get(&ctx.url)) {
+                    return false;
+                }
+            }
+            for t in &ctx.tags {
+                members += 1;
+                if !indexed(idx.tags.get(t)) {
+                    return false;
+                }
+            }
+        }
+        let held: usize = idx
+            .urls
+            .values()
+            .chain(idx.tags.values())
+            .map(HashMap::len)
+            .sum();
+        held == members
     }
 
     /// Number of urls and tags currently indexed (for tests and debugging).
