@@ -1,7 +1,8 @@
 //! Bounded purge bookkeeping, against real `redis-server` processes: Redis index members
 //! expire with their entries, a prefix purge of 100,000 entries runs in bounded batches
 //! without opening the breaker reads depend on, purge broadcasts are signed with the channel
-//! secret, and a full write-purge queue never drops a purge.
+//! secret, and write purges that Redis cannot take wait in a bounded backlog, coalesced and
+//! never widened, until they land.
 
 mod support;
 
@@ -18,7 +19,6 @@ use sidecache::cache::storage::l2::{EntryWrite, PURGE_URLS_PER_BATCH};
 use sidecache::cache::storage::{EntryContext, TieredCache};
 use sidecache::config::{self, CacheConfig, Secret};
 use sidecache::purge::broadcast::{ChannelKey, PurgeMessage};
-use sidecache::purge::writes::{QUEUE_CAPACITY, WORKERS};
 use sidecache::purge::{PurgeKind, PurgeService};
 use sidecache::routing::Router;
 use sidecache::telemetry::metrics::{metrics, L2Op, L2Result, MessageDrop};
@@ -245,7 +245,7 @@ async fn purge_broadcasts_are_signed_and_forgeries_are_dropped() {
             .query(&mut redis.conn())
             .expect("PUBLISH");
     };
-    let everything = PurgeMessage::new("intruder", PurgeKind::Prefix, "/")
+    let everything = PurgeMessage::new("intruder", PurgeKind::Prefix, "/", 1)
         .encode()
         .expect("encode");
 
@@ -292,25 +292,29 @@ async fn purge_broadcasts_are_signed_and_forgeries_are_dropped() {
     assert!(l1_has(a, 2) && l1_has(b, 2), "C's purge reached A or B");
 }
 
-/// A router for writes to `/things/:id` (no routes: each write purges its url and query
-/// variants).
+/// A router whose `GET /things/:id` is cached: each write there purges its url and its query
+/// variants; writes elsewhere purge nothing (no default origin mode).
 fn router() -> Router {
-    let text = "[proxy]\ndefault_upstream = \"b\"\n[[upstreams]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\n";
+    let text = "[proxy]\ndefault_upstream = \"b\"\n[[upstreams]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\n\
+                [[routes]]\nname = \"things\"\nmatch = \"GET /things/:id\"\nttl = \"5m\"\n\
+                [cache]\ndefault_mode = \"off\"\n";
     let config = config::parse(text, None, &HashMap::new()).expect("config");
     Router::new(&config)
 }
 
-/// Writes whose purges overflow the queue (Redis held in the proxy): every purge is applied
-/// to L1 at once, and once Redis answers one full purge of L2, broadcast, covers the
-/// overflowed ones (and clears another instance's L1).
+/// Write purges that Redis cannot take (it is held in the proxy) wait in the backlog: each is
+/// applied to L1 at once, writes to one target coalesce, nothing is widened (an entry no
+/// write named stays in Redis and in another instance's L1), and once Redis answers every
+/// waiting purge lands, in Redis and on the other instance.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_write_queue_never_drops_a_purge() {
+async fn write_purges_redis_cannot_take_wait_coalesced_and_never_widen() {
     let redis = RedisServer::start();
     let proxy = DelayProxy::start(redis.addr()).await;
     let slow = |url: String| -> CacheConfig {
         let mut cfg = cache_config(8 << 20, Some(url), "queue:");
         if let Some(l2) = cfg.l2.as_mut() {
-            l2.write_timeout = Duration::from_secs(10);
+            l2.write_timeout = Duration::from_millis(300);
+            l2.breaker_cooldown = Duration::from_millis(200);
         }
         cfg
     };
@@ -322,12 +326,12 @@ async fn a_full_write_queue_never_drops_a_purge() {
     tokio::spawn(pb.run_subscriber(stop));
     wait_for("B subscribed", || subscribers(&redis) == 1).await;
 
-    // writes enough that their purges (2 each) overflow the queue and the workers
-    let writes = (QUEUE_CAPACITY + WORKERS) as u64;
+    let writes = 300u64;
     for i in 0..writes {
         assert!(a.l1().insert(l1_key(i), entry(&format!("/things/{i}"))));
+        assert!(b.l1().insert(l1_key(i), entry(&format!("/things/{i}"))));
     }
-    assert!(b.l1().insert(l1_key(0), entry("/elsewhere")));
+    assert!(b.l1().insert(l1_key(writes), entry("/elsewhere")));
     let last = key(&format!("/things/{}", writes - 1));
     let never_purged = key("/things-in-l2-only");
     for (k, url) in [
@@ -342,29 +346,41 @@ async fn a_full_write_queue_never_drops_a_purge() {
         redis.exists(&b.l2().expect("l2").entry_key(&k.combined_bin()))
     };
     wait_for("the L2 entries", || in_l2(&last) && in_l2(&never_purged)).await;
-    b.clear_l1();
-    assert!(b.l1().insert(l1_key(0), entry("/elsewhere")));
 
-    let overflows = || metrics().purge_queue_overflows.get();
-    let overflows_before = overflows();
+    let coalesced = || metrics().purges_coalesced.get();
+    let coalesced_before = coalesced();
     proxy.delay_on(Direction::ToServer);
     let router = router();
+    let put = |path: String| RequestHeader::build("PUT", path.as_bytes(), None).expect("request");
     for i in 0..writes {
-        let req =
-            RequestHeader::build("PUT", format!("/things/{i}").as_bytes(), None).expect("request");
-        pa.after_write(&router, &req, None, "http://test");
+        pa.after_write(&router, &put(format!("/things/{i}")), None, "http://test");
     }
-    assert!(overflows() > overflows_before, "the queue did not fill");
+    // the same target again and again, and a path nothing caches
+    for _ in 0..50 {
+        pa.after_write(&router, &put("/things/0".into()), None, "http://test");
+        pa.after_write(&router, &put("/uncached/0".into()), None, "http://test");
+    }
     for i in 0..writes {
         assert!(!l1_has(a, i), "write {i}'s purge did not reach L1 at once");
     }
-    assert!(in_l2(&last), "nothing reached Redis while it was held");
+    // each write: its url and its query variants; the repeats took the waiting ones' place
+    let waiting = pa.backlog_len() as u64;
+    assert!(
+        waiting <= 2 * writes + 2 && waiting >= 2 * writes - 2 * 4,
+        "{waiting} purges waiting for {writes} writes"
+    );
+    assert!(
+        coalesced() >= coalesced_before + 50,
+        "the repeats were not coalesced"
+    );
+    assert!(in_l2(&last), "something reached Redis while it was held");
 
     proxy.delay_off(Direction::ToServer);
-    wait_for("the full purge of L2", || {
-        !in_l2(&last) && !in_l2(&never_purged)
-    })
-    .await;
-    wait_for("its broadcast to B", || !l1_has(b, 0)).await;
+    wait_for("the backlog drained", || pa.backlog_len() == 0).await;
     wait_for("every purge settled", || a.purge_log().sizes().1 == 0).await;
+    assert!(!in_l2(&last), "the waiting purge never reached Redis");
+    wait_for("they reached B", || (0..writes).all(|i| !l1_has(b, i))).await;
+    // nothing was widened
+    assert!(in_l2(&never_purged), "an entry no write named left Redis");
+    assert!(l1_has(b, writes), "an entry no write named left B's L1");
 }

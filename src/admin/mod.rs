@@ -340,6 +340,7 @@ async fn purge(req: Request<Incoming>, live: &'static Live, peer: SocketAddr) ->
             "removed_l2": report.l2_removed,
             "l2_ok": report.l2_ok,
             "broadcast": report.broadcast,
+            "retrying": report.retrying,
         }),
     )
 }

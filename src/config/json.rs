@@ -133,6 +133,8 @@ impl Config {
                     "write_timeout": duration(l2.write_timeout),
                     "breaker_failures": l2.breaker_failures,
                     "breaker_cooldown": duration(l2.breaker_cooldown),
+                    "purge_poll": duration(l2.purge_poll),
+                    "purge_backlog": l2.purge_backlog,
                     "channel": l2.channel,
                     "channel_secret": l2.channel_secret.as_ref().map(|_| REDACTED),
                 })),

@@ -403,6 +403,15 @@ pub struct L2Config {
     pub breaker_failures: u32,
     /// How long the breaker stays open before one probe. Default `5s`.
     pub breaker_cooldown: Duration,
+    /// How often each instance reads the log of purges other instances finished in Redis,
+    /// and applies to its L1 those whose broadcast it never received: the bound on how long
+    /// another instance may serve what a purge removed when the broadcast is lost. Default
+    /// `1s`. Live.
+    pub purge_poll: Duration,
+    /// Purges whose Redis part waits (Redis slow or unreachable) kept at most, coalesced per
+    /// target and retried until they land. When full, writes to cacheable targets are
+    /// refused (503) before they reach the origin. Default 65,536. Live.
+    pub purge_backlog: usize,
     /// Pub/sub channel for purges across instances. Default `sidecache:purge`.
     pub channel: String,
     /// Shared secret that signs (HMAC-SHA256) every purge broadcast; received messages

@@ -129,6 +129,8 @@ pub(crate) fn default_l2() -> L2Config {
         write_timeout: Duration::from_secs(1),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_secs(5),
+        purge_poll: Duration::from_secs(1),
+        purge_backlog: 65_536,
         channel: "sidecache:purge".to_string(),
         channel_secret: None,
     }
@@ -848,6 +850,11 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         l2.timeout = duration("timeout", l2.timeout);
         l2.write_timeout = duration("write_timeout", l2.write_timeout);
         l2.breaker_cooldown = duration("breaker_cooldown", l2.breaker_cooldown);
+        l2.purge_poll = duration("purge_poll", l2.purge_poll);
+        l2.purge_backlog = l2t
+            .get(doc, "purge_backlog")
+            .and_then(|e| e.int_in(doc, 1, 16_777_216))
+            .unwrap_or(l2.purge_backlog);
         l2.breaker_failures = l2t
             .get(doc, "breaker_failures")
             .and_then(|e| e.int_in(doc, 1, 1_000_000))

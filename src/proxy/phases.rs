@@ -44,7 +44,9 @@ use crate::cache::freshness::{self, Directives, Received};
 use crate::cache::policy::{self, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{Tier, TieredHit};
-use crate::telemetry::events::{InternalEvent, RequestFinished, UpstreamFailed, UpstreamResponded};
+use crate::telemetry::events::{
+    InternalEvent, PurgeBacklogFull, RequestFinished, UpstreamFailed, UpstreamResponded,
+};
 use crate::telemetry::metrics::UpstreamErrorKind;
 
 #[async_trait]
@@ -239,12 +241,37 @@ impl ProxyHttp for SidecacheProxy {
     }
 
     /// A request that says `only-if-cached` and was not answered from the cache gets 504 and
-    /// never reaches the origin (RFC 9111 §5.2.1.7).
+    /// never reaches the origin (RFC 9111 §5.2.1.7). A write that would purge cached entries
+    /// while the purge backlog is full gets 503 and never reaches the origin either: the
+    /// shared cache could not be told about it, so other instances would go on serving what
+    /// it changed (see [`crate::purge::backlog`]).
     async fn proxy_upstream_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        let purges = &self.live.purges;
+        if !purges.accepts_writes()
+            && crate::purge::writes::may_purge(&ctx.snapshot.router, session.req_header())
+        {
+            PurgeBacklogFull {
+                waiting: purges.backlog_len(),
+            }
+            .emit();
+            let body = error_body(
+                "purge_backlog_full",
+                (
+                    "detail",
+                    json!("the shared cache cannot be told about writes now (Redis is slow or unreachable); retry later"),
+                ),
+                &ctx.request_id,
+            );
+            ctx.progress.status = 503;
+            // the request body is not read: the connection cannot carry another request
+            session.set_keepalive(None);
+            respond_json(session, 503, body, &ctx.request_id).await?;
+            return Ok(false);
+        }
         let only_if_cached =
             matches!(&ctx.plan, Plan::Cache { cache, .. } if cache.directives.only_if_cached);
         if !only_if_cached || session.subrequest_ctx.is_some() {

@@ -3,15 +3,21 @@
 //! from its own L1.
 //!
 //! **Publishing.** [`PurgeService::apply`] (admin API, CLI, invalidate-on-write, RFC 9111
-//! unsafe-method invalidation) deletes from L2 once, purges the local L1, then `PUBLISH`es a
-//! [`PurgeMessage`] (`PurgeReport::broadcast` says whether that worked).
-//! While Redis is unreachable purges still reach the local L1 (and L2 as soon as it is back);
-//! only the broadcast is lost, which the gap rule below covers on the other instances.
+//! unsafe-method invalidation) purges the local L1, deletes from L2 once, logs the finished
+//! purge, then `PUBLISH`es a [`PurgeMessage`] (`PurgeReport::broadcast` says whether that
+//! worked). While Redis is unreachable purges still reach the local L1, and wait in the
+//! backlog until Redis takes them; then they are logged and published. A lost broadcast is
+//! repaired by the finished-purge log ([`super::catch_up`]), a lost subscription by the gap
+//! rule below.
 //!
-//! **Message.** Small JSON: `{"v":1,"from":"<instance id>","kind":"url|prefix|tag","target":"..."}`.
-//! A message whose `from` is this instance is skipped (the originator already purged L1 and L2).
-//! Remote messages purge **L1 only** and count as `sidecache_purges_total{source="remote"}`.
-//! Malformed messages and unknown versions are dropped.
+//! **Message.** Small JSON: `{"v":2,"from":"<instance id>","kind":"url|prefix|tag",
+//! "target":"...","gen":<generation>}`, where `gen` is the generation Redis gave the purge:
+//! its identity. A message whose `from` is this instance is skipped (the originator already
+//! purged L1 and L2). Remote messages purge **L1 only**, once per generation (whether the
+//! message or the log brings it first, see [`super::applied`]), and count as
+//! `sidecache_purges_total{source="remote"}`. Malformed messages and unknown versions are
+//! dropped. Version 1 messages (no `gen`, from a build before it) are applied while no secret
+//! is set, and dropped as `replayable` when one is.
 //!
 //! **Signed messages.** With `cache.l2.channel_secret` set, every message is published as the
 //! lower-case hex HMAC-SHA256 of the JSON under the secret, a `.`, then the JSON
@@ -21,8 +27,12 @@
 //! ignore each other. Without a secret, messages are plain JSON as before. Every dropped
 //! message counts as `sidecache_purge_messages_dropped_total{reason}` (`malformed`,
 //! `unsigned`, `bad_signature`) and is logged at debug only, so a flood cannot fill the log.
-//! Limitation: a signed message can be replayed by whoever can read the channel; that only
-//! repeats a purge that was really made.
+//!
+//! **Replay window.** Whoever can read the channel can capture a signed message and publish it
+//! again. A message is applied once per generation, and one whose generation is older than
+//! [`super::applied::REPLAY_WINDOW`] (10 minutes, on Redis's clock, against the newest
+//! generation this instance has seen) is dropped, so a capture cannot empty the caches again
+//! later (counted as `replayed`).
 //!
 //! **Cluster and Sentinel.** On a Redis Cluster purges use classic `PUBLISH`/`SUBSCRIBE`, not
 //! sharded `SPUBLISH`: a classic message is forwarded over the cluster bus to every node, so
@@ -64,8 +74,11 @@ use crate::hex::hex;
 use crate::telemetry::events::{InternalEvent, PubsubLink, PubsubLinkState, PurgeMessageDropped};
 use crate::telemetry::metrics::MessageDrop;
 
-/// Format version of [`PurgeMessage`] this build writes and reads.
-pub const MESSAGE_VERSION: u32 = 1;
+/// Format version of [`PurgeMessage`] this build writes.
+pub const MESSAGE_VERSION: u32 = 2;
+
+/// The older format this build still reads (no `gen`).
+pub const MESSAGE_VERSION_1: u32 = 1;
 
 /// First reconnect delay of the subscriber.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -92,6 +105,9 @@ pub struct PurgeMessage {
     pub kind: PurgeKind,
     /// The url, prefix or tag.
     pub target: String,
+    /// The generation Redis gave the purge (absent in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gen: Option<u64>,
 }
 
 /// Why a received payload was ignored (or a message could not be signed).
@@ -105,6 +121,8 @@ pub enum MessageError {
     Unsigned,
     #[error("the signature does not match the channel secret")]
     BadSignature,
+    #[error("the purge was applied already, or is older than the replay window, or cannot be told apart from a replay")]
+    Stale,
 }
 
 impl MessageError {
@@ -114,6 +132,7 @@ impl MessageError {
             Self::Json(_) | Self::Version(_) => MessageDrop::Malformed,
             Self::Unsigned => MessageDrop::Unsigned,
             Self::BadSignature => MessageDrop::BadSignature,
+            Self::Stale => MessageDrop::Replayed,
         }
     }
 }
@@ -176,13 +195,14 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl PurgeMessage {
-    /// A version-1 message from `from`.
-    pub fn new(from: &str, kind: PurgeKind, target: &str) -> Self {
+    /// A message from `from` of the purge recorded in Redis with `generation`.
+    pub fn new(from: &str, kind: PurgeKind, target: &str, generation: u64) -> Self {
         PurgeMessage {
             v: MESSAGE_VERSION,
             from: from.to_owned(),
             kind,
             target: target.to_owned(),
+            gen: Some(generation),
         }
     }
 
@@ -194,10 +214,10 @@ impl PurgeMessage {
     /// Parse a payload received on the channel.
     pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
         let m: PurgeMessage = serde_json::from_slice(payload)?;
-        if m.v != MESSAGE_VERSION {
-            return Err(MessageError::Version(m.v));
+        match (m.v, m.gen) {
+            (MESSAGE_VERSION, Some(_)) | (MESSAGE_VERSION_1, _) => Ok(m),
+            _ => Err(MessageError::Version(m.v)),
         }
-        Ok(m)
     }
 }
 
@@ -318,11 +338,19 @@ impl Subscriber {
                 let service = self.service;
                 match classify(&payload, service.instance_id(), service.channel_key()) {
                     Received::Own => {}
-                    Received::Remote(m) => {
-                        let mut request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
-                        request.origin = Some(m.from);
-                        service.apply(&request).await;
-                    }
+                    Received::Remote(m) => match fresh(service, &m) {
+                        Ok(()) => {
+                            let mut request =
+                                PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
+                            request.origin = Some(m.from);
+                            service.apply(&request).await;
+                        }
+                        Err(reason) => PurgeMessageDropped {
+                            reason,
+                            error: &MessageError::Stale,
+                        }
+                        .emit(),
+                    },
                     Received::Malformed(e) => PurgeMessageDropped {
                         reason: e.drop_reason(),
                         error: &e,
@@ -333,6 +361,22 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Whether a remote message's purge is to be applied now: once per generation, within the
+/// replay window; a version-1 message (no generation) only while messages are unsigned.
+fn fresh(service: &PurgeService, m: &PurgeMessage) -> Result<(), MessageDrop> {
+    let Some(generation) = m.gen else {
+        return match service.channel_key() {
+            Some(_) => Err(MessageDrop::Replayable),
+            None => Ok(()),
+        };
+    };
+    let now = service.cache().l2().and_then(|l2| l2.seen_generation());
+    service
+        .applied()
+        .note_broadcast(generation, now)
+        .map_err(|_| MessageDrop::Replayed)
 }
 
 /// Run the purge subscriber of `service` on `channel` until `shutdown` flips (returns at once
@@ -424,11 +468,16 @@ mod tests {
 
     #[test]
     fn message_round_trip_and_shape() {
-        let m = PurgeMessage::new("a-1-ff", PurgeKind::Prefix, "/api/x/");
+        let m = PurgeMessage::new(
+            "a-1-ff",
+            PurgeKind::Prefix,
+            "/api/x/",
+            1_700_000_000_000_001,
+        );
         let text = m.encode().unwrap_or_default();
         assert_eq!(
             text,
-            r#"{"v":1,"from":"a-1-ff","kind":"prefix","target":"/api/x/"}"#
+            r#"{"v":2,"from":"a-1-ff","kind":"prefix","target":"/api/x/","gen":1700000000000001}"#
         );
         assert!(matches!(
             PurgeMessage::decode(text.as_bytes()),
@@ -443,9 +492,12 @@ mod tests {
         assert!(
             matches!(classify(p, "other", None), Received::Remote(m) if m.kind == PurgeKind::Tag && m.target == "contractor:1")
         );
+        // version 1 (no gen) is still read
+        assert!(matches!(classify(p, "other", None), Received::Remote(m) if m.gen.is_none()));
         for bad in [
             &b"not json"[..],
             br#"{"v":2,"from":"x","kind":"url","target":"/"}"#,
+            br#"{"v":3,"from":"x","kind":"url","target":"/","gen":1}"#,
             br#"{"v":1,"from":"x","kind":"everything","target":"/"}"#,
             br#"{"v":1,"kind":"url","target":"/"}"#,
         ] {
@@ -456,7 +508,7 @@ mod tests {
     #[test]
     fn signed_messages_verify_only_under_their_secret() {
         let key = ChannelKey::new("0123456789abcdef-shared");
-        let text = PurgeMessage::new("a-1", PurgeKind::Prefix, "/")
+        let text = PurgeMessage::new("a-1", PurgeKind::Prefix, "/", 7)
             .encode()
             .unwrap_or_default();
         let signed = key.sign(&text).unwrap_or_default();

@@ -3,27 +3,32 @@
 //! A [`PurgeRequest`] says what to purge ([`PurgeKind`] and target) and where the purge came
 //! from ([`PurgeSource`]): the admin API (`POST /admin/purge`, also what `sidecache purge`
 //! calls), a write (a route's `invalidate_on`, and RFC 9111 §4.4 unsafe-method
-//! invalidation: see [`writes`]), or another instance's broadcast ([`broadcast`]).
-//! [`PurgeService::apply`] runs each the same way:
+//! invalidation: see [`writes`]), or another instance (its broadcast, or the finished-purge
+//! log). [`PurgeService::apply`] runs each the same way:
 //!
 //! 1. **Record** it in this process's purge log
 //!    ([`purge_log`](crate::cache::storage::purge_log)) with the next generation: from then
 //!    on nothing it matches is stored by work that began before it (an origin fetch, an L2
-//!    read), and, until its L2 part below has run, nothing it matches is served from L2 on
+//!    read), and, until its Redis part below has run, nothing it matches is served from L2 on
 //!    this instance (a miss instead), so the old copy cannot come back from Redis.
 //! 2. **L1**: this instance is right at once.
-//! 3. **L2** (local purges only), in bounded batches: the first records a tombstone in Redis,
-//!    so a store of any instance whose work began before the purge is refused by Redis
-//!    itself, however late it lands. Even when this fails (Redis down) L1 was purged, and L2
-//!    is right as soon as its entries expire.
-//! 4. **Broadcast** (local purges only): other instances record and apply it to their L1. A
-//!    received purge is applied to L1 only and never re-broadcast.
+//! 3. **Redis** (local purges only), in bounded batches: the first records a tombstone, so a
+//!    store of any instance whose work began before the purge is refused by Redis itself,
+//!    however late it lands. When this fails (Redis slow or down) the purge waits in the
+//!    [`backlog`] and is retried until it lands; meanwhile step 1 keeps this instance right.
+//! 4. **Log and broadcast** (local purges only): the finished purge is logged in Redis under
+//!    the generation Redis gave it, then published. Other instances apply it to their L1 when
+//!    its broadcast arrives, or when they read the log ([`catch_up`]), whichever comes first,
+//!    and once only ([`applied`]). A received purge touches L1 only and is never passed on.
 //!
 //! A write's invalidation ([`writes`]) runs steps 1 and 2 at once on the request path and
-//! queues 3 and 4 for a bounded worker. The storage tiers only store and remove; the order
-//! and the broadcast live here.
+//! queues 3 and 4 in the backlog. The storage tiers only store and remove; the order, the
+//! retries and the broadcast live here.
 
+pub mod applied;
+pub mod backlog;
 pub mod broadcast;
+pub mod catch_up;
 mod command;
 pub mod writes;
 
@@ -31,10 +36,13 @@ pub use command::{command, PurgeCommand};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::storage::l2::PurgeDone;
 pub use crate::cache::storage::PurgeKind;
-use crate::cache::storage::{PurgeTicket, TieredCache};
+use crate::cache::storage::TieredCache;
 use crate::config::CacheConfig;
-use crate::telemetry::events::{InternalEvent, PurgeApplied, PurgeBroadcast};
+use crate::telemetry::events::{InternalEvent, PurgeApplied, PurgeBroadcast, PurgeDeferred};
+use applied::AppliedPurges;
+use backlog::{Backlog, Job, Pushed};
 use broadcast::{ChannelKey, PurgeMessage};
 
 /// Where a purge came from (the `source` label of `sidecache_purges_total`).
@@ -47,7 +55,8 @@ pub enum PurgeSource {
     Cli,
     /// A successful write: `invalidate_on` or unsafe-method invalidation.
     Write,
-    /// Another instance's broadcast, applied to L1 only.
+    /// Another instance's purge (its broadcast, or the finished-purge log), applied to L1
+    /// only.
     Remote,
 }
 
@@ -102,6 +111,20 @@ pub struct PurgeReport {
     /// True when the purge was published to the other instances (false without L2, and for
     /// received purges).
     pub broadcast: bool,
+    /// True when its Redis part failed and waits in the backlog, retried until it lands.
+    pub retrying: bool,
+}
+
+/// `job`, whose Redis part just failed with `result`, counted and logged, for the backlog.
+fn deferred(mut job: Job, result: crate::telemetry::metrics::L2Result) -> Job {
+    job.attempts += 1;
+    PurgeDeferred {
+        kind: job.request.kind,
+        attempt: job.attempts,
+        result,
+    }
+    .emit();
+    job
 }
 
 /// Applies purges to both tiers and broadcasts them to the other instances.
@@ -113,8 +136,10 @@ pub struct PurgeService {
     channel: Option<String>,
     /// Signs and checks broadcasts (`cache.l2.channel_secret`); `None`: unsigned.
     channel_key: Option<ChannelKey>,
-    /// Write invalidations waiting for their L2 part.
-    writes: writes::WriteQueue,
+    /// Purges whose Redis part is waiting.
+    backlog: Backlog,
+    /// The generations of the purges applied here (made, received or read from the log).
+    applied: AppliedPurges,
 }
 
 impl PurgeService {
@@ -128,7 +153,8 @@ impl PurgeService {
             channel_key: l2
                 .and_then(|l2| l2.channel_secret.as_ref())
                 .map(|secret| ChannelKey::new(secret.expose())),
-            writes: writes::WriteQueue::default(),
+            backlog: Backlog::default(),
+            applied: AppliedPurges::new(),
         }
     }
 
@@ -147,38 +173,64 @@ impl PurgeService {
         self.cache
     }
 
-    /// Apply one purge (see the module docs for the order) and report what it did.
-    pub async fn apply(&self, request: &PurgeRequest) -> PurgeReport {
+    /// The generations of the purges applied here.
+    pub fn applied(&self) -> &AppliedPurges {
+        &self.applied
+    }
+
+    /// Purges whose Redis part is waiting now.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Whether a write's purges may join the backlog: false while it holds
+    /// `cache.l2.purge_backlog` purges. A write refused for it never reaches the origin,
+    /// since the shared cache could not be told about it (see [`backlog`]).
+    pub fn accepts_writes(&self) -> bool {
+        self.cache
+            .l2()
+            .is_none_or(|l2| self.backlog.len() < l2.purge_backlog())
+    }
+
+    /// Apply one purge (see the module docs for the order) and report what it did. A local
+    /// purge whose Redis part fails is reported with `retrying` and left to the backlog.
+    pub async fn apply(&'static self, request: &PurgeRequest) -> PurgeReport {
         let l2_part = request.source != PurgeSource::Remote && self.cache.l2().is_some();
         let ticket = self
             .cache
             .record_purge(request.kind, &request.target, l2_part);
         let l1_removed = self.cache.purge_l1(request.kind, &request.target).await;
-        self.finish(request, ticket, l1_removed).await
+        if !l2_part {
+            drop(ticket);
+            return self.applied_l1_only(request, l1_removed);
+        }
+        let job = Job {
+            request: request.clone(),
+            ticket,
+            l1_removed,
+            attempts: 0,
+        };
+        match self.redis_part(job).await {
+            Ok(report) => report,
+            Err(job) => {
+                let report = PurgeReport {
+                    l1_removed,
+                    l2_ok: false,
+                    retrying: true,
+                    ..PurgeReport::default()
+                };
+                self.queue(job);
+                report
+            }
+        }
     }
 
-    /// The rest of a purge whose L1 part is done: its L2 part and broadcast (local purges
-    /// only), settling `ticket` once L2 is done; then the event.
-    async fn finish(
-        &self,
-        request: &PurgeRequest,
-        ticket: PurgeTicket<'_>,
-        l1_removed: u64,
-    ) -> PurgeReport {
-        let l2 = match request.source {
-            PurgeSource::Remote => None,
-            _ => self.cache.purge_l2(request.kind, &request.target).await,
-        };
-        drop(ticket);
-        let broadcast = match l2 {
-            Some(_) => self.broadcast(request).await,
-            None => false,
-        };
+    /// The event and report of a purge with no Redis part (a received one, or no L2).
+    fn applied_l1_only(&self, request: &PurgeRequest, l1_removed: u64) -> PurgeReport {
         let report = PurgeReport {
             l1_removed,
-            l2_removed: l2.and_then(Result::ok).unwrap_or(0),
-            l2_ok: l2.is_none_or(|r| r.is_ok()),
-            broadcast,
+            l2_ok: true,
+            ..PurgeReport::default()
         };
         PurgeApplied {
             request,
@@ -189,33 +241,130 @@ impl PurgeService {
         report
     }
 
-    /// Publish `request` to the other instances; true when Redis accepted it.
-    async fn broadcast(&self, request: &PurgeRequest) -> bool {
+    /// The Redis part of a purge whose L1 part is done: the batched delete (settling its
+    /// record), the log entry, the broadcast, then the event. `Err` gives the job back when
+    /// Redis did not take it.
+    async fn redis_part(&self, job: Job) -> Result<PurgeReport, Job> {
+        let (kind, target) = (job.request.kind, job.request.target.as_str());
+        let Some(l2) = self.cache.l2() else {
+            drop(job.ticket);
+            return Ok(self.applied_l1_only(&job.request, job.l1_removed));
+        };
+        let done = match l2.purge(kind, target).await {
+            Ok(done) => done,
+            Err(result) => return Err(deferred(job, result)),
+        };
+        let PurgeDone {
+            generation,
+            deleted,
+        } = done;
+        // never applied again when the log or a broadcast brings it back
+        let _ = self.applied.note(generation);
+        let message = PurgeMessage::new(&self.instance_id, kind, target, generation);
+        let Ok(payload) = self.seal(&message) else {
+            // cannot happen (serializing plain fields, HMAC takes any key); the delete is done
+            drop(job.ticket);
+            return Ok(PurgeReport {
+                l1_removed: job.l1_removed,
+                l2_removed: deleted,
+                l2_ok: true,
+                ..PurgeReport::default()
+            });
+        };
+        if let Err(result) = l2.log_finished(&payload).await {
+            // without the log entry the others would learn of it by the broadcast only: run
+            // the whole part again (a new generation, the same effect)
+            return Err(deferred(job, result));
+        }
+        drop(job.ticket);
+        let broadcast = self.broadcast(kind, payload).await;
+        let report = PurgeReport {
+            l1_removed: job.l1_removed,
+            l2_removed: deleted,
+            l2_ok: true,
+            broadcast,
+            retrying: false,
+        };
+        PurgeApplied {
+            request: &job.request,
+            report: &report,
+            instance: &self.instance_id,
+        }
+        .emit();
+        Ok(report)
+    }
+
+    /// Hand `job` to the backlog, starting its worker if none runs. Returns whether it took
+    /// the place of a waiting purge of the same target.
+    fn queue(&'static self, job: Job) -> Pushed {
+        let pushed = self.backlog.push(job);
+        self.backlog.ensure_worker(|| self.drain_backlog());
+        pushed
+    }
+
+    /// The backlog's worker: runs waiting Redis parts, [`backlog::WORKERS`] at a time, and
+    /// backs off while they fail (see [`backlog`]).
+    async fn drain_backlog(&'static self) {
+        let mut backoff = backlog::RETRY_MIN;
+        loop {
+            let jobs = self.backlog.take(backlog::WORKERS);
+            if jobs.is_empty() {
+                self.backlog.pushed().await;
+                continue;
+            }
+            let mut running = tokio::task::JoinSet::new();
+            for job in jobs {
+                running.spawn(async move { self.redis_part(job).await });
+            }
+            let mut failed = false;
+            while let Some(done) = running.join_next().await {
+                match done {
+                    Ok(Err(job)) => {
+                        failed = true;
+                        self.backlog.retry(job);
+                    }
+                    // landed, or (cannot happen: nothing in it panics) its task died
+                    Ok(Ok(_)) | Err(_) => self.backlog.landed(),
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(backlog::RETRY_MAX);
+            } else {
+                backoff = backlog::RETRY_MIN;
+            }
+        }
+    }
+
+    /// `message` as published and logged: its JSON, signed with the channel secret if any.
+    fn seal(&self, message: &PurgeMessage) -> Result<String, broadcast::MessageError> {
+        let text = message.encode()?;
+        match &self.channel_key {
+            Some(key) => key.sign(&text),
+            None => Ok(text),
+        }
+    }
+
+    /// Publish a purge of `kind` (its sealed message, `payload`) to the other instances; true
+    /// when Redis accepted it.
+    async fn broadcast(&self, kind: PurgeKind, payload: String) -> bool {
         let (Some(l2), Some(channel)) = (self.cache.l2(), &self.channel) else {
             return false;
         };
-        let message = PurgeMessage::new(&self.instance_id, request.kind, &request.target);
-        let payload = message.encode().and_then(|text| match &self.channel_key {
-            Some(key) => key.sign(&text),
-            None => Ok(text),
-        });
-        let ok = match payload {
-            Ok(payload) => l2.publish(channel, payload).await.is_ok(),
-            Err(_) => false,
-        };
-        PurgeBroadcast {
-            kind: request.kind,
-            ok,
-        }
-        .emit();
+        let ok = l2.publish(channel, payload).await.is_ok();
+        PurgeBroadcast { kind, ok }.emit();
         ok
     }
 
-    /// Receive other instances' purges until `shutdown` flips (see [`broadcast`]). Returns at
-    /// once without L2. Run it once per process, inside a runtime that lives as long as the
-    /// process (sidecache runs it as a pingora background service).
+    /// Receive other instances' purges until `shutdown` flips: their broadcasts (see
+    /// [`broadcast`]) and the finished-purge log (see [`catch_up`]). Returns at once without
+    /// L2. Run it once per process, inside a runtime that lives as long as the process
+    /// (sidecache runs it as a pingora background service).
     pub async fn run_subscriber(&'static self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let Some(channel) = &self.channel else { return };
-        broadcast::run(self, channel, shutdown).await;
+        tokio::join!(
+            broadcast::run(self, channel, shutdown.clone()),
+            catch_up::run(self, shutdown),
+        );
     }
 }

@@ -47,6 +47,8 @@ pub struct Router {
     default_metrics: RouteMetrics,
     /// Metric handles of the endpoints sidecache answers itself (label `health`).
     health_metrics: RouteMetrics,
+    /// Whether requests no route matches are cached (`[cache] default_mode` is set).
+    default_stores: bool,
 }
 
 impl Router {
@@ -98,6 +100,7 @@ impl Router {
             default_upstream: config.proxy.default_upstream.and_then(pick),
             default_metrics: RouteMetrics::new("default", upstreams.len()),
             health_metrics: RouteMetrics::new("health", 0),
+            default_stores: config.cache.default_mode.is_some(),
             upstreams,
             rewrites,
             routes,
@@ -133,6 +136,16 @@ impl Router {
     /// First route whose methods and pattern match. A route with GET also matches HEAD.
     pub fn route<'a>(&'a self, method: &Method, path: &'a str) -> Option<RouteMatch<'a>> {
         self.routes.iter().find_map(|r| r.matches(method, path))
+    }
+
+    /// Whether a GET of `path` could be stored: the first route matching it caches, or no
+    /// route matches and `[cache] default_mode` caches. A write to any other path cannot
+    /// have changed anything cached, so it purges nothing.
+    pub fn may_store(&self, path: &str) -> bool {
+        match self.route(&Method::GET, path) {
+            Some(m) => m.policy.cache.is_some(),
+            None => self.default_stores,
+        }
     }
 
     /// The compiled routes in config order.

@@ -324,20 +324,74 @@ impl InternalEvent for PurgeMessageDropped<'_> {
     }
 }
 
-/// A write's invalidation found the purge queue full: its L1 part was applied at once and
-/// its L2 part escalated to one full purge of L2 (logged once per escalation).
-pub struct PurgeQueueOverflow {
-    /// True for the overflow that started an escalation (later ones join it).
-    pub escalated: bool,
+/// A purge's Redis part failed: it waits in the backlog and is retried until it lands.
+/// Logged at warn on a purge's first failure, then at debug.
+pub struct PurgeDeferred {
+    pub kind: PurgeKind,
+    /// Failed attempts so far (1 for the first).
+    pub attempt: u32,
+    pub result: L2Result,
 }
 
-impl InternalEvent for PurgeQueueOverflow {
+impl InternalEvent for PurgeDeferred {
     fn emit(self) {
-        metrics().purge_queue_overflows.inc();
-        if self.escalated {
-            tracing::warn!(target: "sidecache::purge",
-                "purge queue full (Redis slow?): write invalidations are applied to L1 at once and L2 gets one full purge, broadcast to every instance");
+        metrics().purge_retries.inc();
+        if self.attempt == 1 {
+            tracing::warn!(target: "sidecache::purge", kind = self.kind.label(),
+                result = self.result.label(),
+                "purge could not reach Redis; retrying until it lands (this instance serves none of its targets from Redis meanwhile)");
+        } else {
+            tracing::debug!(target: "sidecache::purge", kind = self.kind.label(),
+                result = self.result.label(), attempt = self.attempt, "purge retry failed");
         }
+    }
+}
+
+/// A write's purge took the place of a waiting purge of the same target.
+pub struct PurgeCoalesced;
+
+impl InternalEvent for PurgeCoalesced {
+    fn emit(self) {
+        metrics().purges_coalesced.inc();
+    }
+}
+
+/// A write to a cacheable path was refused because the purge backlog was full.
+pub struct PurgeBacklogFull {
+    /// Purges waiting.
+    pub waiting: usize,
+}
+
+impl InternalEvent for PurgeBacklogFull {
+    fn emit(self) {
+        metrics().purge_backlog_refusals.inc();
+        tracing::debug!(target: "sidecache::purge", waiting = self.waiting,
+            "write refused: the purge backlog is full");
+    }
+}
+
+/// Purges other instances finished were applied from the finished-purge log: their
+/// broadcasts never arrived.
+pub struct PurgesCaughtUp {
+    pub count: u64,
+}
+
+impl InternalEvent for PurgesCaughtUp {
+    fn emit(self) {
+        metrics().purges_caught_up.inc_by(self.count);
+        tracing::info!(target: "sidecache::purge", count = self.count,
+            "applied purges whose broadcast never arrived, from the finished-purge log");
+    }
+}
+
+/// The finished-purge log restarted or was trimmed past this instance: L1 was cleared.
+pub struct PurgeLogGap;
+
+impl InternalEvent for PurgeLogGap {
+    fn emit(self) {
+        metrics().purge_log_gaps.inc();
+        tracing::warn!(target: "sidecache::purge",
+            "the finished-purge log restarted or moved past this instance (Redis lost its state, or this instance could not read it for long); L1 cleared");
     }
 }
 

@@ -100,16 +100,19 @@ pub enum L2Op {
     Publish,
     /// Taking or releasing a cross-instance fill lock (`cache.l2.fill_lock`).
     Lock,
+    /// Reading the finished-purge log (the purges other instances finished).
+    PurgeLog,
 }
 impl L2Op {
     /// Every operation, in label order.
-    pub const ALL: [L2Op; 6] = [
+    pub const ALL: [L2Op; 7] = [
         Self::Get,
         Self::Set,
         Self::Del,
         Self::Purge,
         Self::Publish,
         Self::Lock,
+        Self::PurgeLog,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -120,6 +123,7 @@ impl L2Op {
             Self::Purge => "purge",
             Self::Publish => "publish",
             Self::Lock => "lock",
+            Self::PurgeLog => "purge_log",
         }
     }
 }
@@ -236,14 +240,28 @@ pub enum MessageDrop {
     Unsigned,
     /// A secret is configured and the signature does not match it.
     BadSignature,
+    /// Its purge was applied already (a duplicate, or a replay within the replay window), or
+    /// it is older than the replay window.
+    Replayed,
+    /// A secret is configured and the message is of the old format, which carries no
+    /// generation, so a replay could not be told apart.
+    Replayable,
 }
 impl MessageDrop {
-    pub const ALL: [MessageDrop; 3] = [Self::Malformed, Self::Unsigned, Self::BadSignature];
+    pub const ALL: [MessageDrop; 5] = [
+        Self::Malformed,
+        Self::Unsigned,
+        Self::BadSignature,
+        Self::Replayed,
+        Self::Replayable,
+    ];
     pub const fn label(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
             Self::Unsigned => "unsigned",
             Self::BadSignature => "bad_signature",
+            Self::Replayed => "replayed",
+            Self::Replayable => "replayable",
         }
     }
 }
@@ -356,7 +374,12 @@ pub struct Metrics {
     pub purge_broadcasts: IntCounterVec,
     pub pubsub_gaps: IntCounter,
     pub purge_messages_dropped: IntCounterVec,
-    pub purge_queue_overflows: IntCounter,
+    pub purge_backlog: IntGauge,
+    pub purge_retries: IntCounter,
+    pub purges_coalesced: IntCounter,
+    pub purge_backlog_refusals: IntCounter,
+    pub purges_caught_up: IntCounter,
+    pub purge_log_gaps: IntCounter,
     pub stores_refused: IntCounterVec,
     pub warm_urls: IntCounterVec,
     pub warm_duration: HistogramVec,
@@ -483,11 +506,36 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &["reason"]
         )
         .expect("register sidecache_purge_messages_dropped_total"),
-        purge_queue_overflows: register_int_counter!(
-            "sidecache_purge_queue_overflows_total",
-            "Write invalidations that found the purge queue full: applied to L1 at once, their L2 part escalated to one full purge of L2."
+        purge_backlog: register_int_gauge!(
+            "sidecache_purge_backlog",
+            "Purges whose Redis part is waiting (Redis slow or unreachable), retried until they land; their targets are not served from Redis meanwhile."
         )
-        .expect("register sidecache_purge_queue_overflows_total"),
+        .expect("register sidecache_purge_backlog"),
+        purge_retries: register_int_counter!(
+            "sidecache_purge_retries_total",
+            "Failed attempts at a purge's Redis part (each is retried until it lands)."
+        )
+        .expect("register sidecache_purge_retries_total"),
+        purges_coalesced: register_int_counter!(
+            "sidecache_purges_coalesced_total",
+            "Write purges that took the place of a waiting purge of the same target."
+        )
+        .expect("register sidecache_purges_coalesced_total"),
+        purge_backlog_refusals: register_int_counter!(
+            "sidecache_purge_backlog_refusals_total",
+            "Writes to cacheable paths refused (503) because the purge backlog was full."
+        )
+        .expect("register sidecache_purge_backlog_refusals_total"),
+        purges_caught_up: register_int_counter!(
+            "sidecache_purges_caught_up_total",
+            "Purges of other instances applied from the finished-purge log because their broadcast never arrived."
+        )
+        .expect("register sidecache_purges_caught_up_total"),
+        purge_log_gaps: register_int_counter!(
+            "sidecache_purge_log_gaps_total",
+            "Readings of the finished-purge log that found it restarted or trimmed past this instance (each clears L1)."
+        )
+        .expect("register sidecache_purge_log_gaps_total"),
         stores_refused: register_int_counter_vec!(
             "sidecache_stores_refused_total",
             "Entries not stored because a purge won over the work that fetched them, by tier and reason (purged, forgotten = the purge record no longer reached back, unknown = no start generation).",

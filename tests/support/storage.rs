@@ -46,6 +46,8 @@ pub fn cache_config(l1_bytes: u64, redis_url: Option<String>, prefix: &str) -> C
             write_timeout: Duration::from_secs(1),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(400),
+            purge_poll: Duration::from_millis(100),
+            purge_backlog: 65_536,
             channel: "test:purge".into(),
             channel_secret: None,
         }),
@@ -63,7 +65,7 @@ pub fn purges(cache: &'static TieredCache, cfg: &CacheConfig) -> &'static PurgeS
 }
 
 /// An admin purge of `kind`/`target` through `p`.
-pub async fn purge(p: &PurgeService, kind: PurgeKind, target: &str) -> PurgeReport {
+pub async fn purge(p: &'static PurgeService, kind: PurgeKind, target: &str) -> PurgeReport {
     p.apply(&PurgeRequest::new(kind, target, PurgeSource::Admin))
         .await
 }

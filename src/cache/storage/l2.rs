@@ -14,8 +14,13 @@
 //!   store drops up to 64 urls whose entries have all expired from both, so under unique urls
 //!   they hold about the live urls (plus what expired since the last stores).
 //! - `{prefix}v2:purge`: hash of the purge generation `gen`, the `floor` and `tombs` (1 once a
-//!   tombstone was recorded), and `{prefix}v2:tombs`: sorted set of recent purges (`u`, `p` or
-//!   `t` followed by the url, prefix or tag) scored by their generation.
+//!   tombstone was recorded), and `finished` (the sequence of the finished-purge log), and
+//!   `{prefix}v2:tombs`: sorted set of recent purges (`u`, `p` or `t` followed by the url,
+//!   prefix or tag) scored by their generation.
+//! - `{prefix}v2:purges:finished`: the finished-purge log, sorted set of the last 100,000
+//!   purges whose Redis part finished (each its broadcast message), scored by sequence; other
+//!   instances read it to repair lost broadcasts (see `crate::purge::catch_up`).
+//! - `{prefix}v2:lock:{hex}`: an entry's cross-instance fill lock (see `super::fill_lock`).
 //!
 //! **Purges win in Redis too.** A generation lives in Redis, so the instances' clocks do not
 //! matter: it starts at Redis's clock in microseconds and every purge moves it to
@@ -71,7 +76,7 @@
 //! coarser than per node, but a lookup then never waits on a half-dead cluster.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use std::sync::{Arc, PoisonError};
@@ -205,6 +210,8 @@ static PURGE: Lazy<Lua> = lua!("purge.lua");
 static ADVANCE: Lazy<Lua> = lua!("advance.lua");
 static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
 static FILL: Lazy<Lua> = lua!("fill.lua");
+static FINISHED: Lazy<Lua> = lua!("finished.lua");
+static FINISHED_SINCE: Lazy<Lua> = lua!("finished_since.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -226,6 +233,28 @@ pub struct EntryWrite<'a> {
     pub url: &'a str,
     pub tags: &'a [String],
     pub since: u64,
+}
+
+/// A purge's Redis part, done: the generation its tombstone was recorded with (the purge's
+/// identity in broadcasts and in the finished-purge log) and the entries it deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurgeDone {
+    pub generation: u64,
+    pub deleted: u64,
+}
+
+/// What a reader of the finished-purge log found after its last sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FinishedLog {
+    /// The purge generation now.
+    pub generation: u64,
+    /// The newest sequence given (0: none since Redis's state began).
+    pub newest: u64,
+    /// The oldest sequence still kept (0: the log is empty).
+    pub oldest: u64,
+    /// The purges after the reader's sequence, oldest first (at most the limit asked): each
+    /// sequence and the text logged (opaque here; the purge service writes and reads it).
+    pub purges: Vec<(u64, Vec<u8>)>,
 }
 
 /// What the fill lock of an entry said (see `lua/fill.lua`).
@@ -297,6 +326,10 @@ pub struct L2Store {
     write_timeout: AtomicDuration,
     /// `cache.l2.compress_above` (`u64::MAX`: off).
     compress_above: AtomicU64,
+    /// `cache.l2.purge_poll`.
+    purge_poll: AtomicDuration,
+    /// `cache.l2.purge_backlog`.
+    purge_backlog: AtomicUsize,
     /// The newest purge generation a reply carried (0: none yet).
     seen: AtomicU64,
 }
@@ -325,6 +358,8 @@ impl L2Store {
             read_timeout: AtomicDuration::new(cfg.timeout),
             write_timeout: AtomicDuration::new(cfg.write_timeout),
             compress_above: AtomicU64::new(cfg.compress_above.unwrap_or(u64::MAX)),
+            purge_poll: AtomicDuration::new(cfg.purge_poll),
+            purge_backlog: AtomicUsize::new(cfg.purge_backlog),
             seen: AtomicU64::new(0),
         }
     }
@@ -335,6 +370,9 @@ impl L2Store {
         self.write_timeout.set(cfg.write_timeout);
         self.compress_above
             .store(cfg.compress_above.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.purge_poll.set(cfg.purge_poll);
+        self.purge_backlog
+            .store(cfg.purge_backlog, Ordering::Relaxed);
         for b in [&self.breaker, &self.purge_breaker] {
             b.reconfigure(cfg.breaker_failures, cfg.breaker_cooldown);
         }
@@ -343,6 +381,16 @@ impl L2Store {
     /// Bodies longer than this are stored compressed (`None`: never).
     pub fn compress_above(&self) -> Option<u64> {
         Some(self.compress_above.load(Ordering::Relaxed)).filter(|n| *n != u64::MAX)
+    }
+
+    /// How often the finished-purge log is read (`cache.l2.purge_poll`).
+    pub fn purge_poll(&self) -> Duration {
+        self.purge_poll.get()
+    }
+
+    /// Purges whose Redis part may wait at most (`cache.l2.purge_backlog`).
+    pub fn purge_backlog(&self) -> usize {
+        self.purge_backlog.load(Ordering::Relaxed)
     }
 
     /// Timeout of each read.
@@ -695,14 +743,19 @@ impl L2Store {
     /// Purge every entry `kind`/`target` names: the first batch records the tombstone, then
     /// bounded batches delete (see the module docs). On a cluster the generation is advanced
     /// on the home slot first and every partition runs its batches with it. Returns the
-    /// entries deleted; stops at the first batch that fails.
-    pub async fn purge(&self, kind: PurgeKind, target: &str) -> Result<u64, L2Result> {
+    /// generation recorded and the entries deleted; stops at the first batch that fails.
+    /// Once the caller has made the purge known, [`L2Store::log_finished`] logs it for the
+    /// instances that miss its broadcast.
+    pub async fn purge(&self, kind: PurgeKind, target: &str) -> Result<PurgeDone, L2Result> {
         if !self.partitioned() {
             let (generation, deleted) = self
                 .purge_partition(&self.layout.home, kind, target, "")
                 .await?;
             self.saw(generation);
-            return Ok(deleted);
+            return Ok(PurgeDone {
+                generation,
+                deleted,
+            });
         }
         let cmd = ADVANCE.command(&[&self.purge_state_key(), &self.tombstones_key()]);
         let generation: u64 = self
@@ -719,7 +772,72 @@ impl L2Store {
         for part in &self.layout.parts {
             deleted += self.purge_partition(part, kind, target, &given).await?.1;
         }
-        Ok(deleted)
+        Ok(PurgeDone {
+            generation,
+            deleted,
+        })
+    }
+
+    /// `{prefix}v2:purges:finished` (on a cluster, the home slot's): the finished-purge log.
+    pub fn finished_log_key(&self) -> String {
+        format!("{}purges:finished", self.layout.home)
+    }
+
+    /// Log `entry` (a finished purge, as the purge service writes it: unique per purge) in
+    /// the finished-purge log (see `lua/finished.lua`), under the write timeout. Returns its
+    /// sequence.
+    pub async fn log_finished(&self, entry: &str) -> Result<u64, L2Result> {
+        let mut cmd = FINISHED.command(&[
+            &self.purge_state_key(),
+            &self.tombstones_key(),
+            &self.finished_log_key(),
+        ]);
+        cmd.arg(entry);
+        self.run_in(
+            Lane::Purges,
+            L2Op::Purge,
+            self.write_timeout(),
+            |mut c| async move { FINISHED.run(&mut c, &cmd).await },
+        )
+        .await
+    }
+
+    /// The purges logged finished after sequence `after`, at most `limit` (see
+    /// `lua/finished_since.lua`), under the write timeout (a background read).
+    pub async fn finished_since(&self, after: u64, limit: usize) -> Result<FinishedLog, L2Result> {
+        let mut cmd = FINISHED_SINCE.command(&[
+            &self.purge_state_key(),
+            &self.tombstones_key(),
+            &self.finished_log_key(),
+        ]);
+        cmd.arg(after).arg(limit);
+        let reply: Vec<Vec<u8>> = self
+            .run_in(
+                Lane::Purges,
+                L2Op::PurgeLog,
+                self.write_timeout(),
+                |mut c| async move { FINISHED_SINCE.run(&mut c, &cmd).await },
+            )
+            .await?;
+        let number = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+        };
+        let at = |i: usize| reply.get(i).and_then(|v| number(v)).unwrap_or(0);
+        let log = FinishedLog {
+            generation: at(0),
+            newest: at(1),
+            oldest: at(2),
+            purges: reply
+                .get(3..)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .filter_map(|pair| Some((number(&pair[1])?, pair[0].clone())))
+                .collect(),
+        };
+        self.saw(log.generation);
+        Ok(log)
     }
 
     /// The batches of one purge in the partition under `part` (standalone: the one);

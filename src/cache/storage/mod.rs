@@ -53,7 +53,7 @@ impl Tier {
 }
 
 /// What a purge targets, through the indexes both tiers keep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PurgeKind {
     /// Every variant of exactly this url.

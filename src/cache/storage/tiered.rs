@@ -40,7 +40,7 @@ use pingora_error::{Error, ErrorType, Result};
 use super::codec::{self, StoredEntry};
 use super::fill_lock::{self, FillLock, FillOutcome, FillSlot};
 use super::l1::{EntryKey, L1Entry, L1Store};
-use super::l2::{EntryWrite, L2Store, StoreOutcome};
+use super::l2::{EntryWrite, L2Store, PurgeDone, StoreOutcome};
 use super::purge_log::{PurgeLog, PurgeTicket, Refusal};
 use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
@@ -267,8 +267,12 @@ impl TieredCache {
     }
 
     /// Remove the entries `kind`/`target` names from L2 in bounded batches (`None` without
-    /// L2); returns how many.
-    pub async fn purge_l2(&self, kind: PurgeKind, target: &str) -> Option<Result<u64, L2Result>> {
+    /// L2); returns the purge's generation and how many were removed.
+    pub async fn purge_l2(
+        &self,
+        kind: PurgeKind,
+        target: &str,
+    ) -> Option<Result<PurgeDone, L2Result>> {
         Some(self.l2.as_ref()?.purge(kind, target).await)
     }
 

@@ -1,0 +1,210 @@
+//! [`Backlog`]: purges whose Redis part (the batched delete with its tombstone, then the
+//! log entry and the broadcast) is waiting, coalesced per target and retried until it lands.
+//!
+//! A purge lands here when its Redis part could not run at once: every write's invalidation
+//! (its L1 part is done on the request path, which never waits on Redis), and an admin purge
+//! whose Redis part failed. Until a job has landed its purge record stays **unsettled**
+//! ([`crate::cache::storage::PurgeTicket`]): this instance serves nothing it matches from
+//! Redis and stores nothing that work begun before it fetched, so nothing stale is served
+//! here however long Redis takes. Other instances learn of it when it lands (see
+//! [`super::catch_up`]).
+//!
+//! One worker task runs up to [`WORKERS`] jobs at a time, oldest first. A job that fails goes
+//! back to the front and the worker backs off ([`RETRY_MIN`] doubling to [`RETRY_MAX`]); a
+//! success resets the backoff. A purge of a target that is already waiting takes its place
+//! (its newer record replaces the older one), so a flood of writes to one target costs Redis
+//! one purge, and the backlog holds at most one job per target. Nothing ever widens a purge:
+//! the backlog is bounded by `cache.l2.purge_backlog`, and when it is full the writes that
+//! would add to it are refused before they reach the origin (see
+//! [`super::PurgeService::accepts_writes`]), never merged into a bigger purge.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::{PurgeKind, PurgeRequest};
+use crate::cache::storage::PurgeTicket;
+use crate::telemetry::metrics::metrics;
+
+/// Jobs the worker runs at a time. They share one multiplexed connection, so Redis gets
+/// them pipelined: a flood of writes to distinct targets drains at Redis's pace, not at one
+/// round trip per purge.
+pub const WORKERS: usize = 64;
+
+/// First backoff after a failed job.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest backoff between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One purge whose L1 part is done and whose Redis part is waiting.
+pub(super) struct Job {
+    pub request: PurgeRequest,
+    /// Its unsettled record: dropped (settled) once the Redis part has run.
+    pub ticket: PurgeTicket<'static>,
+    /// Entries its L1 part removed.
+    pub l1_removed: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+type Target = (PurgeKind, String);
+
+fn target(job: &Job) -> Target {
+    (job.request.kind, job.request.target.clone())
+}
+
+/// What became of a pushed job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// It waits in the backlog.
+    Queued,
+    /// A purge of the same target was waiting: this one took its place.
+    Coalesced,
+}
+
+#[derive(Default)]
+struct Waiting {
+    jobs: HashMap<Target, Job>,
+    /// Targets oldest first.
+    order: VecDeque<Target>,
+    /// Jobs taken by the worker and not yet landed or put back.
+    running: usize,
+}
+
+/// The waiting jobs and the worker that drains them (see the module docs).
+#[derive(Default)]
+pub(super) struct Backlog {
+    waiting: Mutex<Waiting>,
+    /// Wakes the worker for new jobs.
+    wake: Notify,
+    /// The worker task, started by the first job (and again if its runtime went away).
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // plain data: a panicking holder cannot leave it inconsistent
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Waiting {
+    /// Purges whose Redis part has not landed: waiting or running.
+    fn len(&self) -> usize {
+        self.jobs.len() + self.running
+    }
+
+    fn publish_len(&self) {
+        metrics()
+            .purge_backlog
+            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Put `job` in, behind the others (`front`: ahead of them). A job already waiting for
+    /// the same target keeps its place and takes the newer record.
+    fn put(&mut self, job: Job, front: bool) -> Pushed {
+        let t = target(&job);
+        let pushed = match self.jobs.remove(&t) {
+            Some(waiting) => {
+                let (newer, older) = if front {
+                    (waiting, job)
+                } else {
+                    (job, waiting)
+                };
+                self.jobs.insert(
+                    t,
+                    Job {
+                        l1_removed: newer.l1_removed + older.l1_removed,
+                        attempts: older.attempts,
+                        ..newer
+                    },
+                );
+                // the older record settles as it drops; the newer one covers the target
+                Pushed::Coalesced
+            }
+            None => {
+                if front {
+                    self.order.push_front(t.clone());
+                } else {
+                    self.order.push_back(t.clone());
+                }
+                self.jobs.insert(t, job);
+                Pushed::Queued
+            }
+        };
+        self.publish_len();
+        pushed
+    }
+
+    fn take(&mut self, n: usize) -> Vec<Job> {
+        let mut taken = Vec::new();
+        while taken.len() < n {
+            let Some(t) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(job) = self.jobs.remove(&t) {
+                taken.push(job);
+            }
+        }
+        self.running += taken.len();
+        self.publish_len();
+        taken
+    }
+}
+
+impl Backlog {
+    /// Purges whose Redis part has not landed: waiting, or taken by the worker.
+    pub fn len(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    /// Add a job (see [`Waiting::put`]) and wake the worker.
+    pub fn push(&self, job: Job) -> Pushed {
+        let pushed = lock(&self.waiting).put(job, false);
+        self.wake.notify_one();
+        pushed
+    }
+
+    /// Put a taken job that failed back at the front.
+    pub fn retry(&self, job: Job) {
+        let mut waiting = lock(&self.waiting);
+        waiting.running = waiting.running.saturating_sub(1);
+        waiting.put(job, true);
+    }
+
+    /// A taken job landed.
+    pub fn landed(&self) {
+        let mut waiting = lock(&self.waiting);
+        waiting.running = waiting.running.saturating_sub(1);
+        waiting.publish_len();
+    }
+
+    /// Up to `n` jobs, oldest first; each must come back through [`Backlog::retry`] or
+    /// [`Backlog::landed`].
+    pub fn take(&self, n: usize) -> Vec<Job> {
+        lock(&self.waiting).take(n)
+    }
+
+    /// Wait until a job may have been pushed.
+    pub async fn pushed(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Start `worker` on the current runtime unless one runs; false outside a runtime.
+    pub fn ensure_worker<F>(&self, worker: impl FnOnce() -> F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut running = lock(&self.worker);
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        *running = Some(runtime.spawn(worker()));
+        true
+    }
+}
