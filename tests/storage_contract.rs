@@ -11,7 +11,7 @@ use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
-use sidecache::cache::storage::codec::StoredEntry;
+use sidecache::cache::storage::codec::{self, StoredEntry};
 use sidecache::cache::storage::{EntryContext, Tier, TieredCache};
 use sidecache::config::CacheConfig;
 use sidecache::purge::PurgeKind;
@@ -178,9 +178,19 @@ async fn contract(s: Setup) {
     assert_eq!(body(h).await.len(), MAX_OBJECT as usize);
     assert!(lookup(c, &kbig).await.is_none());
 
-    // corrupt L2 value: miss + counter + deleted
+    // corrupt L2 value: miss + counter + deleted; so is a compressed body larger than
+    // max_object_bytes, whether it decodes to that or only claims a gigabyte
     if let (Some(l2), Some(redis)) = (c.l2(), s.redis.as_ref()) {
-        for garbage in [&b"garbage"[..], b"SCE1\x07rest", b"SCE1\x01\x00\x00"] {
+        let over = MAX_OBJECT as usize + 1;
+        let oversized = compressed_claiming("/c/corrupt", over, over as u32);
+        let gigabyte = compressed_claiming("/c/corrupt", over, 1 << 30);
+        for garbage in [
+            &b"garbage"[..],
+            b"SCE1\x07rest",
+            b"SCE1\x01\x00\x00",
+            &oversized,
+            &gigabyte,
+        ] {
             let kc = key("/c/corrupt");
             let rk = l2.entry_key(&kc.combined_bin());
             redis.set_raw(&rk, garbage);
@@ -197,6 +207,30 @@ async fn contract(s: Setup) {
             wait_for("corrupt key deletion", || !redis.exists(&rk)).await;
         }
     }
+}
+
+/// An L2 value for `url`, fresh for a minute, whose body is `len` bytes zstd-compressed and
+/// claims to decode to `claimed` bytes (format version 2: body encoding 1, the claim, the
+/// frame).
+fn compressed_claiming(url: &str, len: usize, claimed: u32) -> Vec<u8> {
+    let ctx = EntryContext {
+        url: url.to_owned(),
+        route: "test".into(),
+        tags: vec![],
+    };
+    let mut value = codec::encode(&StoredEntry::from_meta(
+        &meta(60, url, &[]),
+        ctx,
+        Bytes::new(),
+    ));
+    // the raw empty body's encoding byte and length end the value
+    value.truncate(value.len() - 5);
+    let frame = zstd::bulk::compress(&vec![b'z'; len], 1).expect("compress");
+    value.push(1);
+    value.extend_from_slice(&claimed.to_be_bytes());
+    value.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    value.extend_from_slice(&frame);
+    value
 }
 
 #[tokio::test(flavor = "multi_thread")]
