@@ -156,7 +156,7 @@ fn codec_bench(c: &mut Criterion) {
         b.iter(|| codec::encode(black_box(&entry)))
     });
     g.bench_function("decode (5 KB)", |b| {
-        b.iter(|| codec::decode(black_box(encoded.clone())).expect("decodes"))
+        b.iter(|| codec::decode(black_box(encoded.clone()), 8 << 20).expect("decodes"))
     });
     g.bench_function("to_meta (hit rebuild)", |b| {
         b.iter(|| black_box(&entry).to_meta())

@@ -3,10 +3,15 @@
 //!
 //! A request loads one [`Snapshot`] at its start and keeps it to the end, so a reload never
 //! changes the rules under an in-flight request.
+//!
+//! Reloads (SIGHUP, the file watcher, `POST /admin/reload`) run one at a time: each reads the
+//! file, validates it and swaps it in under one lock, so the reload that finishes last has
+//! applied the file as it was when that reload began, never an older version another reload
+//! read before it. The lock is the reloads' own: the data plane only loads the snapshot.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -134,6 +139,8 @@ pub struct Live {
     in_flight: AtomicUsize,
     /// Where reloads read from.
     config_path: Option<PathBuf>,
+    /// Held by a reload from reading its config to swapping it in (see the module docs).
+    reloading: Mutex<()>,
     /// Start-up warming state, see [`WarmState`].
     warm: AtomicU8,
 }
@@ -174,6 +181,7 @@ impl Live {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             config_path,
+            reloading: Mutex::new(()),
             warm: AtomicU8::new(WarmState::Idle as u8),
         }))
     }
@@ -230,8 +238,17 @@ impl Live {
 
     /// Validate `new` against the running config and swap it in; on error (including a
     /// change to a [restart-only](config::RESTART_ONLY) setting) the old config keeps serving.
-    /// Emits `ReloadApplied` or `ReloadRejected`.
+    /// Emits `ReloadApplied` or `ReloadRejected`. Waits for a reload in progress.
     pub fn apply(&self, new: Config) -> Result<(), ConfigErrors> {
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.swap_in(new)
+    }
+
+    /// [`Self::apply`] with the reload lock held.
+    fn swap_in(&self, new: Config) -> Result<(), ConfigErrors> {
         let current = self.snapshot();
         if let Err(errors) = config::check_reloadable(&current.config, &new) {
             return Err(self.reload_failed(errors));
@@ -242,7 +259,9 @@ impl Live {
         Ok(())
     }
 
-    /// Re-read the config file this process started with and [`Self::apply`] it.
+    /// Re-read the config file this process started with and [`Self::apply`] it, after any
+    /// reload in progress (the file is read once that one has finished). The result is this
+    /// attempt's own.
     pub fn reload_from_disk(&self, env: &dyn EnvSource) -> Result<(), ConfigErrors> {
         let Some(path) = self.config_path.as_deref() else {
             return Err(self.reload_failed(ConfigErrors(vec![config::ConfigError {
@@ -251,8 +270,12 @@ impl Live {
                 message: "this process was not started from a config file".into(),
             }])));
         };
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match config::load(path, env) {
-            Ok(new) => self.apply(new),
+            Ok(new) => self.swap_in(new),
             Err(errors) => Err(self.reload_failed(errors)),
         }
     }
@@ -260,5 +283,86 @@ impl Live {
     fn reload_failed(&self, errors: ConfigErrors) -> ConfigErrors {
         ReloadRejected { errors: &errors }.emit();
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A config whose route `r` lives `ttl_secs`.
+    fn version(ttl_secs: u64) -> String {
+        format!(
+            "[[upstreams]]\nname = \"backend\"\naddress = \"127.0.0.1:5000\"\n\
+             [[routes]]\nname = \"r\"\nmatch = \"GET /r/:id\"\nttl = \"{ttl_secs}s\"\n"
+        )
+    }
+
+    fn live_ttl(live: &Live) -> Option<config::Ttl> {
+        live.snapshot().config.routes[0]
+            .cache
+            .as_ref()
+            .and_then(|c| c.ttl)
+    }
+
+    /// The environment a reload reads while it validates: it says when the reload got there,
+    /// then waits until told to go on (a reload that has read the file, held mid-way).
+    struct HeldEnv {
+        reached: mpsc::Sender<()>,
+        go: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl EnvSource for HeldEnv {
+        fn var(&self, _name: &str) -> Option<String> {
+            let _ = self.reached.send(());
+            let go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = go.recv();
+            None
+        }
+    }
+
+    /// Reload A reads version 1 of the file and is held while it validates; the file becomes
+    /// version 2 and reload B runs. However they interleave, the last to finish applied the
+    /// newest file, and each reports its own outcome.
+    #[test]
+    fn the_reload_that_finishes_last_applied_the_newest_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sidecache.toml");
+        std::fs::write(&path, version(1)).expect("write version 1");
+        let empty = HashMap::<String, String>::new();
+        let live = Live::new(config::load(&path, &empty).expect("version 1 is valid"));
+
+        let (reached_tx, reached) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let held = HeldEnv {
+            reached: reached_tx,
+            go: Mutex::new(go_rx),
+        };
+        std::thread::scope(|s| {
+            let a = s.spawn(|| live.reload_from_disk(&held));
+            reached.recv().expect("reload A validates version 1");
+            std::fs::write(&path, version(2)).expect("write version 2");
+            let (b_done_tx, b_done) = mpsc::channel();
+            let b = s.spawn(move || {
+                let outcome = live.reload_from_disk(&empty);
+                let _ = b_done_tx.send(());
+                outcome
+            });
+            // B either finishes (reloads are not serialized) or waits behind A; A goes on
+            // after either (the wait only bounds how long a serialized B is given)
+            let _ = b_done.recv_timeout(Duration::from_millis(300));
+            drop(go);
+            assert!(a.join().expect("reload A").is_ok());
+            assert!(b.join().expect("reload B").is_ok());
+        });
+        assert_eq!(
+            live_ttl(live),
+            Some(config::Ttl::Fixed(Duration::from_secs(2))),
+            "the live config is an older file than the one on disk"
+        );
     }
 }

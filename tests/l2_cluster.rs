@@ -1,7 +1,7 @@
 //! L2 on a real 3-master Redis Cluster, end to end with real `sidecache` processes: hits
-//! across instances, purges by tag and by prefix reaching every shard, `ASK` and `MOVED`
-//! followed while a slot moves between masters, and a master killed under traffic without a
-//! single client error.
+//! across instances, purges by tag and by prefix reaching every shard (also on clusters of
+//! Redis 6.2 and of Valkey), `ASK` and `MOVED` followed while a slot moves between masters,
+//! and a master killed under traffic without a single client error.
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use support::backend::start_backend;
 use support::http::get;
+use support::redis::Flavour;
 use support::redis_cluster::{bundle, l2_config, poll, toml_list, RedisCluster};
 use support::sidecache::{admin_purge, until_x_cache, Sidecache, SidecacheOptions};
 use support::traffic::Traffic;
@@ -35,9 +36,15 @@ async fn fill(a: &Sidecache, ids: impl Iterator<Item = u64>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hits_cross_instances_and_purges_reach_every_shard() {
-    let cluster = RedisCluster::start(3);
+flavour_tests!(hits_cross_instances_and_purges_reach_every_shard_on:
+    hits_cross_instances_and_purges_reach_every_shard,
+    hits_cross_instances_and_purges_reach_every_shard_on_redis_6_2,
+    hits_cross_instances_and_purges_reach_every_shard_on_valkey);
+
+/// On a cluster of `flavour`'s servers: entries spread over the masters, another instance's
+/// HIT-L2, purges by tag and prefix reaching every shard, and the server named in the stats.
+async fn hits_cross_instances_and_purges_reach_every_shard_on(flavour: Flavour) {
+    let cluster = RedisCluster::start_flavour(flavour, 3);
     let backend = start_backend(Duration::ZERO).await;
     let opts = SidecacheOptions::new(config(&cluster.urls())).backend(backend.addr());
     let a = Sidecache::start(opts.clone()).await;
@@ -49,6 +56,16 @@ async fn hits_cross_instances_and_purges_reach_every_shard() {
     assert_eq!(stats["l2"]["cluster_seeds"], json!(3), "{stats}");
 
     fill(&a, 1..=24).await;
+    let stats = get(&a.admin_url("/admin/stats"), &[]).await.json();
+    let (name, version) = flavour.reported();
+    let server = &stats["l2"]["server"];
+    assert_eq!(server["name"], json!(name), "{server}");
+    assert!(
+        server["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(version)),
+        "{server}"
+    );
     // the entries are spread over the masters
     let holding = (0..3)
         .filter(|i| {

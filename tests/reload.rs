@@ -292,3 +292,68 @@ async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
     let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// `config` with the route's ttl at `{1000 k + 7}ms` (version `k`, shown as such by
+/// `/admin/config`) and `fillers` more routes, so that validating it takes a while.
+fn version(k: u64, fillers: usize) -> String {
+    let mut text = config(&format!("{}ms", 1000 * k + 7), false);
+    for i in 0..fillers {
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"filler_{i}\"\nmatch = \"GET /filler/{i}/:id\"\nttl = \"1m\"\n"
+        ));
+    }
+    text
+}
+
+/// Rounds of the randomized reload race, and the routes that widen it.
+const RELOAD_ROUNDS: u64 = 50;
+const RELOAD_FILLERS: usize = 200;
+
+/// An admin reload and a SIGHUP fired together while the file changes between them, round
+/// after round with random spacing: once both have finished, the live config
+/// (`GET /admin/config`) is the file's last version, whichever reload read what. Replay with
+/// `SIDECACHE_TEST_SEED`.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_reloads_leave_the_newest_file_live() {
+    let seed = std::env::var("SIDECACHE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("racing_reloads_leave_the_newest_file_live: SIDECACHE_TEST_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let backend = start_backend(Duration::ZERO).await;
+    let sc =
+        Sidecache::start(SidecacheOptions::new(version(0, RELOAD_FILLERS)).backend(backend.addr()))
+            .await;
+    let reloads_done = || async {
+        let m = get(&sc.admin_url("/metrics"), &[]).await.text();
+        reloads(&m, "ok") + reloads(&m, "error")
+    };
+    for round in 0..RELOAD_ROUNDS {
+        let (older, newer) = (2 * round + 1, 2 * round + 2);
+        rewrite(&sc, &version(older, RELOAD_FILLERS), backend.addr());
+        let admin = sc.admin_url("/admin/reload");
+        let by_admin =
+            tokio::spawn(async move { request("POST", &admin, &[], Bytes::new()).await });
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..5_000))).await;
+        rewrite(&sc, &version(newer, RELOAD_FILLERS), backend.addr());
+        sc.sighup();
+        let answer = by_admin.await.expect("admin reload task");
+        assert_eq!(answer.status, 200, "seed {seed}: {}", answer.text());
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads_done().await < (2 * (round + 1)) as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: the SIGHUP reload never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let live = get(&sc.admin_url("/admin/config"), &[]).await.json();
+        assert_eq!(
+            live["routes"][0]["cache"]["ttl"],
+            format!("{}ms", 1000 * newer + 7),
+            "seed {seed}, round {round}: the last reload to finish applied an older file"
+        );
+    }
+}

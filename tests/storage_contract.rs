@@ -11,12 +11,13 @@ use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
-use sidecache::cache::storage::codec::StoredEntry;
-use sidecache::cache::storage::{EntryContext, Tier, TieredCache};
+use sidecache::cache::storage::codec::{self, StoredEntry};
+use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
+use sidecache::cache::storage::{EntryContext, Refusal, Tier, TieredCache};
 use sidecache::config::CacheConfig;
 use sidecache::purge::PurgeKind;
-use sidecache::telemetry::metrics::metrics;
-use support::redis::RedisServer;
+use sidecache::telemetry::metrics::{metrics, L2Result};
+use support::redis::{Flavour, RedisServer};
 use support::storage::{
     body, cache_config, key, leak, lookup, meta, meta_at, purge, purges, tier, wait_for, write,
     MAX_OBJECT, POLL,
@@ -59,7 +60,7 @@ struct Setup {
 }
 
 /// The storage contract every configuration must satisfy.
-async fn contract(s: Setup) {
+async fn contract(s: &Setup) {
     let c = s.cache;
     let span = Span::inactive();
 
@@ -178,9 +179,19 @@ async fn contract(s: Setup) {
     assert_eq!(body(h).await.len(), MAX_OBJECT as usize);
     assert!(lookup(c, &kbig).await.is_none());
 
-    // corrupt L2 value: miss + counter + deleted
+    // corrupt L2 value: miss + counter + deleted; so is a compressed body larger than
+    // max_object_bytes, whether it decodes to that or only claims a gigabyte
     if let (Some(l2), Some(redis)) = (c.l2(), s.redis.as_ref()) {
-        for garbage in [&b"garbage"[..], b"SCE1\x07rest", b"SCE1\x01\x00\x00"] {
+        let over = MAX_OBJECT as usize + 1;
+        let oversized = compressed_claiming("/c/corrupt", over, over as u32);
+        let gigabyte = compressed_claiming("/c/corrupt", over, 1 << 30);
+        for garbage in [
+            &b"garbage"[..],
+            b"SCE1\x07rest",
+            b"SCE1\x01\x00\x00",
+            &oversized,
+            &gigabyte,
+        ] {
             let kc = key("/c/corrupt");
             let rk = l2.entry_key(&kc.combined_bin());
             redis.set_raw(&rk, garbage);
@@ -204,7 +215,7 @@ async fn contract_l1_only() {
     let cache = leak(&config(8 << 20, None));
     assert_eq!(cache.l2_healthy(), None);
     assert!(cache.l2_ping().await.is_ok());
-    contract(Setup { cache, redis: None }).await;
+    contract(&Setup { cache, redis: None }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,7 +223,7 @@ async fn contract_l2_only() {
     let redis = RedisServer::start();
     let cache = leak(&config(0, Some((&redis, "l2only:"))));
     assert!(!cache.l1().enabled());
-    contract(Setup {
+    contract(&Setup {
         cache,
         redis: Some(redis),
     })
@@ -221,17 +232,74 @@ async fn contract_l2_only() {
     assert_eq!(cache.l1().entry_count(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn contract_tiered() {
-    let redis = RedisServer::start();
+/// An L2 value for `url`, fresh for a minute, whose body is `len` bytes zstd-compressed and
+/// claims to decode to `claimed` bytes (format version 2: body encoding 1, the claim, the
+/// frame).
+fn compressed_claiming(url: &str, len: usize, claimed: u32) -> Vec<u8> {
+    let ctx = EntryContext {
+        url: url.to_owned(),
+        route: "test".into(),
+        tags: vec![],
+    };
+    let mut value = codec::encode(&StoredEntry::from_meta(
+        &meta(60, url, &[]),
+        ctx,
+        Bytes::new(),
+    ));
+    // the raw empty body's encoding byte and length end the value
+    value.truncate(value.len() - 5);
+    let frame = zstd::bulk::compress(&vec![b'z'; len], 1).expect("compress");
+    value.push(1);
+    value.extend_from_slice(&claimed.to_be_bytes());
+    value.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    value.extend_from_slice(&frame);
+    value
+}
+
+/// The contract with L1 and an L2 on a server of `flavour`; the breaker never opened.
+async fn contract_tiered_on(flavour: Flavour) {
+    let redis = RedisServer::start_flavour(flavour);
     let cache = leak(&config(8 << 20, Some((&redis, "tiered:"))));
     assert!(cache.l2_ping().await.is_ok());
-    contract(Setup {
+    let setup = Setup {
         cache,
         redis: Some(redis),
-    })
-    .await;
-    assert_eq!(cache.l2_healthy(), Some(true));
+    };
+    contract(&setup).await;
+    assert_indexed(setup.redis.as_ref().expect("redis"), "tiered:");
+    assert_eq!(cache.l2_healthy(), Some(true), "the breaker opened");
+}
+
+flavour_tests!(contract_tiered_on:
+    contract_tiered,
+    contract_tiered_on_redis_6_2,
+    contract_tiered_on_valkey);
+
+/// Every entry under `prefix` is known to the indexes a purge walks: its url's index holds
+/// it and the url set holds that url.
+fn assert_indexed(redis: &RedisServer, prefix: &str) {
+    let urls: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{prefix}v2:urls"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut redis.conn())
+        .expect("ZRANGE urls");
+    let entries = redis.keys(&format!("{prefix}v2:e:*"));
+    assert!(!entries.is_empty(), "entries under {prefix}");
+    for entry in entries {
+        let indexed = urls.iter().any(|url| {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(format!("{prefix}v2:url:{url}"))
+                .arg(&entry)
+                .query(&mut redis.conn())
+                .expect("ZSCORE");
+            score.is_some()
+        });
+        assert!(
+            indexed,
+            "{entry} is outside every url index (urls: {urls:?})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,9 +344,15 @@ async fn second_instance_sees_l2_entries() {
     assert_eq!(body(h).await, b"from a");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn purges_remove_from_both_tiers() {
-    let redis = RedisServer::start();
+flavour_tests!(purges_remove_from_both_tiers_on:
+    purges_remove_from_both_tiers,
+    purges_remove_from_both_tiers_on_redis_6_2,
+    purges_remove_from_both_tiers_on_valkey);
+
+/// Url, tag and prefix purges find every entry they name through the L2 indexes, also
+/// entries this instance never held in L1.
+async fn purges_remove_from_both_tiers_on(flavour: Flavour) {
+    let redis = RedisServer::start_flavour(flavour);
     let cfg = config(8 << 20, Some((&redis, "purge:")));
     let c = leak(&cfg);
     let p = purges(c, &cfg);
@@ -323,6 +397,115 @@ async fn purges_remove_from_both_tiers() {
     assert!(!redis.exists(rk));
     assert!(!redis.exists("purge:v2:url:/q/d"));
 }
+
+/// An encoded entry for `url` whose deadline is `ttl` away.
+fn stored(url: &str, ttl: Duration) -> Vec<u8> {
+    let m = meta_at(SystemTime::now() + ttl, 0, 0, url, &[]);
+    let ctx = EntryContext {
+        url: url.to_owned(),
+        route: "test".into(),
+        tags: vec![],
+    };
+    codec::encode(&StoredEntry::from_meta(&m, ctx, Bytes::from_static(b"x")))
+}
+
+/// The L2 store script on a server of `flavour`: indexes live as long as their
+/// longest-lived entry (a longer-lived store extends them, a shorter-lived one never
+/// shortens them); a purge's tombstone refuses work that began before it; and a store that
+/// fails midway leaves no entry outside the indexes.
+async fn the_store_script_on(flavour: Flavour) {
+    let redis = RedisServer::start_flavour(flavour);
+    let cfg = config(8 << 20, Some((&redis, "store:")));
+    let c = leak(&cfg);
+    let p = purges(c, &cfg);
+    let l2 = c.l2().expect("l2");
+    let tags = vec!["t:s".to_owned()];
+    let write = |key: &'static [u8; 16], url: &'static str, ttl: Duration, since: u64| {
+        let value = stored(url, ttl);
+        let tags = tags.clone();
+        async move {
+            let w = EntryWrite {
+                key,
+                value: &value,
+                ttl,
+                url,
+                tags: &tags,
+                since,
+            };
+            l2.set_entry(&w).await
+        }
+    };
+    let since = l2.generation().await.expect("generation");
+    let minute = Duration::from_secs(60);
+    let index_ttls = || {
+        [
+            "store:v2:url:/s/a",
+            "store:v2:tag:t:s",
+            "store:v2:urls",
+            "store:v2:urls:expiry",
+        ]
+        .map(|k| redis.pttl(k))
+    };
+
+    assert_eq!(
+        write(&[1; 16], "/s/a", minute, since).await,
+        Ok(StoreOutcome::Stored)
+    );
+    for t in index_ttls() {
+        assert!(t > 55_000 && t <= 60_000, "{flavour:?}: index ttl {t}");
+    }
+    assert_eq!(
+        write(&[2; 16], "/s/a", 10 * minute, since).await,
+        Ok(StoreOutcome::Stored)
+    );
+    for t in index_ttls() {
+        assert!(t > 590_000 && t <= 600_000, "{flavour:?}: extended to {t}");
+    }
+    assert_eq!(
+        write(&[3; 16], "/s/a", Duration::from_secs(5), since).await,
+        Ok(StoreOutcome::Stored)
+    );
+    for t in index_ttls() {
+        assert!(t > 590_000, "{flavour:?}: shortened to {t}");
+    }
+
+    // work that began before a purge of its url, prefix or tag is refused by Redis (this
+    // instance's own record is not asked: the store goes straight to L2)
+    for (kind, target) in [
+        (PurgeKind::Url, "/s/a"),
+        (PurgeKind::Prefix, "/s/"),
+        (PurgeKind::Tag, "t:s"),
+    ] {
+        let since = l2.generation().await.expect("generation");
+        let r = purge(p, kind, target).await;
+        assert!(r.l2_ok, "{flavour:?} {kind:?}: {r:?}");
+        assert_eq!(
+            write(&[4; 16], "/s/a", minute, since).await,
+            Ok(StoreOutcome::Refused(Refusal::Purged)),
+            "{flavour:?} {kind:?}"
+        );
+        assert!(!redis.exists(&l2.entry_key(&[4; 16])));
+    }
+
+    // an index write that fails (a foreign value of the wrong type) fails the store before
+    // the entry is written
+    redis.set_raw("store:v2:tag:t:s", b"not a sorted set");
+    let since = l2.generation().await.expect("generation");
+    assert_eq!(
+        write(&[5; 16], "/s/b", minute, since).await,
+        Err(L2Result::Error),
+        "{flavour:?}"
+    );
+    assert!(
+        !redis.exists(&l2.entry_key(&[5; 16])),
+        "{flavour:?}: the entry was stored though its tag index failed"
+    );
+}
+
+flavour_tests!(the_store_script_on:
+    the_store_script_on_redis_7,
+    the_store_script_on_redis_6_2,
+    the_store_script_on_valkey);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_opens_breaker_and_recovers() {

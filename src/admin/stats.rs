@@ -252,6 +252,12 @@ fn l2_json(live: &Live) -> Value {
         })),
         "fill_lock": cfg.fill_lock,
         "up": metrics().l2_up.get() == 1,
+        // What the last connection found: name, version, and whether sidecache runs on it.
+        "server": l2.server().map(|s| json!({
+            "name": s.name.label(),
+            "version": s.version.to_string(),
+            "supported": s.supported(),
+        })),
         "breaker": breaker_state(l2.breaker().is_closed()),
         "purge_breaker": breaker_state(l2.purge_breaker().is_closed()),
         "latency_seconds": {"get": l2_latency(L2Op::Get), "set": l2_latency(L2Op::Set)},

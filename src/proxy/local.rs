@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::cache::storage::L2Store;
 use crate::live::{Live, WarmState};
 
 /// A locally answered endpoint.
@@ -58,8 +59,9 @@ pub fn health(live: &Live) -> LocalResponse {
 /// Readiness: the default upstream (or, without one, every upstream) accepts a TCP connection
 /// within its connect timeout, and start-up warming is not holding readiness (it holds it at
 /// most `warm.max_ready_delay`; `"warming"` stays true while it continues in the background).
-/// Redis is reported but never makes sidecache unready: without it requests still work from
-/// L1 and the origin.
+/// Redis is reported (`l2`: up, down, refused for a server older than sidecache supports, or
+/// disabled; `l2_server`: its name and version once a connection found them) but never makes
+/// sidecache unready: without it requests still work from L1 and the origin.
 pub async fn ready(live: &Live) -> LocalResponse {
     let snapshot = live.snapshot();
     let router = &snapshot.router;
@@ -77,10 +79,12 @@ pub async fn ready(live: &Live) -> LocalResponse {
             down.push(u.name.clone());
         }
     }
-    let l2 = match live.cache.l2_healthy() {
-        None => "disabled",
-        Some(true) => "up",
-        Some(false) => "down",
+    let server = live.cache.l2().and_then(L2Store::server);
+    let l2 = match (live.cache.l2_healthy(), server) {
+        (None, _) => "disabled",
+        (Some(_), Some(s)) if !s.supported() => "refused",
+        (Some(true), _) => "up",
+        (Some(false), _) => "down",
     };
     let warm = live.warm_state();
     let ready = down.is_empty() && warm != WarmState::Holding;
@@ -89,6 +93,7 @@ pub async fn ready(live: &Live) -> LocalResponse {
         "upstreams": upstreams,
         "down": down,
         "l2": l2,
+        "l2_server": server.map(|s| s.to_string()),
         "warming": warm != WarmState::Idle,
     });
     LocalResponse {

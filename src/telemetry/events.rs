@@ -19,6 +19,7 @@ use super::window;
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::breaker::BreakerScope;
 use crate::cache::storage::purge_log::Refusal;
+use crate::cache::storage::server_info::ServerInfo;
 use crate::cache::storage::{PurgeKind, Tier};
 use crate::config::ConfigErrors;
 use crate::purge::{PurgeReport, PurgeRequest, PurgeSource};
@@ -176,6 +177,25 @@ impl InternalEvent for BreakerTransition {
         };
         if self.scope == BreakerScope::Entries {
             metrics().l2_up.set(up);
+        }
+    }
+}
+
+/// An L2 connection found a server other than the one before (or the first): which, and
+/// whether it is refused (see `cache::storage::server_info`).
+pub struct L2ServerChanged {
+    /// `None`: the server would not say (`INFO` refused); it is used.
+    pub server: Option<ServerInfo>,
+}
+
+impl InternalEvent for L2ServerChanged {
+    fn emit(self) {
+        match self.server.map(ServerInfo::check) {
+            Some(Ok(server)) => tracing::info!(%server, "redis server supported"),
+            Some(Err(refused)) => tracing::error!(error = %refused, "redis server refused"),
+            None => tracing::warn!(
+                "redis server refused INFO, so its version is unknown; using it as supported"
+            ),
         }
     }
 }

@@ -2,15 +2,85 @@
 //!
 //! Starts on a free 127.0.0.1 port with no persistence in a temp dir, waits for PING, and can be
 //! SIGKILLed and restarted on the same port. Dropping it kills the process.
+//!
+//! [`Flavour`] picks the server: the machine's `redis-server` (Debian's), the oldest Redis
+//! sidecache supports (6.2) or Valkey. `./dev` installs the last two (see `./dev help`) and
+//! exports their paths; a test run without `./dev` finds them where it puts them.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Which server a [`RedisServer`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// `redis-server` on PATH (Debian's package: 7.0 on bookworm).
+    System,
+    /// Redis 6.2, the oldest sidecache supports (`SIDECACHE_TEST_REDIS_62`).
+    Redis62,
+    /// Valkey (`SIDECACHE_TEST_VALKEY`).
+    Valkey,
+}
+
+impl Flavour {
+    /// The server binary: the variable `./dev` sets, else where `./dev` installs it.
+    pub fn binary(self) -> PathBuf {
+        let (var, installed) = match self {
+            Flavour::System => return PathBuf::from("redis-server"),
+            Flavour::Redis62 => ("SIDECACHE_TEST_REDIS_62", "redis-6.2-server"),
+            Flavour::Valkey => ("SIDECACHE_TEST_VALKEY", "valkey-server"),
+        };
+        let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(".test-servers/bin")
+                .join(installed)
+        });
+        assert!(
+            path.exists(),
+            "{self:?} server not found at {} ({var} unset or wrong); `./dev deps` installs it",
+            path.display()
+        );
+        path
+    }
+
+    /// The server's name as sidecache reports it, and a prefix of its version.
+    pub fn reported(self) -> (&'static str, &'static str) {
+        match self {
+            Flavour::System => ("redis", "7."),
+            Flavour::Redis62 => ("redis", "6.2."),
+            Flavour::Valkey => ("valkey", "9."),
+        }
+    }
+}
+
+/// One multi-threaded `#[tokio::test]` per [`Flavour`], each awaiting `$run(flavour)`:
+/// `flavour_tests!(run: on_redis_7, on_redis_6_2, on_valkey);`.
+#[macro_export]
+macro_rules! flavour_tests {
+    ($run:ident: $redis_7:ident, $redis_6_2:ident, $valkey:ident) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $redis_7() {
+            $run($crate::support::redis::Flavour::System).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $redis_6_2() {
+            $run($crate::support::redis::Flavour::Redis62).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $valkey() {
+            $run($crate::support::redis::Flavour::Valkey).await;
+        }
+    };
+}
 
 /// One `redis-server` child process.
 pub struct RedisServer {
     child: Option<Child>,
+    flavour: Flavour,
     port: u16,
     /// With [`RedisServer::start_tls`]: the TLS port (the plain port stays open for the
     /// harness's own inspection).
@@ -26,9 +96,15 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Start a server on a free port and wait until it answers PING.
     pub fn start() -> Self {
+        Self::start_flavour(Flavour::System)
+    }
+
+    /// [`Self::start`] with the server of `flavour`.
+    pub fn start_flavour(flavour: Flavour) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut s = RedisServer {
             child: None,
+            flavour,
             port: free_port(),
             tls_port: None,
             dir,
@@ -99,6 +175,7 @@ impl RedisServer {
         ]);
         let mut s = RedisServer {
             child: None,
+            flavour: Flavour::System,
             port: free_port(),
             tls_port: Some(free_port()),
             dir,
@@ -119,7 +196,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
+        let binary = self.flavour.binary();
+        let mut cmd = Command::new(&binary);
         if let Some(tls_port) = self.tls_port {
             let file = |name: &str| self.dir.path().join(name);
             cmd.arg("--tls-port")
@@ -150,9 +228,10 @@ impl RedisServer {
         let child = match child {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server not found on PATH; install it with `apt-get install redis-server`"
+                "{} not found; install it with `./dev deps`",
+                binary.display()
             ),
-            Err(e) => panic!("failed to start redis-server: {e}"),
+            Err(e) => panic!("failed to start {}: {e}", binary.display()),
         };
         self.child = Some(child);
         self.wait_ready();

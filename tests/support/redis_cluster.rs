@@ -10,10 +10,11 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::redis::Flavour;
 use super::sidecache::config_opening;
 
 /// A port `p` with `p` and `p + 10000` (the cluster bus) both free.
@@ -28,8 +29,8 @@ fn free_cluster_port() -> u16 {
     }
 }
 
-fn spawn_redis(args: &[String]) -> Child {
-    match Command::new("redis-server")
+fn spawn_redis(binary: &Path, args: &[String]) -> Child {
+    match Command::new(binary)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -37,9 +38,12 @@ fn spawn_redis(args: &[String]) -> Child {
     {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("redis-server not found on PATH; install it with `apt-get install redis-server`")
+            panic!(
+                "{} not found; install it with `./dev deps`",
+                binary.display()
+            )
         }
-        Err(e) => panic!("failed to start redis-server: {e}"),
+        Err(e) => panic!("failed to start {}: {e}", binary.display()),
     }
 }
 
@@ -74,6 +78,7 @@ pub fn poll(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 /// One process with its port and data dir.
 struct Node {
     child: Option<Child>,
+    binary: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -81,6 +86,10 @@ struct Node {
 
 impl Node {
     fn start(port: u16, extra: &[&str]) -> Node {
+        Node::start_flavour(Flavour::System, port, extra)
+    }
+
+    fn start_flavour(flavour: Flavour, port: u16, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut args: Vec<String> = vec![];
         args.extend(
@@ -101,6 +110,7 @@ impl Node {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut n = Node {
             child: None,
+            binary: flavour.binary(),
             port,
             dir,
             args,
@@ -110,7 +120,7 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        self.child = Some(spawn_redis(&self.args));
+        self.child = Some(spawn_redis(&self.binary, &self.args));
         wait_ping(self.port);
     }
 
@@ -136,10 +146,16 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Start `masters` (at least 3) nodes, create the cluster, wait for `cluster_state:ok`.
     pub fn start(masters: usize) -> Self {
+        Self::start_flavour(Flavour::System, masters)
+    }
+
+    /// [`Self::start`] with servers of `flavour` (the machine's `redis-cli` joins them).
+    pub fn start_flavour(flavour: Flavour, masters: usize) -> Self {
         let nodes: Vec<Node> = (0..masters)
             .map(|_| {
                 let port = free_cluster_port();
-                Node::start(
+                Node::start_flavour(
+                    flavour,
                     port,
                     &[
                         "--cluster-enabled",
@@ -366,6 +382,7 @@ impl SentinelSet {
                 write_sentinel_conf(&conf, port, &master_name, master.port);
                 let mut n = Node {
                     child: None,
+                    binary: Flavour::System.binary(),
                     port,
                     args: vec![conf.display().to_string(), "--sentinel".to_string()],
                     dir,

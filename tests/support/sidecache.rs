@@ -269,14 +269,17 @@ impl Sidecache {
         &self.config_path
     }
 
-    /// Overwrites the config file with a new template, substituting the same ports and
-    /// backend (follow with [`Sidecache::sighup`] or an admin reload).
+    /// Replaces the config file with a new template, substituting the same ports and
+    /// backend (follow with [`Sidecache::sighup`] or an admin reload). The new file is
+    /// renamed over the old, so a reload reads one version or the other, never half of one.
     pub fn rewrite_config(&self, config: &str) {
+        let next = self.config_path.with_extension("toml.next");
         std::fs::write(
-            &self.config_path,
+            &next,
             substitute(config, self.listen, self.admin, self.backend),
         )
-        .expect("rewrite config");
+        .expect("write the next config");
+        std::fs::rename(&next, &self.config_path).expect("rename it over the config");
     }
 
     /// Sends SIGTERM.

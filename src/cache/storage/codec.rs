@@ -22,8 +22,11 @@
 //!
 //! **Compression.** Bodies longer than `cache.l2.compress_above` (default 4 KiB) are stored
 //! zstd-compressed at level [`ZSTD_LEVEL`] when that saves at least an eighth; the decoded
-//! length is recorded, and decoding refuses a frame that does not decode to exactly it (or to
-//! more than [`MAX_DECODED_BODY`]). zstd over lz4: on the stand-in's JSON payloads it stores
+//! length is recorded, and decoding refuses a frame that does not decode to exactly it. The
+//! decoded length is a claim read from Redis, so it is checked before anything is allocated
+//! for it: it may not exceed the caller's bound (the live `max_object_bytes`: no body larger
+//! is ever stored) nor differ from the content size the zstd frame itself declares.
+//! zstd over lz4: on the stand-in's JSON payloads it stores
 //! markedly less at a cost per byte that stays small next to a Redis round trip (figures in
 //! docs/performance.md, `cargo bench --bench hot_path -- l2_compression`), and the library
 //! is already built for pingora-cache. L1 keeps bodies decoded, so only L2 reads and writes
@@ -47,9 +50,6 @@ pub const FORMAT_VERSION: u8 = 2;
 pub const FORMAT_V1: u8 = 1;
 /// zstd level of compressed bodies (1: the fastest; higher levels gained little on JSON).
 pub const ZSTD_LEVEL: i32 = 1;
-/// Largest decoded body a compressed value may claim (bounds the allocation).
-pub const MAX_DECODED_BODY: usize = 1 << 30;
-
 const BODY_RAW: u8 = 0;
 const BODY_ZSTD: u8 = 1;
 /// Extra lifetime kept after the last moment pingora could still use an entry.
@@ -243,6 +243,11 @@ pub enum DecodeError {
     UnknownVersion(u8),
     Truncated,
     Invalid(&'static str),
+    /// A compressed body claims to decode to more than the caller's bound.
+    Oversized {
+        claimed: usize,
+        bound: usize,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -252,6 +257,10 @@ impl std::fmt::Display for DecodeError {
             Self::UnknownVersion(v) => write!(f, "unknown format version {v}"),
             Self::Truncated => f.write_str("truncated"),
             Self::Invalid(what) => write!(f, "invalid {what}"),
+            Self::Oversized { claimed, bound } => write!(
+                f,
+                "compressed body claims {claimed} bytes, more than max_object_bytes ({bound})"
+            ),
         }
     }
 }
@@ -424,9 +433,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The decoded length a compressed body claims, once it is known to be worth allocating:
+/// within `bound` and equal to the content size its zstd frame declares (when it does).
+fn checked_decoded_len(frame: &[u8], claimed: usize, bound: usize) -> Result<usize, DecodeError> {
+    if claimed > bound {
+        return Err(DecodeError::Oversized { claimed, bound });
+    }
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(declared)) if declared != claimed as u64 => {
+            Err(DecodeError::Invalid("compressed body length"))
+        }
+        Ok(_) => Ok(claimed),
+        Err(_) => Err(DecodeError::Invalid("compressed body")),
+    }
+}
+
 /// Decode bytes produced by [`encode`] or [`encode_compressed`] (or a version 1 value). A
-/// raw body is a zero-copy slice of `raw`.
-pub fn decode(raw: Bytes) -> Result<StoredEntry, DecodeError> {
+/// raw body is a zero-copy slice of `raw`; a compressed one may decode to at most `max_body`
+/// bytes (a larger claim is an error, and nothing is allocated for it).
+pub fn decode(raw: Bytes, max_body: usize) -> Result<StoredEntry, DecodeError> {
     let mut r = Reader { buf: &raw, pos: 0 };
     if r.take(4).map_err(|_| DecodeError::BadMagic)? != MAGIC {
         return Err(DecodeError::BadMagic);
@@ -490,10 +515,9 @@ pub fn decode(raw: Bytes) -> Result<StoredEntry, DecodeError> {
     }
     let body = match encoding {
         BODY_ZSTD => {
-            if decoded_len > MAX_DECODED_BODY {
-                return Err(DecodeError::Invalid("compressed body length"));
-            }
-            let decoded = zstd_decompress(&raw[start..start + blen], decoded_len)
+            let frame = &raw[start..start + blen];
+            let decoded_len = checked_decoded_len(frame, decoded_len, max_body)?;
+            let decoded = zstd_decompress(frame, decoded_len)
                 .ok_or(DecodeError::Invalid("compressed body"))?;
             if decoded.len() != decoded_len {
                 return Err(DecodeError::Invalid("compressed body length"));
@@ -521,6 +545,9 @@ pub fn decode(raw: Bytes) -> Result<StoredEntry, DecodeError> {
 mod tests {
     use super::*;
 
+    /// The body bound the tests decode with (the default `max_object_bytes`).
+    const BOUND: usize = 8 << 20;
+
     fn sample() -> StoredEntry {
         let mut h = ResponseHeader::build(200, None).expect("header");
         h.append_header("Content-Type", "application/json")
@@ -540,7 +567,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let e = sample();
-        let d = decode(Bytes::from(encode(&e))).expect("decode");
+        let d = decode(Bytes::from(encode(&e)), BOUND).expect("decode");
         assert_eq!(d.fresh_until, e.fresh_until);
         assert_eq!(d.created, e.created);
         assert_eq!(d.epoch, e.epoch);
@@ -623,25 +650,28 @@ mod tests {
     fn rejects_garbage() {
         let e = encode(&sample());
         assert_eq!(
-            decode(Bytes::from_static(b"")).err(),
+            decode(Bytes::from_static(b""), BOUND).err(),
             Some(DecodeError::BadMagic)
         );
         assert_eq!(
-            decode(Bytes::from_static(b"garbage!")).err(),
+            decode(Bytes::from_static(b"garbage!"), BOUND).err(),
             Some(DecodeError::BadMagic)
         );
         let mut v = e.clone();
         v[4] = 9;
         assert_eq!(
-            decode(Bytes::from(v)).err(),
+            decode(Bytes::from(v), BOUND).err(),
             Some(DecodeError::UnknownVersion(9))
         );
         for cut in [5, 20, 40, e.len() - 1] {
-            assert!(decode(Bytes::from(e[..cut].to_vec())).is_err(), "cut {cut}");
+            assert!(
+                decode(Bytes::from(e[..cut].to_vec()), BOUND).is_err(),
+                "cut {cut}"
+            );
         }
         let mut long = e.clone();
         long.push(0);
-        assert!(decode(Bytes::from(long)).is_err());
+        assert!(decode(Bytes::from(long), BOUND).is_err());
     }
 
     /// A version 1 value (no body encoding byte): what `encode` wrote before compression.
@@ -680,7 +710,7 @@ mod tests {
             small.len(),
             raw.len()
         );
-        let d = decode(Bytes::from(small)).expect("decode");
+        let d = decode(Bytes::from(small), BOUND).expect("decode");
         assert_eq!(d.body, e.body);
         assert_eq!(d.ctx, e.ctx);
         // at or below the threshold, and with compression off: raw
@@ -695,7 +725,7 @@ mod tests {
     #[test]
     fn version_1_values_are_still_read() {
         let e = sample();
-        let d = decode(Bytes::from(encode_v1(&e))).expect("decode v1");
+        let d = decode(Bytes::from(encode_v1(&e)), BOUND).expect("decode v1");
         assert_eq!(d.body, e.body);
         assert_eq!(d.ctx, e.ctx);
         assert_eq!(d.header.status, e.header.status);
@@ -711,19 +741,73 @@ mod tests {
         for b in &mut corrupt[at..] {
             *b ^= 0x5a;
         }
-        assert!(decode(Bytes::from(corrupt)).is_err());
-        // a decoded length that lies
-        let z = zstd::bulk::compress(&e.body, ZSTD_LEVEL).expect("compress");
-        let mut lying = encode(&sample());
-        let body_at = lying.len() - sample().body.len() - 4 - 1;
-        lying.truncate(body_at);
-        lying.push(BODY_ZSTD);
-        lying.extend_from_slice(&((e.body.len() - 1) as u32).to_be_bytes());
-        lying.extend_from_slice(&(z.len() as u32).to_be_bytes());
-        lying.extend_from_slice(&z);
+        assert!(decode(Bytes::from(corrupt), BOUND).is_err());
+        // a decoded length that lies, in a frame that does not declare its own
+        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("compressor");
+        c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(false))
+            .expect("no content size");
+        let z = c.compress(&e.body).expect("compress");
+        assert!(matches!(
+            zstd::zstd_safe::get_frame_content_size(&z),
+            Ok(None)
+        ));
+        let len = e.body.len() as u32;
         assert_eq!(
-            decode(Bytes::from(lying)).err(),
+            decode(Bytes::from(claiming(&z, len - 1)), BOUND).err(),
             Some(DecodeError::Invalid("compressed body"))
+        );
+        assert_eq!(
+            decode(Bytes::from(claiming(&z, len + 1)), BOUND).err(),
+            Some(DecodeError::Invalid("compressed body length"))
+        );
+        assert_eq!(
+            decode(Bytes::from(claiming(&z, len)), BOUND)
+                .expect("honest")
+                .body,
+            e.body
+        );
+    }
+
+    /// `sample()` with its body replaced by the zstd frame `z` that claims to decode to
+    /// `claimed` bytes.
+    fn claiming(z: &[u8], claimed: u32) -> Vec<u8> {
+        let mut v = encode(&sample());
+        let body_at = v.len() - sample().body.len() - 4 - 1;
+        v.truncate(body_at);
+        v.push(BODY_ZSTD);
+        v.extend_from_slice(&claimed.to_be_bytes());
+        v.extend_from_slice(&(z.len() as u32).to_be_bytes());
+        v.extend_from_slice(z);
+        v
+    }
+
+    #[test]
+    fn a_compressed_body_may_claim_no_more_than_the_bound() {
+        let body = json_body(10_000);
+        let z = zstd::bulk::compress(&body, ZSTD_LEVEL).expect("compress");
+        let len = body.len();
+        // a gigabyte claimed by a few bytes is refused before anything is allocated for it
+        assert_eq!(
+            decode(Bytes::from(claiming(&z, 1 << 30)), BOUND).err(),
+            Some(DecodeError::Oversized {
+                claimed: 1 << 30,
+                bound: BOUND
+            })
+        );
+        // the bound is the caller's: exactly the body fits, one byte less does not
+        let exact = Bytes::from(claiming(&z, len as u32));
+        assert_eq!(decode(exact.clone(), len).expect("fits").body, body);
+        assert_eq!(
+            decode(exact, len - 1).err(),
+            Some(DecodeError::Oversized {
+                claimed: len,
+                bound: len - 1
+            })
+        );
+        // within the bound, a claim the frame contradicts is refused before decompressing
+        assert_eq!(
+            decode(Bytes::from(claiming(&z, (len + 1) as u32)), BOUND).err(),
+            Some(DecodeError::Invalid("compressed body length"))
         );
     }
 
@@ -761,7 +845,7 @@ mod tests {
                 ctx: EntryContext { url, route: "r".into(), tags },
                 body: Bytes::from(body),
             };
-            let d = decode(Bytes::from(encode_compressed(&e, compress_above))).expect("decodes");
+            let d = decode(Bytes::from(encode_compressed(&e, compress_above)), BOUND).expect("decodes");
             proptest::prop_assert_eq!(d.fresh_until, e.fresh_until);
             proptest::prop_assert_eq!(d.created, e.created);
             proptest::prop_assert_eq!(d.epoch, e.epoch);
@@ -777,11 +861,11 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let _ = decode(Bytes::from(raw.clone()));
+            let _ = decode(Bytes::from(raw.clone()), BOUND);
             let mut framed = MAGIC.to_vec();
             framed.push(FORMAT_VERSION);
             framed.extend_from_slice(&raw);
-            let _ = decode(Bytes::from(framed));
+            let _ = decode(Bytes::from(framed), BOUND);
         }
     }
 }

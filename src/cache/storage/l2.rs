@@ -62,6 +62,13 @@
 //! generation, purges for a while get generations below work already under way; keep the
 //! cluster on NTP (the same holds for a standalone Redis that fails over).
 //!
+//! **Servers.** Redis 6.2 and later, and Valkey: each connection asks the server what it is
+//! when it opens (see [`super::server_info`]) and refuses an older one, so nothing is ever
+//! written to it. The scripts use nothing newer than 6.2 (Redis 7's `PEXPIRE ... NX|GT` is
+//! emulated with `PTTL`), and each writes its indexes before the entry they index: Redis does
+//! not roll back a script that fails midway, and an index member whose entry is missing is
+//! harmless where an entry outside every index could never be purged.
+//!
 //! The connections are opened at start ([`L2Store::connect_in_background`]) and again
 //! whenever one is missing, one connect per lane at a time, each in a task of its own that
 //! operations wait on for no longer than their own timeout (so a slow TLS handshake is not
@@ -89,11 +96,12 @@ use tokio::sync::watch;
 use super::atomic_duration::AtomicDuration;
 use super::breaker::{BreakerScope, CircuitBreaker};
 use super::purge_log::Refusal;
+use super::server_info::{self, ServerInfo};
 use super::topology::{L2Connection, SubscribeTarget, Topology};
 use super::PurgeKind;
 use crate::config::L2Config;
 use crate::hex::hex;
-use crate::telemetry::events::{InternalEvent, L2Operation};
+use crate::telemetry::events::{InternalEvent, L2Operation, L2ServerChanged};
 use crate::telemetry::metrics::{L2Op, L2Result};
 
 /// Layout version segment of every key this build writes.
@@ -300,6 +308,30 @@ type ConnectOutcome = Option<Result<L2Connection, Arc<redis::RedisError>>>;
 /// operations, each under its own timeout.
 const CONNECT_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);
 
+/// Ask a new connection's server what it is (under `timeout`), note it in `known`, and
+/// refuse a server sidecache does not support. A server that will not say is used.
+async fn vet(
+    conn: &mut L2Connection,
+    known: &ArcSwapOption<ServerInfo>,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let found = tokio::time::timeout(timeout, server_info::probe(conn))
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "redis INFO timed out")))??;
+    let before = known.swap(found.map(Arc::new));
+    if before.as_deref() != found.as_ref() || before.is_none() {
+        L2ServerChanged { server: found }.emit();
+    }
+    match found.map(ServerInfo::check) {
+        Some(Err(refused)) => Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "unsupported server",
+            refused.to_string(),
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// One lane's connection, opened at start and on first use, and dropped when it must be
 /// found again.
 ///
@@ -332,6 +364,8 @@ pub struct L2Store {
     purge_backlog: AtomicUsize,
     /// The newest purge generation a reply carried (0: none yet).
     seen: AtomicU64,
+    /// What the last connection opened found (`None`: none yet, or it would not say).
+    server: Arc<ArcSwapOption<ServerInfo>>,
 }
 
 impl L2Store {
@@ -361,6 +395,7 @@ impl L2Store {
             purge_poll: AtomicDuration::new(cfg.purge_poll),
             purge_backlog: AtomicUsize::new(cfg.purge_backlog),
             seen: AtomicU64::new(0),
+            server: Arc::default(),
         }
     }
 
@@ -417,6 +452,12 @@ impl L2Store {
     /// Redis's at any later moment (work that begins now may use it as its start).
     pub fn seen_generation(&self) -> Option<u64> {
         Some(self.seen.load(Ordering::SeqCst)).filter(|g| *g > 0)
+    }
+
+    /// The server the last connection opened found (`None`: none opened yet, or it would
+    /// not say what it is).
+    pub fn server(&self) -> Option<ServerInfo> {
+        self.server.load().as_deref().copied()
     }
 
     fn saw(&self, generation: u64) {
@@ -505,8 +546,12 @@ impl L2Store {
         drop(pending);
         let timeout = self.write_timeout().max(CONNECT_TIMEOUT_FLOOR);
         let slot = Arc::clone(slot);
+        let server = Arc::clone(&self.server);
         tokio::spawn(async move {
-            let outcome = topology.connect(timeout).await;
+            let outcome = match topology.connect(timeout).await {
+                Ok(mut conn) => vet(&mut conn, &server, timeout).await.map(|()| conn),
+                Err(e) => Err(e),
+            };
             match &outcome {
                 Ok(conn) => slot.current.store(Some(Arc::new(conn.clone()))),
                 Err(e) => tracing::debug!(error = %e, "redis connect failed"),

@@ -10,6 +10,7 @@
 //!   fill, so a late miss never fetches a key whose fill just finished.
 //! - [`fill_lock`]: the cross-instance fill lock (`cache.l2.fill_lock`).
 //! - [`topology`]: how L2 reaches Redis per `cache.l2.mode` (standalone, cluster, sentinel).
+//! - [`server_info`]: which server L2 talks to (Redis >= 6.2 or Valkey), refused if older.
 //! - [`purge_log`]: this process's record of recent purges, so purges win over work that
 //!   began before them (Redis keeps its own, see [`l2`]).
 //!
@@ -26,6 +27,7 @@ pub mod fill_lock;
 pub mod l1;
 pub mod l2;
 pub mod purge_log;
+pub mod server_info;
 pub mod tiered;
 pub mod topology;
 

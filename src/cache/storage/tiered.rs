@@ -362,7 +362,10 @@ impl TieredCache {
         let Ok(read) = l2.get_entry(key).await else {
             return (None, None);
         };
-        (decode_l2(l2, key, read.value), Some(read.generation))
+        (
+            decode_l2(l2, key, read.value, self.max_object_bytes()),
+            Some(read.generation),
+        )
     }
 
     /// After an L1 and L2 miss with Redis reachable: the cross-instance fill lock (see
@@ -376,7 +379,7 @@ impl TieredCache {
         }
         match fill_lock::take_or_wait(l2, key, &p.fill, self.lock_timeout).await {
             FillOutcome::Fetch => None,
-            FillOutcome::Filled(raw) => decode_l2(l2, key, Some(raw)),
+            FillOutcome::Filled(raw) => decode_l2(l2, key, Some(raw), self.max_object_bytes()),
         }
     }
 
@@ -419,10 +422,17 @@ impl TieredCache {
     }
 }
 
-/// Decode a value read from L2 (`None`: absent, expired or corrupt).
-fn decode_l2(l2: &'static L2Store, key: &EntryKey, raw: Option<Vec<u8>>) -> Option<StoredEntry> {
+/// Decode a value read from L2 (`None`: absent, expired or corrupt, which includes a body
+/// claiming more than `max_body` bytes).
+fn decode_l2(
+    l2: &'static L2Store,
+    key: &EntryKey,
+    raw: Option<Vec<u8>>,
+    max_body: u64,
+) -> Option<StoredEntry> {
     {
-        match codec::decode(Bytes::from(raw?)) {
+        let max_body = usize::try_from(max_body).unwrap_or(usize::MAX);
+        match codec::decode(Bytes::from(raw?), max_body) {
             Ok(e) => {
                 e.remaining(SystemTime::now())?;
                 Some(e)

@@ -43,13 +43,19 @@ for _, m in ipairs(newer) do
   end
 end
 
-redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+-- The indexes are written before the entry: a script that fails midway is not rolled back,
+-- and an index member without its entry is harmless (a purge deletes nothing, the member
+-- expires by its score), while an entry outside the indexes could never be purged.
 local now = math.floor(now_us() / 1000)
-local expiry = dec(now + tonumber(ARGV[3]))
+local ttl = tonumber(ARGV[3])
+local expiry = dec(now + ttl)
 local expired = '(' .. dec(now)
+-- a key lives at least as long as the entry: Redis 7's PEXPIRE NX then GT, on Redis 6.2 too
 local function live_for_ttl(key)
-  redis.call('PEXPIRE', key, ARGV[3], 'NX')
-  redis.call('PEXPIRE', key, ARGV[3], 'GT')
+  local left = redis.call('PTTL', key)
+  if left == -1 or (left >= 0 and left < ttl) then
+    redis.call('PEXPIRE', key, ARGV[3])
+  end
 end
 -- an index member lives as long as its entry: scored by the entry's expiry, trimmed here
 local function index(key)
@@ -73,4 +79,5 @@ end
 for i = 7, #ARGV do
   index(ARGV[1] .. 'tag:' .. ARGV[i])
 end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 return 1
