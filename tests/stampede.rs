@@ -17,7 +17,7 @@ mod support;
 use std::time::Duration;
 
 use support::backend::{start_backend, Backend};
-use support::http::try_get;
+use support::http::{get, try_get};
 use support::redis::RedisServer;
 use support::redis_cluster::{bundle, l2_config, toml_list, RedisCluster};
 use support::sidecache::{Sidecache, SidecacheOptions};
@@ -81,6 +81,19 @@ async fn round(bases: Vec<String>, path: String, seed: u64) -> Vec<String> {
 /// Runs [`rounds`] rounds, [`PARALLEL_ROUNDS`] at a time (each a task of its own, on its
 /// own key), and asserts one origin request per round.
 async fn every_round_fetches_once(instances: &[&Sidecache], backend: &Backend, base_id: u64) {
+    // the promise is for a reachable Redis: wait until each instance's L2 answers (its
+    // connections are opened in the background at start; on a loaded box a cluster's take a
+    // while), or the first rounds would test the degraded bound (one fetch per instance)
+    for sc in instances {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while get(&sc.url("/ready"), &[]).await.status != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an instance never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let seed0 = first_seed();
     let bases: Vec<String> = instances.iter().map(|sc| sc.url("")).collect();
     let total = rounds();
