@@ -128,15 +128,23 @@ impl Default for ConnectionLimits {
 }
 
 /// An IP network such as `10.0.0.0/8` or `::1/128` (a bare address is a single host).
+///
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is stored as the IPv4 network it
+/// names (`10.0.0.0/8`), so the prefix always fits the address family it is applied to: a
+/// peer's address is compared in its canonical form too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     network: std::net::IpAddr,
+    /// At most 32 for an IPv4 network, 128 for IPv6 (an invariant `parse` keeps).
     prefix: u8,
 }
 
 impl Cidr {
-    /// Parse `addr/prefix` or a bare address.
+    /// Parse `addr/prefix` or a bare address. An IPv4-mapped IPv6 address is taken as the
+    /// IPv4 address it maps, with its prefix less 96 (a mapped prefix under 96 spans more
+    /// than IPv4 and is refused).
     pub fn parse(s: &str) -> Result<Cidr, String> {
+        use std::net::IpAddr;
         let bad = || {
             format!(
                 "invalid CIDR {s:?}: expected e.g. \"10.0.0.0/8\", \"::1/128\" or \"127.0.0.1\""
@@ -146,8 +154,8 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let network: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let parsed: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if parsed.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
                 .trim()
@@ -157,7 +165,28 @@ impl Cidr {
                 .ok_or_else(bad)?,
             None => max,
         };
-        Ok(Cidr { network, prefix })
+        let mapped = match parsed {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            IpAddr::V4(_) => None,
+        };
+        match mapped {
+            Some(v4) => {
+                let prefix = prefix.checked_sub(96).ok_or_else(|| {
+                    format!(
+                        "invalid CIDR {s:?}: an IPv4-mapped network needs a prefix of at least \
+                         96 (write the IPv4 network, e.g. \"{v4}/8\")"
+                    )
+                })?;
+                Ok(Cidr {
+                    network: IpAddr::V4(v4),
+                    prefix,
+                })
+            }
+            None => Ok(Cidr {
+                network: parsed,
+                prefix,
+            }),
+        }
     }
 
     /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
@@ -173,13 +202,12 @@ impl Cidr {
         if width != addr_width {
             return false;
         }
-        let host_bits = width - u32::from(self.prefix);
-        let mask = if host_bits >= 128 {
-            0
-        } else {
-            u128::MAX << host_bits
+        // A prefix wider than the family would be a broken invariant: match nothing rather
+        // than everything.
+        let Some(host_bits) = width.checked_sub(u32::from(self.prefix)) else {
+            return false;
         };
-        let mask = mask
+        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0)
             & if width == 32 {
                 u128::from(u32::MAX)
             } else {

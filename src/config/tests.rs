@@ -845,8 +845,87 @@ fn cidrs_match_their_networks_only() {
     assert!(!Cidr::parse("127.0.0.1")
         .unwrap()
         .contains("127.0.0.2".parse().unwrap()));
-    for bad in ["", "10.0.0.0/", "10.0.0/8", "::1/129", "host/8"] {
+    for bad in [
+        "",
+        "10.0.0.0/",
+        "10.0.0/8",
+        "::1/129",
+        "host/8",
+        "::ffff:10.0.0.0/95",
+    ] {
         assert!(Cidr::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn an_ipv4_mapped_network_is_the_ipv4_network_it_maps() {
+    // Before: prefix 128 applied to the canonical 32-bit form underflowed the mask (every
+    // IPv4 peer trusted in a release build, a panic per request in a debug one).
+    let host = Cidr::parse("::ffff:10.0.0.5").unwrap();
+    assert_eq!(host, Cidr::parse("10.0.0.5/32").unwrap());
+    assert!(host.contains("10.0.0.5".parse().unwrap()));
+    assert!(host.contains("::ffff:10.0.0.5".parse().unwrap()));
+    assert!(!host.contains("10.0.0.6".parse().unwrap()));
+    assert!(!host.contains("192.168.1.1".parse().unwrap()));
+    let net = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+    assert_eq!(net.to_string(), "10.0.0.0/8");
+    assert!(net.contains("10.200.0.1".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+}
+
+mod cidr_properties {
+    use super::Cidr;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The reference: the first `prefix` bits of both addresses, bit by bit.
+    fn same_leading_bits(a: &[u8], b: &[u8], prefix: u32) -> bool {
+        (0..prefix).all(|i| {
+            let (byte, bit) = ((i / 8) as usize, 7 - (i % 8));
+            (a[byte] >> bit) & 1 == (b[byte] >> bit) & 1
+        })
+    }
+
+    fn octets(ip: IpAddr) -> Vec<u8> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    }
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+            any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+            any::<u32>().prop_map(|n| IpAddr::V6(Ipv4Addr::from(n).to_ipv6_mapped())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn contains_agrees_with_a_bitwise_reference(net in any_ip(), p in 0u8..=128, ip in any_ip()) {
+            let text = format!("{net}/{p}");
+            let Ok(cidr) = Cidr::parse(&text) else {
+                // Refused: a prefix wider than the family, or a mapped prefix under 96.
+                let max = if net.is_ipv4() { 32 } else { 128 };
+                let mapped = matches!(net, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+                prop_assert!(p > max || (mapped && p < 96), "{text} refused");
+                return Ok(());
+            };
+            let (n, a) = (octets(net), octets(ip));
+            let effective = u32::from(p) - if n.len() == 4 && net.is_ipv6() { 96 } else { 0 };
+            let expected = n.len() == a.len() && same_leading_bits(&n, &a, effective);
+            prop_assert_eq!(cidr.contains(ip), expected, "{} contains {}", text, ip);
+        }
+
+        #[test]
+        fn a_mapped_network_matches_exactly_as_its_ipv4_form(v4 in any::<u32>(), p in 0u8..=32, ip in any_ip()) {
+            let v4 = Ipv4Addr::from(v4);
+            let plain = Cidr::parse(&format!("{v4}/{p}")).unwrap();
+            let mapped = Cidr::parse(&format!("{}/{}", v4.to_ipv6_mapped(), p + 96)).unwrap();
+            prop_assert_eq!(plain, mapped);
+            prop_assert_eq!(plain.contains(ip), mapped.contains(ip));
+        }
     }
 }
 
