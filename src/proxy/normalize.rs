@@ -241,6 +241,23 @@ pub fn normalize_authority(authority: &str, scheme: &str, out: &mut String) -> R
     Ok(())
 }
 
+/// The authority of an absolute-form request target (`http://host:port/path`), as sent;
+/// `None` for any other form. An empty authority is returned as such (and refused as a host).
+pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    let scheme_len = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find_map(|scheme| {
+            (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+                .then_some(scheme.len())
+        })?;
+    let rest = &target[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// Headers that belong to one connection (RFC 9110 §7.6.1), besides those the `Connection`
 /// header names, in requests and responses alike. `Transfer-Encoding` is not among them:
 /// pingora frames the body by it on both sides.
@@ -415,6 +432,26 @@ mod tests {
                 normalize_authority(bad, "http", &mut out),
                 Err(BadHost),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_authority_of_an_absolute_form_target() {
+        for (target, want) in [
+            (&b"http://a.example/x?y"[..], Some(&b"a.example"[..])),
+            (b"HTTPS://A.example:8443", Some(b"A.example:8443")),
+            (b"http://a.example?q", Some(b"a.example")),
+            (b"http:///x", Some(b"")),
+            (b"/x", None),
+            (b"*", None),
+            (b"ftp://a/x", None),
+        ] {
+            assert_eq!(
+                absolute_form_authority(target),
+                want,
+                "{}",
+                target.escape_ascii()
             );
         }
     }

@@ -170,6 +170,23 @@ pub(crate) fn prepare(
     config: &Config,
 ) -> Result<ClientOrigin, LocalAnswer> {
     normalize::strip_hop_by_hop(req, &http::header::PROXY_AUTHORIZATION);
+    // An absolute-form target names the host, and Host is ignored (RFC 9112 §3.2.2): make
+    // Host say it, so the key, the forwarded headers and the upstream all use one authority
+    // (pingora would otherwise send the target's while the key held Host's, or none).
+    let absolute = match normalize::absolute_form_authority(req.raw_path()) {
+        Some(authority) => {
+            Some(http::HeaderValue::from_bytes(authority).map_err(|_| LocalAnswer::BadHost)?)
+        }
+        None => None,
+    };
+    let absolute = match absolute {
+        Some(host) => {
+            req.insert_header(http::header::HOST, host)
+                .map_err(|_| LocalAnswer::BadHost)?;
+            true
+        }
+        None => false,
+    };
     let origin = ClientOrigin::of(req, peer, &config.server.trusted_proxies)
         .map_err(|_| LocalAnswer::BadHost)?;
     if !req.headers.contains_key(http::header::HOST) && !origin.authority().is_empty() {
@@ -180,7 +197,7 @@ pub(crate) fn prepare(
             .map_err(|_| LocalAnswer::BadHost)?;
     }
     let normal = match normalize::normalize_path(req.uri.path()) {
-        Ok(p) if p.as_ref() == req.uri.path() && req.uri.scheme().is_none() => None,
+        Ok(p) if p.as_ref() == req.uri.path() && req.uri.scheme().is_none() && !absolute => None,
         Ok(p) => Some(p.into_owned()),
         Err(why) => return Err(LocalAnswer::BadPath(why)),
     };

@@ -282,6 +282,8 @@ pub enum RequestRefusal {
     MissingHost,
     /// More than one `Host` (400).
     DuplicateHost,
+    /// An absolute-form target whose authority is not the `Host` sent beside it (400).
+    HostDiffersFromTarget,
     /// More than one `Content-Length`, equal or not, in fields or in a list (400).
     DuplicateContentLength,
     /// A `Content-Length` that is not a decimal number (400).
@@ -298,7 +300,7 @@ pub enum RequestRefusal {
     AdminBodyTimeout,
 }
 impl RequestRefusal {
-    pub const ALL: [RequestRefusal; 14] = [
+    pub const ALL: [RequestRefusal; 15] = [
         Self::HeaderTooLarge,
         Self::TooManyHeaders,
         Self::MalformedRequestLine,
@@ -306,6 +308,7 @@ impl RequestRefusal {
         Self::MalformedHeader,
         Self::MissingHost,
         Self::DuplicateHost,
+        Self::HostDiffersFromTarget,
         Self::DuplicateContentLength,
         Self::InvalidContentLength,
         Self::ContentLengthWithTransferEncoding,
@@ -323,6 +326,7 @@ impl RequestRefusal {
             Self::MalformedHeader => "malformed_header",
             Self::MissingHost => "missing_host",
             Self::DuplicateHost => "duplicate_host",
+            Self::HostDiffersFromTarget => "host_differs_from_target",
             Self::DuplicateContentLength => "duplicate_content_length",
             Self::InvalidContentLength => "invalid_content_length",
             Self::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
