@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use support::backend::{start_backend, Backend};
-use support::raw::RawConn;
+use support::raw::{exchange, RawConn};
 use support::recorder::{AnswerWhen, Received, Recorder};
 use support::sidecache::{Sidecache, SidecacheOptions};
 use support::traffic::Traffic;
@@ -75,13 +75,7 @@ async fn start(trusted: bool) -> (Backend, Recorder, Sidecache, Traffic) {
 
 /// Send one raw request on a new connection; returns its status and `X-Cache`.
 async fn send(sc: &Sidecache, head: &str) -> (u16, String) {
-    let mut conn = RawConn::connect(sc.listen_addr()).await;
-    conn.send(head.as_bytes()).await;
-    let r = conn
-        .response(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{head:?}: {e}"))
-        .expect_response(head);
+    let r = exchange(sc.listen_addr(), head.as_bytes()).await;
     (r.status, r.header("x-cache").unwrap_or("").to_owned())
 }
 

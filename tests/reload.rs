@@ -5,10 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use support::backend::start_backend;
-use support::http::{get, metric, request, try_get};
-use support::sidecache::{Sidecache, SidecacheOptions};
+use support::http::{get, metric, try_get};
+use support::sidecache::{admin_reload, Sidecache, SidecacheOptions};
 use support::traffic::Traffic;
 
 fn config(ttl: &str, watch: bool) -> String {
@@ -96,7 +95,7 @@ async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
     get(&url, &[]).await;
 
     rewrite(&sc, &config("soon", false), backend.addr());
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 422);
     let body = r.json();
     assert_eq!(body["result"], "error");
@@ -121,12 +120,12 @@ async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
             .replace("{admin}", &sc.admin_addr().to_string())
             .replace("{backend}", &backend.addr().to_string()),
     );
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 422);
     assert!(r.text().contains("restart"), "{}", r.text());
 
     rewrite(&sc, &config("1h", false), backend.addr());
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -257,7 +256,7 @@ async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
     ];
     for (field, text) in cases {
         rewrite(&sc, &text, backend.addr());
-        let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+        let r = admin_reload(&sc).await;
         assert_eq!(r.status, 422, "{field}: {}", r.text());
         let body = r.json();
         let error = &body["errors"][0];
@@ -289,6 +288,6 @@ async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
         &base.replace("ttl = \"1h\"", "ttl = \"2h\""),
         backend.addr(),
     );
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -413,3 +413,14 @@ pub async fn admin_purge(sc: &Sidecache, body: serde_json::Value) -> serde_json:
     assert_eq!(r.status, 200, "purge {body}: {}", r.text());
     r.json()
 }
+
+/// POST to `sc`'s `/admin/reload` (as JSON, as the admin plane requires) and return the answer.
+pub async fn admin_reload(sc: &Sidecache) -> super::http::Resp {
+    request(
+        "POST",
+        &sc.admin_url("/admin/reload"),
+        &[("content-type", "application/json")],
+        Bytes::new(),
+    )
+    .await
+}
