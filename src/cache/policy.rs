@@ -31,7 +31,7 @@ pub enum BypassReason {
     Authorization,
     /// `Cookie` present and not part of the route's key.
     Cookie,
-    /// A body on GET, HEAD, DELETE or OPTIONS (allowed by `allow_body_on_safe_methods`): the
+    /// A body on GET or HEAD (allowed by `allow_body_on_safe_methods`): the
     /// key never holds a body.
     RequestBody,
     /// The request says `Cache-Control: no-store` (and the route honours request directives).

@@ -61,6 +61,7 @@ fn route(r: &RouteConfig) -> Value {
         "name": r.name,
         "match": matcher_string(&r.methods, &r.pattern),
         "cache": cache,
+        "timeout": r.timeout.map(duration),
     })
 }
 

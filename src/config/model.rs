@@ -83,8 +83,8 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For`, `-Host`, `-Proto` and `Forwarded` are believed.
     /// Default: none (not even loopback); from every other peer sidecache sets them itself.
     pub trusted_proxies: Vec<Cidr>,
-    /// Accept (and forward, never cache) bodies on GET, HEAD, DELETE and OPTIONS. Default
-    /// `false`: such requests are refused with 400.
+    /// Accept (and forward, never cache) bodies on GET and HEAD. Default `false`: such
+    /// requests are refused with 400 (bodies on every other method are always forwarded).
     pub allow_body_on_safe_methods: bool,
     /// Limits of each downstream connection and request head.
     pub limits: ConnectionLimits,
@@ -240,7 +240,8 @@ pub struct UpstreamConfig {
     pub address: String,
     /// TCP connect timeout. Default `1s`.
     pub connect_timeout: Duration,
-    /// Time to wait for each read from the upstream (headers or body chunk). Default `30s`.
+    /// Time to wait for each read from the upstream (headers or body chunk). Default `60s`
+    /// (nginx's `proxy_read_timeout`); a route's `timeout` overrides it.
     pub read_timeout: Duration,
     /// Time to wait for each write to the upstream. Default `30s`.
     pub write_timeout: Duration,
@@ -276,6 +277,9 @@ pub struct RouteConfig {
     pub pattern: Pattern,
     /// `None` for `cache = false`: matching requests bypass the cache.
     pub cache: Option<RouteCacheConfig>,
+    /// How long the upstream may take to answer (each read of its response) for this
+    /// route's requests, instead of its upstream's `read_timeout`: long polls. Default none.
+    pub timeout: Option<Duration>,
 }
 
 /// The caching half of a route.

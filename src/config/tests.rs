@@ -72,7 +72,7 @@ fn defaults_are_exactly_the_documented_ones() {
         ("backend", "127.0.0.1:5000")
     );
     assert_eq!(u.connect_timeout, Duration::from_secs(1));
-    assert_eq!(u.read_timeout, Duration::from_secs(30));
+    assert_eq!(u.read_timeout, Duration::from_secs(60), "nginx's default");
     assert_eq!(u.write_timeout, Duration::from_secs(30));
     assert_eq!(u.idle_timeout, Duration::from_secs(60));
     assert!(c.rewrites.is_empty() && c.routes.is_empty());
@@ -109,6 +109,23 @@ fn route_defaults() {
     let origin = ok(&route(""));
     let cache = origin.routes[0].cache.as_ref().unwrap();
     assert_eq!((cache.mode, cache.ttl), (CacheMode::Origin, None));
+    assert_eq!(r.timeout, None, "the upstream's read_timeout applies");
+}
+
+#[test]
+fn a_route_timeout_is_a_positive_duration_allowed_without_cache() {
+    let c = ok(&route("cache = false\ntimeout = \"90s\"\n"));
+    assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(90)));
+    assert!(c.routes[0].cache.is_none());
+    let c = ok(&route("ttl = \"5m\"\ntimeout = \"2m\"\n"));
+    assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(120)));
+    assert_eq!(c.redacted_json()["routes"][0]["timeout"], "2m");
+    for bad in ["\"0s\"", "\"soon\"", "30"] {
+        assert!(
+            !errors(&route(&format!("timeout = {bad}\n"))).is_empty(),
+            "timeout = {bad}"
+        );
+    }
 }
 
 #[test]

@@ -387,7 +387,7 @@ fn upstreams(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<UpstreamConfig> {
             name: name.unwrap_or_default(),
             address: address.unwrap_or_default(),
             connect_timeout: timeout("connect_timeout", 1),
-            read_timeout: timeout("read_timeout", 30),
+            read_timeout: timeout("read_timeout", 60),
             write_timeout: timeout("write_timeout", 30),
             idle_timeout: timeout("idle_timeout", 60),
         };
@@ -505,6 +505,7 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
         let matcher = t
             .require(doc, "match")
             .and_then(|e| e.parsed(doc, parse_method_pattern));
+        let timeout = t.get(doc, "timeout").and_then(|e| e.positive_duration(doc));
         let cache_enabled = t
             .get(doc, "cache")
             .and_then(|e| e.bool(doc))
@@ -530,6 +531,7 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
                 methods: mp.methods,
                 pattern: mp.pattern,
                 cache,
+                timeout,
             });
         }
     }

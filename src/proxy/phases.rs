@@ -147,6 +147,10 @@ impl ProxyHttp for SidecacheProxy {
         }
         ctx.progress.status = status;
         respond_json(session, status, body, &ctx.request_id).await?;
+        if !answer.is_endpoint() {
+            let bound = ctx.snapshot.config.server.max_request_body_bytes;
+            super::drain_refused_body(session, bound).await;
+        }
         Ok(true)
     }
 
@@ -260,7 +264,8 @@ impl ProxyHttp for SidecacheProxy {
         Ok(false)
     }
 
-    /// The plan's upstream, with its connect/read/write/idle timeouts.
+    /// The plan's upstream, with its connect/read/write/idle timeouts (the read timeout the
+    /// matched route's `timeout`, when it has one).
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -274,7 +279,8 @@ impl ProxyHttp for SidecacheProxy {
         let mut peer = HttpPeer::new(u.address.as_str(), false, String::new());
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.total_connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
+        let route_timeout = target.route.as_ref().and_then(|r| r.timeout);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(u.read_timeout));
         peer.options.write_timeout = Some(u.write_timeout);
         peer.options.idle_timeout = Some(u.idle_timeout);
         ctx.progress.upstream_started = Some(Instant::now());

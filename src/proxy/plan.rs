@@ -66,7 +66,7 @@ pub(crate) enum LocalAnswer {
     BadPath(BadPath),
     /// The host (or a trusted proxy's forwarded host) is not a valid authority (400).
     BadHost,
-    /// A body on GET, HEAD, DELETE or OPTIONS, without `allow_body_on_safe_methods` (400).
+    /// A body on GET or HEAD, without `allow_body_on_safe_methods` (400).
     BodyNotAllowed,
 }
 
@@ -226,6 +226,9 @@ pub(crate) fn resolve(
 ) -> Resolved {
     let path = req.uri.path();
     let config: &Config = &snapshot.config;
+    if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
+        return Plan::Local(LocalAnswer::BodyTooLarge).into();
+    }
     let body_on_safe_method = has_body && is_body_free(&req.method);
     if body_on_safe_method && !config.server.allow_body_on_safe_methods {
         return Plan::Local(LocalAnswer::BodyNotAllowed).into();
@@ -236,9 +239,6 @@ pub(crate) fn resolve(
             Some(LocalEndpoint::Ready) => return Plan::Local(LocalAnswer::Ready).into(),
             None => {}
         }
-    }
-    if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
-        return Plan::Local(LocalAnswer::BodyTooLarge).into();
     }
     let router = &snapshot.router;
     let (upstream, upstream_path) = match router.rewrite(path) {
@@ -360,11 +360,12 @@ pub(crate) fn resolve(
     Plan::Cache { target, cache }.into()
 }
 
-/// Methods whose requests carry no body: one there is refused (or, when allowed, never
-/// cached), since the key never holds a body.
+/// Methods whose content has no defined semantics (RFC 9110 §9.3.1, §9.3.2) and whose
+/// responses are cached by the key alone: a body there is refused (or, when allowed, never
+/// cached), since the key never holds a body. Every other method's body is forwarded (a
+/// `DELETE` with a JSON list of ids, an `OPTIONS` with content).
 fn is_body_free(method: &http::Method) -> bool {
-    use http::Method;
-    [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS].contains(method)
+    *method == http::Method::GET || *method == http::Method::HEAD
 }
 
 /// The request's `Content-Length`, when it is one valid number.
