@@ -4,7 +4,8 @@
 //!
 //! - bodies on every method but GET and HEAD reach the origin intact; a body on GET gets an
 //!   answer the client can read, not a reset;
-//! - a route's `timeout` lets a long poll outlast the upstream's read timeout.
+//! - a route's `timeout` lets a long poll outlast the upstream's read timeout;
+//! - pipelined requests are answered in order, each head checked like any other.
 
 mod support;
 
@@ -218,5 +219,112 @@ async fn a_route_timeout_lets_a_long_poll_outlast_the_upstream_read_timeout() {
     let r = poll("/poll/short").await;
     assert_eq!(r.status, 504, "no route: the upstream's 1 s applies");
     assert_eq!(rig.scripted.hits("/poll/long"), 2);
+    rig.finish().await;
+}
+
+/// One pipelined request: its bytes and what its answer must say.
+struct Pipelined {
+    bytes: Vec<u8>,
+    /// `Some(n)`: forwarded, the recorder's n-th request; `None`: `/health`.
+    recorded: Option<usize>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order() {
+    let rig = Rig::start("").await;
+    // Two GETs in one write.
+    let mut conn = RawConn::connect(rig.sc.listen_addr()).await;
+    conn.send(
+        b"GET /rec/one HTTP/1.1\r\nHost: api.example\r\n\r\n\
+          GET /rec/two HTTP/1.1\r\nHost: api.example\r\n\r\n",
+    )
+    .await;
+    for n in 1..=2 {
+        let r = conn
+            .response(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("answer {n}: {e}"))
+            .expect_response("pipelined");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["recorded"], n, "answer {n} in order");
+    }
+    let targets: Vec<String> = rig
+        .recorder
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(targets, ["/rec/one", "/rec/two"]);
+
+    // Thirty in one write: forwarded GETs, POSTs with bodies and local answers, mixed.
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    let mut forwarded = 2;
+    for i in 0..30 {
+        let bytes = match i % 3 {
+            0 => format!("GET /rec/g{i} HTTP/1.1\r\nHost: api.example\r\n\r\n"),
+            1 => format!(
+                "POST /rec/p{i} HTTP/1.1\r\nHost: api.example\r\nContent-Length: {}\r\n\r\nbody{i}",
+                format!("body{i}").len()
+            ),
+            _ => "GET /health HTTP/1.1\r\nHost: api.example\r\n\r\n".to_owned(),
+        };
+        let recorded = (i % 3 != 2).then(|| {
+            forwarded += 1;
+            forwarded
+        });
+        batch.extend_from_slice(bytes.as_bytes());
+        expected.push(Pipelined {
+            bytes: bytes.into_bytes(),
+            recorded,
+        });
+    }
+    conn.send(&batch).await;
+    for (i, want) in expected.iter().enumerate() {
+        let r = conn
+            .response(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("answer {i}: {e}"))
+            .expect_response("pipelined");
+        assert_eq!(r.status, 200, "answer {i}");
+        match want.recorded {
+            Some(n) => assert_eq!(r.json()["recorded"], n, "answer {i} in order"),
+            None => assert_eq!(r.json()["status"], "ok", "answer {i}: /health"),
+        }
+    }
+    let seen = rig.recorder.requests();
+    for want in &expected {
+        if let Some(n) = want.recorded {
+            let head = String::from_utf8_lossy(&want.bytes);
+            let target = head.split(' ').nth(1).unwrap_or("");
+            assert_eq!(seen[n - 1].target, target);
+            if let Some((_, body)) = head.split_once("\r\n\r\n") {
+                assert_eq!(seen[n - 1].body, body.as_bytes());
+            }
+        }
+    }
+
+    // A pipelined head is checked like any other: the bad one is refused, after its
+    // predecessor's answer, and never forwarded.
+    let count = rig.recorder.count();
+    let mut conn = RawConn::connect(rig.sc.listen_addr()).await;
+    conn.send(
+        b"GET /rec/fine HTTP/1.1\r\nHost: api.example\r\n\r\nGET /rec/hostless HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    let first = conn
+        .response(Duration::from_secs(5))
+        .await
+        .expect("an answer")
+        .expect_response("first");
+    assert_eq!(first.status, 200);
+    let second = conn
+        .response(Duration::from_secs(5))
+        .await
+        .expect("an answer")
+        .expect_response("second");
+    assert_eq!(second.status, 400);
+    assert_eq!(second.json()["reason"], "missing_host");
+    assert_eq!(rig.recorder.count(), count + 1);
     rig.finish().await;
 }

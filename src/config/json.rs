@@ -90,6 +90,8 @@ impl Config {
                 "max_requests_per_connection": s.limits.max_requests_per_connection,
                 "max_connections": s.limits.max_connections,
                 "admin_body_timeout": duration(s.limits.admin_body_timeout),
+                "send_timeout": duration(s.limits.send_timeout),
+                "min_send_rate": s.limits.min_send_rate,
             },
             "proxy": {
                 "default_upstream": self.proxy.default_upstream.map(|i| self.upstream_name(i)),

@@ -111,6 +111,14 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Deadline of reading an admin request body (a purge). Default `10s`.
     pub admin_body_timeout: Duration,
+    /// Each write to a client must finish within this (nginx's `send_timeout`), or, for a
+    /// large write, within its length at `min_send_rate` if that is longer; else the request
+    /// fails and its connection and upstream connection are closed. Default `60s`.
+    pub send_timeout: Duration,
+    /// The slowest a client may read a large write, in bytes per second (HTTP/1; HTTP/2
+    /// streams get `send_timeout` for each flow-control step). `None` (`"off"`): only
+    /// `send_timeout`. Default `16KiB` per second.
+    pub min_send_rate: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -123,6 +131,8 @@ impl Default for ConnectionLimits {
             max_requests_per_connection: 1000,
             max_connections: 16384,
             admin_body_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            min_send_rate: Some(16 << 10),
         }
     }
 }

@@ -224,7 +224,7 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
     assert!(
-        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
+        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
         "{server}"
     );
 }
@@ -758,7 +758,7 @@ fn sample_report_reads_well() {
     assert_eq!(
         report,
         "server.listen (line 2): expected a string, found a datetime\n\
-         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
          routes[0].ttl (line 10): expected a string, found an integer"
     );
     let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();
@@ -786,6 +786,12 @@ fn edge_limits_default_to_safe_values() {
     assert_eq!(l.max_requests_per_connection, 1000);
     assert_eq!(l.max_connections, 16384);
     assert_eq!(l.admin_body_timeout, Duration::from_secs(10));
+    assert_eq!(
+        l.send_timeout,
+        Duration::from_secs(60),
+        "nginx's send_timeout"
+    );
+    assert_eq!(l.min_send_rate, Some(16 << 10));
     assert!(c.cache.key_host, "the host is keyed by default");
     let r = ok(&route("ttl = \"5m\"\nkey = { query = [\"a\"] }\n"));
     assert!(!r.routes[0].cache.as_ref().unwrap().forward_unkeyed_query);
@@ -797,8 +803,11 @@ fn edge_limits_are_parsed_and_checked() {
         "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_header_bytes = \"8KiB\"\n\
          max_headers = 50\nheader_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\n\
          max_requests_per_connection = 10\nmax_connections = 100\n\
-         allow_body_on_safe_methods = true\n[cache]\nkey_host = false\n{UPSTREAM}"
+         allow_body_on_safe_methods = true\nsend_timeout = \"5s\"\nmin_send_rate = \"off\"\n\
+         [cache]\nkey_host = false\n{UPSTREAM}"
     ));
+    assert_eq!(c.server.limits.send_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.limits.min_send_rate, None);
     let s = &c.server;
     assert_eq!(s.trusted_proxies.len(), 2);
     assert!(s.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));

@@ -295,6 +295,18 @@ fn limits(doc: &mut Doc<'_>, t: &mut Table<'_>) -> ConnectionLimits {
     let header_timeout = duration(t, "header_timeout", d.header_timeout);
     let keepalive_timeout = duration(t, "keepalive_timeout", d.keepalive_timeout);
     let admin_body_timeout = duration(t, "admin_body_timeout", d.admin_body_timeout);
+    let send_timeout = duration(t, "send_timeout", d.send_timeout);
+    let min_send_rate = t
+        .get(doc, "min_send_rate")
+        .and_then(|e| match e.size_or_off(doc)? {
+            Some(0) => {
+                e.error(doc, "must be greater than 0 (or \"off\")");
+                None
+            }
+            Some(rate) => Some(usize::try_from(rate).ok()),
+            None => Some(None),
+        })
+        .unwrap_or(d.min_send_rate);
     let max_header_bytes = t
         .get(doc, "max_header_bytes")
         .and_then(|e| {
@@ -323,6 +335,8 @@ fn limits(doc: &mut Doc<'_>, t: &mut Table<'_>) -> ConnectionLimits {
             .and_then(|e| e.int_in(doc, 1, 1_000_000))
             .unwrap_or(d.max_connections),
         admin_body_timeout,
+        send_timeout,
+        min_send_rate,
     }
 }
 
