@@ -83,6 +83,7 @@ impl Config {
                 "watch": s.watch,
                 "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "allow_body_on_safe_methods": s.allow_body_on_safe_methods,
+                "tunnel_idle_timeout": duration(s.tunnel_idle_timeout),
                 "max_header_bytes": s.limits.max_header_bytes,
                 "max_headers": s.limits.max_headers,
                 "header_timeout": duration(s.limits.header_timeout),

@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// Accept (and forward, never cache) bodies on GET and HEAD. Default `false`: such
     /// requests are refused with 400 (bodies on every other method are always forwarded).
     pub allow_body_on_safe_methods: bool,
+    /// An upgraded connection (a WebSocket) is closed when the origin has sent nothing for
+    /// this long (nginx's `proxy_read_timeout` on an upgraded connection); the client's
+    /// silence alone never closes it. Default `60s`.
+    pub tunnel_idle_timeout: Duration,
     /// Limits of each downstream connection and request head.
     pub limits: ConnectionLimits,
 }

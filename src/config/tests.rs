@@ -224,7 +224,7 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
     assert!(
-        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
+        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, tunnel_idle_timeout, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
         "{server}"
     );
 }
@@ -758,7 +758,7 @@ fn sample_report_reads_well() {
     assert_eq!(
         report,
         "server.listen (line 2): expected a string, found a datetime\n\
-         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, tunnel_idle_timeout, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
          routes[0].ttl (line 10): expected a string, found an integer"
     );
     let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();
@@ -779,6 +779,7 @@ fn edge_limits_default_to_safe_values() {
         "no peer is trusted by default"
     );
     assert!(!s.allow_body_on_safe_methods);
+    assert_eq!(s.tunnel_idle_timeout, Duration::from_secs(60));
     let l = &s.limits;
     assert_eq!((l.max_header_bytes, l.max_headers), (32 << 10, 100));
     assert_eq!(l.header_timeout, Duration::from_secs(10));

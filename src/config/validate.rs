@@ -274,6 +274,10 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .get(doc, "allow_body_on_safe_methods")
             .and_then(|e| e.bool(doc))
             .unwrap_or(false),
+        tunnel_idle_timeout: t
+            .get(doc, "tunnel_idle_timeout")
+            .and_then(|e| e.positive_duration(doc))
+            .unwrap_or(Duration::from_secs(60)),
         limits: limits(doc, &mut t),
     };
     t.forbid(

@@ -14,6 +14,7 @@ pub mod local;
 pub mod normalize;
 mod phases;
 mod plan;
+pub mod response_head;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +95,16 @@ pub(crate) struct Progress {
     pub request_body_bytes: u64,
     /// The status sent to the client (0 before one was).
     pub status: u16,
+    /// The origin switched protocols (101): the connection is a tunnel from then on.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// What passed through an upgraded connection.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    pub opened: Instant,
+    pub to_origin: u64,
+    pub to_client: u64,
 }
 
 /// A small JSON body of an error sidecache answers itself:

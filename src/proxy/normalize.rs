@@ -9,7 +9,8 @@
 //! - [`normalize_authority`]: the host a request is for, lower-cased, default port dropped.
 //! - [`strip_hop_by_hop`]: headers meant for this hop only (those named in `Connection`, and
 //!   the standard ones) are removed before the key, the Vary variant and the upstream request
-//!   are computed from the request (RFC 9110 §7.6.1).
+//!   are computed from the request (RFC 9110 §7.6.1); [`upgrade_protocol`] and
+//!   [`keep_upgrade`] carry an upgrade (a WebSocket handshake) across it.
 
 use std::borrow::Cow;
 
@@ -241,6 +242,34 @@ pub fn normalize_authority(authority: &str, scheme: &str, out: &mut String) -> R
     Ok(())
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade` value, when its
+/// `Connection` names `upgrade` (RFC 9110 §7.8). HTTP/1.0 and HTTP/2 have no upgrade.
+pub fn upgrade_protocol(req: &RequestHeader) -> Option<http::HeaderValue> {
+    if req.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let protocol = req.headers.get(header::UPGRADE)?;
+    let asked = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| protocol.clone())
+}
+
+/// After [`strip_hop_by_hop`], ask the next hop for the switch again, as nginx's usual
+/// `proxy_set_header Upgrade $http_upgrade; Connection $connection_upgrade` does: `Upgrade:
+/// protocol` and `Connection: upgrade`, nothing else the client's `Connection` named.
+pub fn keep_upgrade<M: HeaderFields>(msg: &mut M, protocol: http::HeaderValue) {
+    msg.set_field(header::UPGRADE, protocol);
+    msg.set_field(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+}
+
 /// The authority of an absolute-form request target (`http://host:port/path`), as sent;
 /// `None` for any other form. An empty authority is returned as such (and refused as a host).
 pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
@@ -280,6 +309,8 @@ const NEVER_NOMINATED: [HeaderName; 3] = [
 pub trait HeaderFields {
     fn fields(&self) -> &http::HeaderMap;
     fn remove_field(&mut self, name: &HeaderName);
+    /// Replace every value of `name` with `value` (a valid name and value cannot fail).
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue);
 }
 
 impl HeaderFields for RequestHeader {
@@ -289,6 +320,9 @@ impl HeaderFields for RequestHeader {
     fn remove_field(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
 }
 
 impl HeaderFields for pingora_http::ResponseHeader {
@@ -297,6 +331,9 @@ impl HeaderFields for pingora_http::ResponseHeader {
     }
     fn remove_field(&mut self, name: &HeaderName) {
         self.remove_header(name);
+    }
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue) {
+        let _ = self.insert_header(name, value);
     }
 }
 
@@ -434,6 +471,34 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_upgrade_survives_the_hop_by_hop_strip_and_nothing_else_it_named() {
+        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+        for (k, v) in [
+            ("connection", "keep-alive, Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        let protocol = upgrade_protocol(&r).expect("an upgrade");
+        strip_hop_by_hop(&mut r, &header::PROXY_AUTHORIZATION);
+        keep_upgrade(&mut r, protocol);
+        assert_eq!(r.headers["upgrade"], "websocket");
+        assert_eq!(r.headers["connection"], "upgrade");
+        assert!(!r.headers.contains_key("x-secret"));
+        assert!(r.headers.contains_key("sec-websocket-key"));
+        // Not an upgrade: Connection does not ask, or HTTP/1.0.
+        let mut plain = RequestHeader::build("GET", b"/", None).unwrap();
+        plain.append_header("upgrade", "websocket").unwrap();
+        assert!(upgrade_protocol(&plain).is_none());
+        plain.append_header("connection", "upgrade").unwrap();
+        assert!(upgrade_protocol(&plain).is_some());
+        plain.set_version(http::Version::HTTP_10);
+        assert!(upgrade_protocol(&plain).is_none());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The request plan: what sidecache does with one request, decided once by [`resolve`] in
 //! `request_filter` and only read by the phases after it.
 //!
-//! First [`prepare`] normalizes the request in place (hop-by-hop headers removed, the path
-//! normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
+//! First [`prepare`] normalizes the request in place (hop-by-hop headers removed but an
+//! upgrade's own, the path normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
 //! forwarded headers only from configured proxies), or refuses it. Then [`resolve`] reads the
 //! normalized request and the config snapshot, and probes L1 once: it answers what sidecache
 //! owns (health, readiness, its own refusals), picks the upstream through the rewrites,
@@ -169,7 +169,11 @@ pub(crate) fn prepare(
     peer: Option<IpAddr>,
     config: &Config,
 ) -> Result<ClientOrigin, LocalAnswer> {
+    let upgrade = normalize::upgrade_protocol(req);
     normalize::strip_hop_by_hop(req, &http::header::PROXY_AUTHORIZATION);
+    if let Some(protocol) = upgrade {
+        normalize::keep_upgrade(req, protocol);
+    }
     // An absolute-form target names the host, and Host is ignored (RFC 9112 §3.2.2): make
     // Host say it, so the key, the forwarded headers and the upstream all use one authority
     // (pingora would otherwise send the target's while the key held Host's, or none).
@@ -272,6 +276,11 @@ pub(crate) fn resolve(
     };
     if body_on_safe_method {
         let reason = BypassReason::RequestBody;
+        return Plan::Bypass { target, reason }.into();
+    }
+    if req.headers.contains_key(http::header::UPGRADE) {
+        // Only an upgrade prepare kept: tunnelled, never cached.
+        let reason = BypassReason::Upgrade;
         return Plan::Bypass { target, reason }.into();
     }
     let effective = match &target.route {

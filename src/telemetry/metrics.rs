@@ -264,6 +264,38 @@ impl ConnectionRefusal {
     }
 }
 
+/// Which way an upgraded connection's bytes went: the `direction` label of
+/// `sidecache_tunnel_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelDirection {
+    /// From the client to the origin.
+    ToOrigin,
+    /// From the origin to the client.
+    ToClient,
+}
+impl TunnelDirection {
+    pub const ALL: [TunnelDirection; 2] = [Self::ToOrigin, Self::ToClient];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::ToOrigin => "to_origin",
+            Self::ToClient => "to_client",
+        }
+    }
+}
+
+/// Tunnel duration buckets in seconds, 1 s to 1 day.
+pub const TUNNEL_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86_400.0,
+];
+
 /// Why a request was refused before routing (or its connection closed before its head was
 /// complete): the `reason` label of `sidecache_requests_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,6 +401,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
     pub requests_refused: IntCounterVec,
+    pub tunnels_open: IntGauge,
+    pub tunnels: IntCounter,
+    pub tunnel_bytes: IntCounterVec,
+    pub tunnel_duration: Histogram,
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -539,6 +575,28 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &["reason"]
         )
         .expect("register sidecache_requests_refused_total"),
+        tunnels_open: register_int_gauge!(
+            "sidecache_tunnels_open",
+            "Upgraded connections (WebSockets) open: the origin answered 101 and bytes pass both ways."
+        )
+        .expect("register sidecache_tunnels_open"),
+        tunnels: register_int_counter!(
+            "sidecache_tunnels_total",
+            "Upgraded connections (WebSockets) opened since start."
+        )
+        .expect("register sidecache_tunnels_total"),
+        tunnel_bytes: register_int_counter_vec!(
+            "sidecache_tunnel_bytes_total",
+            "Bytes through closed upgraded connections, by direction (to_origin, to_client).",
+            &["direction"]
+        )
+        .expect("register sidecache_tunnel_bytes_total"),
+        tunnel_duration: prometheus::register_histogram!(
+            "sidecache_tunnel_duration_seconds",
+            "How long upgraded connections stayed open.",
+            TUNNEL_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_tunnel_duration_seconds"),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -557,6 +615,9 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     for r in Success::ALL {
         m.config_reloads.with_label_values(&[r.label()]);
         m.purge_broadcasts.with_label_values(&[r.label()]);
+    }
+    for d in TunnelDirection::ALL {
+        m.tunnel_bytes.with_label_values(&[d.label()]);
     }
     for t in [Tier::L1, Tier::L2] {
         m.corrupt_entries.with_label_values(&[t.label()]);
