@@ -273,6 +273,9 @@ pub fn keep_upgrade<M: HeaderFields>(msg: &mut M, protocol: http::HeaderValue) {
 /// The authority of an absolute-form request target (`http://host:port/path`), as sent;
 /// `None` for any other form. An empty authority is returned as such (and refused as a host).
 pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    if target.first() == Some(&b'/') {
+        return None;
+    }
     let scheme_len = [&b"http://"[..], b"https://"]
         .into_iter()
         .find_map(|scheme| {
@@ -342,12 +345,7 @@ impl HeaderFields for pingora_http::ResponseHeader {
 /// (`Proxy-Authorization` in requests, `Proxy-Authenticate` in responses: they are for a
 /// proxy, never for the origin or the client).
 pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
-    // One pass over the (few) names finds the common case, a message with none of them,
-    // cheaper than hashing each hop-by-hop name into the map.
-    let is_hop = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name) || name == proxy_only || *name == PROXY_CONNECTION
-    };
-    if !msg.fields().keys().any(is_hop) {
+    if !has_hop_by_hop(msg, proxy_only) {
         return;
     }
     if msg.fields().contains_key(header::CONNECTION) {
@@ -372,6 +370,35 @@ pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
 }
 
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `msg` has any field [`strip_hop_by_hop`] would act on. One pass over the (few)
+/// names finds the common case, a message with none of them, cheaper than hashing each
+/// hop-by-hop name into the map.
+fn has_hop_by_hop<M: HeaderFields>(msg: &M, proxy_only: &HeaderName) -> bool {
+    let is_hop = |name: &HeaderName| {
+        HOP_BY_HOP.contains(name) || name == proxy_only || *name == PROXY_CONNECTION
+    };
+    msg.fields().keys().any(is_hop)
+}
+
+/// [`strip_hop_by_hop`] for a request, keeping its upgrade (see [`upgrade_protocol`]) with
+/// [`keep_upgrade`]. Whether it kept one: the request asks to switch protocols.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) -> bool {
+    let proxy_only = &header::PROXY_AUTHORIZATION;
+    if !has_hop_by_hop(req, proxy_only) {
+        // No Upgrade either (it is hop-by-hop): the common case costs one pass.
+        return false;
+    }
+    let upgrade = upgrade_protocol(req);
+    strip_hop_by_hop(req, proxy_only);
+    match upgrade {
+        Some(protocol) => {
+            keep_upgrade(req, protocol);
+            true
+        }
+        None => false,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -484,9 +511,7 @@ mod tests {
         ] {
             r.append_header(k.to_string(), v).unwrap();
         }
-        let protocol = upgrade_protocol(&r).expect("an upgrade");
-        strip_hop_by_hop(&mut r, &header::PROXY_AUTHORIZATION);
-        keep_upgrade(&mut r, protocol);
+        assert!(strip_request_hop_by_hop(&mut r), "an upgrade");
         assert_eq!(r.headers["upgrade"], "websocket");
         assert_eq!(r.headers["connection"], "upgrade");
         assert!(!r.headers.contains_key("x-secret"));

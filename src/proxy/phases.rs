@@ -90,11 +90,11 @@ impl ProxyHttp for SidecacheProxy {
             .map(|a| a.ip());
         let has_body = !session.is_body_empty();
         let resolved = match plan::prepare(session.req_header_mut(), peer, &ctx.snapshot.config) {
-            Ok(origin) => plan::resolve(
+            Ok(prepared) => plan::resolve(
                 session.req_header(),
                 &ctx.snapshot,
                 self.live.cache,
-                origin,
+                prepared,
                 has_body,
             ),
             Err(refusal) => Plan::Local(refusal).into(),

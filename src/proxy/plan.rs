@@ -160,20 +160,23 @@ impl From<Plan> for Resolved {
     }
 }
 
+/// A request [`prepare`] normalized: who sent it, and whether it asks to switch protocols.
+pub(crate) struct Prepared {
+    pub origin: ClientOrigin,
+    /// An upgrade (a WebSocket handshake) whose `Upgrade` was kept for the upstream.
+    pub upgrade: bool,
+}
+
 /// Normalize `req` in place and work out who sent it, before anything routes, keys or
-/// forwards it: hop-by-hop headers removed, the path normalized (the upstream receives the
-/// normal form; the query is kept as sent), the client's origin from the connection and the
-/// forwarded headers of trusted proxies only. Or the refusal.
+/// forwards it: hop-by-hop headers removed (an upgrade's own kept), the path normalized (the
+/// upstream receives the normal form; the query is kept as sent), the client's origin from
+/// the connection and the forwarded headers of trusted proxies only. Or the refusal.
 pub(crate) fn prepare(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     config: &Config,
-) -> Result<ClientOrigin, LocalAnswer> {
-    let upgrade = normalize::upgrade_protocol(req);
-    normalize::strip_hop_by_hop(req, &http::header::PROXY_AUTHORIZATION);
-    if let Some(protocol) = upgrade {
-        normalize::keep_upgrade(req, protocol);
-    }
+) -> Result<Prepared, LocalAnswer> {
+    let upgrade = normalize::strip_request_hop_by_hop(req);
     // An absolute-form target names the host, and Host is ignored (RFC 9112 §3.2.2): make
     // Host say it, so the key, the forwarded headers and the upstream all use one authority
     // (pingora would otherwise send the target's while the key held Host's, or none).
@@ -216,7 +219,7 @@ pub(crate) fn prepare(
             .map_err(|_| LocalAnswer::BadPath(BadPath::BadEscape))?;
         req.set_uri(uri);
     }
-    Ok(origin)
+    Ok(Prepared { origin, upgrade })
 }
 
 /// Decide what to do with the normalized `req` ([`prepare`]) under `snapshot`, probing L1
@@ -225,9 +228,10 @@ pub(crate) fn resolve(
     req: &RequestHeader,
     snapshot: &Snapshot,
     cache: &TieredCache,
-    origin: ClientOrigin,
+    prepared: Prepared,
     has_body: bool,
 ) -> Resolved {
+    let Prepared { origin, upgrade } = prepared;
     let path = req.uri.path();
     let config: &Config = &snapshot.config;
     if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
@@ -278,8 +282,8 @@ pub(crate) fn resolve(
         let reason = BypassReason::RequestBody;
         return Plan::Bypass { target, reason }.into();
     }
-    if req.headers.contains_key(http::header::UPGRADE) {
-        // Only an upgrade prepare kept: tunnelled, never cached.
+    if upgrade {
+        // Tunnelled, never cached.
         let reason = BypassReason::Upgrade;
         return Plan::Bypass { target, reason }.into();
     }
