@@ -25,7 +25,7 @@ admin_listen = "{admin}"
 threads = 2
 grace_period = "1s"
 max_connections = 6
-tunnel_idle_timeout = "2s"
+tunnel_idle_timeout = "3s"
 
 [proxy]
 default_upstream = "backend"
@@ -213,7 +213,7 @@ async fn tunnels_hold_connection_slots_and_close_when_the_origin_is_silent() {
         .expect("an answer")
         .expect_response("past max_connections");
     assert_eq!(r.status, 503);
-    // The echo origin says nothing unless spoken to: after tunnel_idle_timeout (2 s) every
+    // The echo origin says nothing unless spoken to: after tunnel_idle_timeout (3 s) every
     // tunnel is closed, and its slot given back.
     for (mut ws, mut buf) in tunnels {
         let end = read_frame(&mut ws, &mut buf, false).await;
