@@ -175,6 +175,150 @@ async fn admin_token_guards_admin_but_not_metrics_or_health() {
     assert_eq!(ok.json()["upstreams"][0]["name"], "backend");
 }
 
+/// One raw request to the admin listener; its status and JSON body.
+async fn admin_raw(sc: &Sidecache, head: &str) -> (u16, serde_json::Value) {
+    let r = support::raw::exchange(sc.admin_addr(), head.as_bytes()).await;
+    (r.status, r.json())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn web_pages_cannot_purge_or_reload_through_the_browser() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc = Sidecache::start(SidecacheOptions::new(MINIMAL).backend(backend.addr())).await;
+    let admin = sc.admin_addr();
+    let purge = |fields: &str| {
+        let body = r#"{"url":"/x"}"#;
+        format!(
+            "POST /admin/purge HTTP/1.1\r\n{fields}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // An HTML form can send this (no type, or text/plain): refused, the hazard named.
+    for fields in [
+        format!("Host: {admin}\r\n"),
+        format!("Host: {admin}\r\nContent-Type: text/plain\r\n"),
+        format!("Host: {admin}\r\nContent-Type: application/x-www-form-urlencoded\r\n"),
+    ] {
+        let (status, body) = admin_raw(&sc, &purge(&fields)).await;
+        assert_eq!(status, 415, "{fields:?}: {body}");
+        assert_eq!(body["error"], "unsupported_media_type");
+        assert!(body["hazard"]
+            .as_str()
+            .unwrap()
+            .contains("cross-site request forgery"));
+    }
+    // A script on another origin.
+    let (status, body) = admin_raw(
+        &sc,
+        &purge(&format!(
+            "Host: {admin}\r\nContent-Type: application/json\r\nOrigin: http://evil.example\r\n"
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden_origin"))
+    );
+    assert!(body["hazard"]
+        .as_str()
+        .unwrap()
+        .contains("cross-site request forgery"));
+    // A page whose name now resolves to the listener (DNS rebinding): same-origin for the
+    // browser, but not a local Host. Reads are refused as well as writes.
+    let rebound = format!("Host: evil.example:{}\r\n", admin.port());
+    let (status, body) = admin_raw(
+        &sc,
+        &purge(&format!(
+            "{rebound}Content-Type: application/json\r\nOrigin: http://evil.example:{}\r\n",
+            admin.port()
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden_host"))
+    );
+    assert!(body["hazard"].as_str().unwrap().contains("DNS rebinding"));
+    let (status, _) = admin_raw(
+        &sc,
+        &format!("GET /admin/config HTTP/1.1\r\n{rebound}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let reload = request(
+        "POST",
+        &sc.admin_url("/admin/reload"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(reload.status, 415, "{}", reload.text());
+    // The admin plane's own callers: JSON, a local Host, no or the same Origin.
+    for fields in [
+        format!("Host: {admin}\r\nContent-Type: application/json\r\n"),
+        format!(
+            "Host: localhost:{}\r\nContent-Type: Application/JSON; charset=utf-8\r\n",
+            admin.port()
+        ),
+        format!("Host: {admin}\r\nContent-Type: application/json\r\nOrigin: http://{admin}\r\n"),
+    ] {
+        let (status, body) = admin_raw(&sc, &purge(&fields)).await;
+        assert_eq!(status, 200, "{fields:?}: {body}");
+    }
+    // And `sidecache purge`.
+    let out = run_cli(
+        &[
+            "purge",
+            "--admin",
+            &format!("http://{admin}"),
+            "--url",
+            "/x",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_credentials_do_not_let_another_origin_purge() {
+    let backend = start_backend(Duration::ZERO).await;
+    let sc = Sidecache::start(
+        SidecacheOptions::new(MINIMAL)
+            .backend(backend.addr())
+            .env("SIDECACHE_ADMIN_TOKEN", "tok-123"),
+    )
+    .await;
+    // What a browser holding the status page's Basic credentials sends from another page.
+    let basic = "Authorization: Basic dXNlcjp0b2stMTIz\r\n"; // user:tok-123
+    let head = |fields: &str| {
+        format!(
+            "POST /admin/reload HTTP/1.1\r\nHost: sidecache-admin.internal:9091\r\n{basic}{fields}\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let (status, body) = admin_raw(&sc, &head("Content-Type: text/plain\r\n")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, body) = admin_raw(
+        &sc,
+        &head("Content-Type: application/json\r\nOrigin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden_origin"))
+    );
+    // With the token, a DNS name is fine (a rebound page never holds the credentials).
+    let (status, body) = admin_raw(&sc, &head("Content-Type: application/json\r\n")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loopback_admin_listener_needs_no_token() {
     let backend = start_backend(Duration::ZERO).await;
@@ -183,7 +327,7 @@ async fn a_loopback_admin_listener_needs_no_token() {
     let bad = request(
         "POST",
         &sc.admin_url("/admin/purge"),
-        &[],
+        &[("content-type", "application/json")],
         bytes::Bytes::from_static(b"not json"),
     )
     .await;

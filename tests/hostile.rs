@@ -611,7 +611,7 @@ async fn the_admin_listener_has_a_header_deadline_and_a_body_deadline() {
 
     let mut stalled = RawConn::connect(sc.admin_addr()).await;
     stalled
-        .send(b"POST /admin/purge HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":")
+        .send(b"POST /admin/purge HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":")
         .await;
     let r = stalled
         .response(Duration::from_secs(5))

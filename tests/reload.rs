@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::backend::start_backend;
 use support::http::{get, metric, request, try_get};
-use support::sidecache::{Sidecache, SidecacheOptions};
+use support::sidecache::{admin_reload, Sidecache, SidecacheOptions};
 use support::traffic::Traffic;
 
 fn config(ttl: &str, watch: bool) -> String {
@@ -96,7 +96,7 @@ async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
     get(&url, &[]).await;
 
     rewrite(&sc, &config("soon", false), backend.addr());
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 422);
     let body = r.json();
     assert_eq!(body["result"], "error");
@@ -121,12 +121,12 @@ async fn a_bad_reload_keeps_the_old_config_and_names_the_field() {
             .replace("{admin}", &sc.admin_addr().to_string())
             .replace("{backend}", &backend.addr().to_string()),
     );
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 422);
     assert!(r.text().contains("restart"), "{}", r.text());
 
     rewrite(&sc, &config("1h", false), backend.addr());
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -257,7 +257,7 @@ async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
     ];
     for (field, text) in cases {
         rewrite(&sc, &text, backend.addr());
-        let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+        let r = admin_reload(&sc).await;
         assert_eq!(r.status, 422, "{field}: {}", r.text());
         let body = r.json();
         let error = &body["errors"][0];
@@ -289,7 +289,7 @@ async fn a_reload_that_changes_a_restart_only_setting_is_refused() {
         &base.replace("ttl = \"1h\"", "ttl = \"2h\""),
         backend.addr(),
     );
-    let r = request("POST", &sc.admin_url("/admin/reload"), &[], Bytes::new()).await;
+    let r = admin_reload(&sc).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -333,8 +333,15 @@ async fn racing_reloads_leave_the_newest_file_live() {
         let (older, newer) = (2 * round + 1, 2 * round + 2);
         rewrite(&sc, &version(older, RELOAD_FILLERS), backend.addr());
         let admin = sc.admin_url("/admin/reload");
-        let by_admin =
-            tokio::spawn(async move { request("POST", &admin, &[], Bytes::new()).await });
+        let by_admin = tokio::spawn(async move {
+            request(
+                "POST",
+                &admin,
+                &[("content-type", "application/json")],
+                Bytes::new(),
+            )
+            .await
+        });
         tokio::time::sleep(Duration::from_micros(rng.u64(0..5_000))).await;
         rewrite(&sc, &version(newer, RELOAD_FILLERS), backend.addr());
         sc.sighup();

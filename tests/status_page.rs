@@ -95,7 +95,7 @@ async fn the_stats_api_reports_what_metrics_counts_and_what_happened_lately() {
     let purge = request(
         "POST",
         &sc.admin_url("/admin/purge"),
-        &[],
+        &[("content-type", "application/json")],
         bytes::Bytes::from_static(b"{\"url\":\"/api/state-machine/diagram\"}"),
     )
     .await;
@@ -104,7 +104,7 @@ async fn the_stats_api_reports_what_metrics_counts_and_what_happened_lately() {
         request(
             "POST",
             &sc.admin_url("/admin/reload"),
-            &[],
+            &[("content-type", "application/json")],
             bytes::Bytes::new()
         )
         .await

@@ -361,7 +361,7 @@ async fn every_reruns_the_list_and_a_reload_that_changes_it_rewarms() {
     let reload = support::http::request(
         "POST",
         &sc.admin_url("/admin/reload"),
-        &[],
+        &[("content-type", "application/json")],
         bytes::Bytes::new(),
     )
     .await;

@@ -14,6 +14,15 @@
 //! on loopback) a request must present it, as `Authorization: Bearer TOKEN` or, so that a
 //! browser can open the status page, as the password of HTTP Basic auth (any user name).
 //!
+//! A web page the operator's browser opens must not be able to use the admin plane
+//! ([`browser_guard`]): a `POST` must say `Content-Type: application/json` (an HTML form
+//! cannot, and a script on another origin cannot without a CORS preflight, which is never
+//! answered) and carry no foreign `Origin` (cross-site request forgery, which a browser
+//! holding the status page's Basic credentials would otherwise authenticate); and without a
+//! token, `/admin/*` and the status page answer only a `Host` that is an IP literal or
+//! `localhost` (DNS rebinding: a page whose own name now resolves to 127.0.0.1 is otherwise
+//! same-origin with the listener). Each refusal is a 403 or 415 whose JSON names the hazard.
+//!
 //! The admin plane reads shared state ([`Live`]) and never reaches into a data-plane request.
 
 pub mod stats;
@@ -125,7 +134,8 @@ async fn handle(
     let response = match (method.clone(), path.as_str(), local_endpoint) {
         (Method::GET | Method::HEAD, "/metrics", _) => metrics_response(),
         (Method::GET | Method::HEAD, "/" | "/status", _) => {
-            match authorize(&req, &live.snapshot().config) {
+            let config = &live.snapshot().config;
+            match authorize(&req, config).or_else(|| browser_guard(&req, config)) {
                 Some(mut denied) => {
                     denied.headers_mut().insert(
                         http::header::WWW_AUTHENTICATE,
@@ -144,7 +154,9 @@ async fn handle(
         }
         (_, p, _) if p.starts_with("/admin/") => {
             let snapshot = live.snapshot();
-            if let Some(denied) = authorize(&req, &snapshot.config) {
+            let refused =
+                authorize(&req, &snapshot.config).or_else(|| browser_guard(&req, &snapshot.config));
+            if let Some(denied) = refused {
                 denied
             } else {
                 match (method, p) {
@@ -197,6 +209,80 @@ fn authorize(req: &Request<Incoming>, config: &Config) -> Option<AdminResponse> 
             json!({"error": "unauthorized", "hint": "send Authorization: Bearer $SIDECACHE_ADMIN_TOKEN"}),
         ))
     }
+}
+
+/// `None` when a request may have come from no web page but the admin plane's own; else the
+/// 403 or 415 that names the hazard (see the module docs). Runs after [`authorize`].
+fn browser_guard(req: &Request<Incoming>, config: &Config) -> Option<AdminResponse> {
+    let headers = req.headers();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if config.server.admin_token.is_none() && host.is_some_and(|h| !is_local_host(h)) {
+        return Some(json_value(
+            403,
+            json!({
+                "error": "forbidden_host",
+                "hazard": "DNS rebinding: without SIDECACHE_ADMIN_TOKEN the admin plane answers \
+                           only a Host that is an IP address or localhost, so a web page whose \
+                           name resolves to this listener cannot use it",
+            }),
+        ));
+    }
+    if req.method() != Method::POST {
+        return None;
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let same = host.is_some_and(|h| {
+            let origin = origin.as_bytes();
+            [&b"http://"[..], b"https://"]
+                .iter()
+                .any(|scheme| origin.strip_prefix(*scheme) == Some(h.as_bytes()))
+        });
+        if !same {
+            return Some(json_value(
+                403,
+                json!({
+                    "error": "forbidden_origin",
+                    "hazard": "cross-site request forgery: a page on another origin may not \
+                               change the cache or the config",
+                }),
+            ));
+        }
+    }
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        json_value(
+            415,
+            json!({
+                "error": "unsupported_media_type",
+                "hazard": "cross-site request forgery: an HTML form on any web page can send \
+                           this POST, but not with Content-Type: application/json",
+                "hint": "send Content-Type: application/json",
+            }),
+        )
+    })
+}
+
+/// `localhost`, `*.localhost` or an IP literal, with or without a port: names no other
+/// party can point at this listener.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -31,16 +31,18 @@ pub enum BypassReason {
     Authorization,
     /// `Cookie` present and not part of the route's key.
     Cookie,
-    /// A body on GET, HEAD, DELETE or OPTIONS (allowed by `allow_body_on_safe_methods`): the
+    /// A body on GET or HEAD (allowed by `allow_body_on_safe_methods`): the
     /// key never holds a body.
     RequestBody,
     /// The request says `Cache-Control: no-store` (and the route honours request directives).
     RequestNoStore,
+    /// An `Upgrade` request (a WebSocket): tunnelled to the upstream, never cached.
+    Upgrade,
 }
 
 impl BypassReason {
     /// Every reason.
-    pub const ALL: [BypassReason; 7] = [
+    pub const ALL: [BypassReason; 8] = [
         Self::Method,
         Self::RouteDisabled,
         Self::DefaultOff,
@@ -48,6 +50,7 @@ impl BypassReason {
         Self::Cookie,
         Self::RequestBody,
         Self::RequestNoStore,
+        Self::Upgrade,
     ];
 
     /// Static name for `Cache-Status` and logs.
@@ -60,6 +63,7 @@ impl BypassReason {
             Self::Cookie => "cookie",
             Self::RequestBody => "request-body",
             Self::RequestNoStore => "request-no-store",
+            Self::Upgrade => "upgrade",
         }
     }
 }

@@ -132,6 +132,7 @@ const fn bypass_status(r: BypassReason) -> &'static str {
         BypassReason::Cookie => "sidecache; fwd=bypass; detail=cookie",
         BypassReason::RequestBody => "sidecache; fwd=bypass; detail=request-body",
         BypassReason::RequestNoStore => "sidecache; fwd=bypass; detail=request-no-store",
+        BypassReason::Upgrade => "sidecache; fwd=bypass; detail=upgrade",
     }
 }
 

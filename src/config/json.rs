@@ -61,6 +61,7 @@ fn route(r: &RouteConfig) -> Value {
         "name": r.name,
         "match": matcher_string(&r.methods, &r.pattern),
         "cache": cache,
+        "timeout": r.timeout.map(duration),
     })
 }
 
@@ -82,6 +83,7 @@ impl Config {
                 "watch": s.watch,
                 "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "allow_body_on_safe_methods": s.allow_body_on_safe_methods,
+                "tunnel_idle_timeout": duration(s.tunnel_idle_timeout),
                 "max_header_bytes": s.limits.max_header_bytes,
                 "max_headers": s.limits.max_headers,
                 "header_timeout": duration(s.limits.header_timeout),
@@ -89,6 +91,8 @@ impl Config {
                 "max_requests_per_connection": s.limits.max_requests_per_connection,
                 "max_connections": s.limits.max_connections,
                 "admin_body_timeout": duration(s.limits.admin_body_timeout),
+                "send_timeout": duration(s.limits.send_timeout),
+                "min_send_rate": s.limits.min_send_rate,
             },
             "proxy": {
                 "default_upstream": self.proxy.default_upstream.map(|i| self.upstream_name(i)),

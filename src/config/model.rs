@@ -83,9 +83,13 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For`, `-Host`, `-Proto` and `Forwarded` are believed.
     /// Default: none (not even loopback); from every other peer sidecache sets them itself.
     pub trusted_proxies: Vec<Cidr>,
-    /// Accept (and forward, never cache) bodies on GET, HEAD, DELETE and OPTIONS. Default
-    /// `false`: such requests are refused with 400.
+    /// Accept (and forward, never cache) bodies on GET and HEAD. Default `false`: such
+    /// requests are refused with 400 (bodies on every other method are always forwarded).
     pub allow_body_on_safe_methods: bool,
+    /// An upgraded connection (a WebSocket) is closed when the origin has sent nothing for
+    /// this long (nginx's `proxy_read_timeout` on an upgraded connection); the client's
+    /// silence alone never closes it. Default `60s`.
+    pub tunnel_idle_timeout: Duration,
     /// Limits of each downstream connection and request head.
     pub limits: ConnectionLimits,
 }
@@ -111,6 +115,14 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Deadline of reading an admin request body (a purge). Default `10s`.
     pub admin_body_timeout: Duration,
+    /// Each write to a client must finish within this (nginx's `send_timeout`), or, for a
+    /// large write, within its length at `min_send_rate` if that is longer; else the request
+    /// fails and its connection and upstream connection are closed. Default `60s`.
+    pub send_timeout: Duration,
+    /// The slowest a client may read a large write, in bytes per second (HTTP/1; HTTP/2
+    /// streams get `send_timeout` for each flow-control step). `None` (`"off"`): only
+    /// `send_timeout`. Default `16KiB` per second.
+    pub min_send_rate: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -123,20 +135,30 @@ impl Default for ConnectionLimits {
             max_requests_per_connection: 1000,
             max_connections: 16384,
             admin_body_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            min_send_rate: Some(16 << 10),
         }
     }
 }
 
 /// An IP network such as `10.0.0.0/8` or `::1/128` (a bare address is a single host).
+///
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is stored as the IPv4 network it
+/// names (`10.0.0.0/8`), so the prefix always fits the address family it is applied to: a
+/// peer's address is compared in its canonical form too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     network: std::net::IpAddr,
+    /// At most 32 for an IPv4 network, 128 for IPv6 (an invariant `parse` keeps).
     prefix: u8,
 }
 
 impl Cidr {
-    /// Parse `addr/prefix` or a bare address.
+    /// Parse `addr/prefix` or a bare address. An IPv4-mapped IPv6 address is taken as the
+    /// IPv4 address it maps, with its prefix less 96 (a mapped prefix under 96 spans more
+    /// than IPv4 and is refused).
     pub fn parse(s: &str) -> Result<Cidr, String> {
+        use std::net::IpAddr;
         let bad = || {
             format!(
                 "invalid CIDR {s:?}: expected e.g. \"10.0.0.0/8\", \"::1/128\" or \"127.0.0.1\""
@@ -146,8 +168,8 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let network: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let parsed: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if parsed.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
                 .trim()
@@ -157,7 +179,28 @@ impl Cidr {
                 .ok_or_else(bad)?,
             None => max,
         };
-        Ok(Cidr { network, prefix })
+        let mapped = match parsed {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            IpAddr::V4(_) => None,
+        };
+        match mapped {
+            Some(v4) => {
+                let prefix = prefix.checked_sub(96).ok_or_else(|| {
+                    format!(
+                        "invalid CIDR {s:?}: an IPv4-mapped network needs a prefix of at least \
+                         96 (write the IPv4 network, e.g. \"{v4}/8\")"
+                    )
+                })?;
+                Ok(Cidr {
+                    network: IpAddr::V4(v4),
+                    prefix,
+                })
+            }
+            None => Ok(Cidr {
+                network: parsed,
+                prefix,
+            }),
+        }
     }
 
     /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
@@ -173,13 +216,12 @@ impl Cidr {
         if width != addr_width {
             return false;
         }
-        let host_bits = width - u32::from(self.prefix);
-        let mask = if host_bits >= 128 {
-            0
-        } else {
-            u128::MAX << host_bits
+        // A prefix wider than the family would be a broken invariant: match nothing rather
+        // than everything.
+        let Some(host_bits) = width.checked_sub(u32::from(self.prefix)) else {
+            return false;
         };
-        let mask = mask
+        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0)
             & if width == 32 {
                 u128::from(u32::MAX)
             } else {
@@ -212,7 +254,8 @@ pub struct UpstreamConfig {
     pub address: String,
     /// TCP connect timeout. Default `1s`.
     pub connect_timeout: Duration,
-    /// Time to wait for each read from the upstream (headers or body chunk). Default `30s`.
+    /// Time to wait for each read from the upstream (headers or body chunk). Default `60s`
+    /// (nginx's `proxy_read_timeout`); a route's `timeout` overrides it.
     pub read_timeout: Duration,
     /// Time to wait for each write to the upstream. Default `30s`.
     pub write_timeout: Duration,
@@ -248,6 +291,9 @@ pub struct RouteConfig {
     pub pattern: Pattern,
     /// `None` for `cache = false`: matching requests bypass the cache.
     pub cache: Option<RouteCacheConfig>,
+    /// How long the upstream may take to answer (each read of its response) for this
+    /// route's requests, instead of its upstream's `read_timeout`: long polls. Default none.
+    pub timeout: Option<Duration>,
 }
 
 /// The caching half of a route.

@@ -72,7 +72,7 @@ fn defaults_are_exactly_the_documented_ones() {
         ("backend", "127.0.0.1:5000")
     );
     assert_eq!(u.connect_timeout, Duration::from_secs(1));
-    assert_eq!(u.read_timeout, Duration::from_secs(30));
+    assert_eq!(u.read_timeout, Duration::from_secs(60), "nginx's default");
     assert_eq!(u.write_timeout, Duration::from_secs(30));
     assert_eq!(u.idle_timeout, Duration::from_secs(60));
     assert!(c.rewrites.is_empty() && c.routes.is_empty());
@@ -109,6 +109,23 @@ fn route_defaults() {
     let origin = ok(&route(""));
     let cache = origin.routes[0].cache.as_ref().unwrap();
     assert_eq!((cache.mode, cache.ttl), (CacheMode::Origin, None));
+    assert_eq!(r.timeout, None, "the upstream's read_timeout applies");
+}
+
+#[test]
+fn a_route_timeout_is_a_positive_duration_allowed_without_cache() {
+    let c = ok(&route("cache = false\ntimeout = \"90s\"\n"));
+    assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(90)));
+    assert!(c.routes[0].cache.is_none());
+    let c = ok(&route("ttl = \"5m\"\ntimeout = \"2m\"\n"));
+    assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(120)));
+    assert_eq!(c.redacted_json()["routes"][0]["timeout"], "2m");
+    for bad in ["\"0s\"", "\"soon\"", "30"] {
+        assert!(
+            !errors(&route(&format!("timeout = {bad}\n"))).is_empty(),
+            "timeout = {bad}"
+        );
+    }
 }
 
 #[test]
@@ -207,7 +224,7 @@ fn unknown_keys_are_rejected_everywhere_with_lines() {
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     let server = errs.iter().find(|e| e.starts_with("server.lisen")).unwrap();
     assert!(
-        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
+        server.ends_with("expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, tunnel_idle_timeout, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections"),
         "{server}"
     );
 }
@@ -741,7 +758,7 @@ fn sample_report_reads_well() {
     assert_eq!(
         report,
         "server.listen (line 2): expected a string, found a datetime\n\
-         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, header_timeout, keepalive_timeout, admin_body_timeout, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
+         server.listen2 (line 3): unknown key \"listen2\"; expected one of: listen, admin_listen, threads, work_stealing, grace_period, access_log, max_request_body, watch, trusted_proxies, allow_body_on_safe_methods, tunnel_idle_timeout, header_timeout, keepalive_timeout, admin_body_timeout, send_timeout, min_send_rate, max_header_bytes, max_headers, max_requests_per_connection, max_connections\n\
          routes[0].ttl (line 10): expected a string, found an integer"
     );
     let dup = parse("[server]\nwatch = true\nwatch = false\n", None, &no_env()).unwrap_err();
@@ -762,6 +779,7 @@ fn edge_limits_default_to_safe_values() {
         "no peer is trusted by default"
     );
     assert!(!s.allow_body_on_safe_methods);
+    assert_eq!(s.tunnel_idle_timeout, Duration::from_secs(60));
     let l = &s.limits;
     assert_eq!((l.max_header_bytes, l.max_headers), (32 << 10, 100));
     assert_eq!(l.header_timeout, Duration::from_secs(10));
@@ -769,6 +787,12 @@ fn edge_limits_default_to_safe_values() {
     assert_eq!(l.max_requests_per_connection, 1000);
     assert_eq!(l.max_connections, 16384);
     assert_eq!(l.admin_body_timeout, Duration::from_secs(10));
+    assert_eq!(
+        l.send_timeout,
+        Duration::from_secs(60),
+        "nginx's send_timeout"
+    );
+    assert_eq!(l.min_send_rate, Some(16 << 10));
     assert!(c.cache.key_host, "the host is keyed by default");
     let r = ok(&route("ttl = \"5m\"\nkey = { query = [\"a\"] }\n"));
     assert!(!r.routes[0].cache.as_ref().unwrap().forward_unkeyed_query);
@@ -780,8 +804,11 @@ fn edge_limits_are_parsed_and_checked() {
         "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_header_bytes = \"8KiB\"\n\
          max_headers = 50\nheader_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\n\
          max_requests_per_connection = 10\nmax_connections = 100\n\
-         allow_body_on_safe_methods = true\n[cache]\nkey_host = false\n{UPSTREAM}"
+         allow_body_on_safe_methods = true\nsend_timeout = \"5s\"\nmin_send_rate = \"off\"\n\
+         [cache]\nkey_host = false\n{UPSTREAM}"
     ));
+    assert_eq!(c.server.limits.send_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.limits.min_send_rate, None);
     let s = &c.server;
     assert_eq!(s.trusted_proxies.len(), 2);
     assert!(s.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
@@ -845,8 +872,87 @@ fn cidrs_match_their_networks_only() {
     assert!(!Cidr::parse("127.0.0.1")
         .unwrap()
         .contains("127.0.0.2".parse().unwrap()));
-    for bad in ["", "10.0.0.0/", "10.0.0/8", "::1/129", "host/8"] {
+    for bad in [
+        "",
+        "10.0.0.0/",
+        "10.0.0/8",
+        "::1/129",
+        "host/8",
+        "::ffff:10.0.0.0/95",
+    ] {
         assert!(Cidr::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn an_ipv4_mapped_network_is_the_ipv4_network_it_maps() {
+    // Before: prefix 128 applied to the canonical 32-bit form underflowed the mask (every
+    // IPv4 peer trusted in a release build, a panic per request in a debug one).
+    let host = Cidr::parse("::ffff:10.0.0.5").unwrap();
+    assert_eq!(host, Cidr::parse("10.0.0.5/32").unwrap());
+    assert!(host.contains("10.0.0.5".parse().unwrap()));
+    assert!(host.contains("::ffff:10.0.0.5".parse().unwrap()));
+    assert!(!host.contains("10.0.0.6".parse().unwrap()));
+    assert!(!host.contains("192.168.1.1".parse().unwrap()));
+    let net = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+    assert_eq!(net.to_string(), "10.0.0.0/8");
+    assert!(net.contains("10.200.0.1".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+}
+
+mod cidr_properties {
+    use super::Cidr;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The reference: the first `prefix` bits of both addresses, bit by bit.
+    fn same_leading_bits(a: &[u8], b: &[u8], prefix: u32) -> bool {
+        (0..prefix).all(|i| {
+            let (byte, bit) = ((i / 8) as usize, 7 - (i % 8));
+            (a[byte] >> bit) & 1 == (b[byte] >> bit) & 1
+        })
+    }
+
+    fn octets(ip: IpAddr) -> Vec<u8> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    }
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+            any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+            any::<u32>().prop_map(|n| IpAddr::V6(Ipv4Addr::from(n).to_ipv6_mapped())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn contains_agrees_with_a_bitwise_reference(net in any_ip(), p in 0u8..=128, ip in any_ip()) {
+            let text = format!("{net}/{p}");
+            let Ok(cidr) = Cidr::parse(&text) else {
+                // Refused: a prefix wider than the family, or a mapped prefix under 96.
+                let max = if net.is_ipv4() { 32 } else { 128 };
+                let mapped = matches!(net, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+                prop_assert!(p > max || (mapped && p < 96), "{text} refused");
+                return Ok(());
+            };
+            let (n, a) = (octets(net), octets(ip));
+            let effective = u32::from(p) - if n.len() == 4 && net.is_ipv6() { 96 } else { 0 };
+            let expected = n.len() == a.len() && same_leading_bits(&n, &a, effective);
+            prop_assert_eq!(cidr.contains(ip), expected, "{} contains {}", text, ip);
+        }
+
+        #[test]
+        fn a_mapped_network_matches_exactly_as_its_ipv4_form(v4 in any::<u32>(), p in 0u8..=32, ip in any_ip()) {
+            let v4 = Ipv4Addr::from(v4);
+            let plain = Cidr::parse(&format!("{v4}/{p}")).unwrap();
+            let mapped = Cidr::parse(&format!("{}/{}", v4.to_ipv6_mapped(), p + 96)).unwrap();
+            prop_assert_eq!(plain, mapped);
+            prop_assert_eq!(plain.contains(ip), mapped.contains(ip));
+        }
     }
 }
 

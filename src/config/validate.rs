@@ -276,6 +276,10 @@ fn server(doc: &mut Doc<'_>, root: &mut Table<'_>) -> ServerConfig {
             .get(doc, "allow_body_on_safe_methods")
             .and_then(|e| e.bool(doc))
             .unwrap_or(false),
+        tunnel_idle_timeout: t
+            .get(doc, "tunnel_idle_timeout")
+            .and_then(|e| e.positive_duration(doc))
+            .unwrap_or(Duration::from_secs(60)),
         limits: limits(doc, &mut t),
     };
     t.forbid(
@@ -297,6 +301,18 @@ fn limits(doc: &mut Doc<'_>, t: &mut Table<'_>) -> ConnectionLimits {
     let header_timeout = duration(t, "header_timeout", d.header_timeout);
     let keepalive_timeout = duration(t, "keepalive_timeout", d.keepalive_timeout);
     let admin_body_timeout = duration(t, "admin_body_timeout", d.admin_body_timeout);
+    let send_timeout = duration(t, "send_timeout", d.send_timeout);
+    let min_send_rate = t
+        .get(doc, "min_send_rate")
+        .and_then(|e| match e.size_or_off(doc)? {
+            Some(0) => {
+                e.error(doc, "must be greater than 0 (or \"off\")");
+                None
+            }
+            Some(rate) => Some(usize::try_from(rate).ok()),
+            None => Some(None),
+        })
+        .unwrap_or(d.min_send_rate);
     let max_header_bytes = t
         .get(doc, "max_header_bytes")
         .and_then(|e| {
@@ -325,6 +341,8 @@ fn limits(doc: &mut Doc<'_>, t: &mut Table<'_>) -> ConnectionLimits {
             .and_then(|e| e.int_in(doc, 1, 1_000_000))
             .unwrap_or(d.max_connections),
         admin_body_timeout,
+        send_timeout,
+        min_send_rate,
     }
 }
 
@@ -389,7 +407,7 @@ fn upstreams(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<UpstreamConfig> {
             name: name.unwrap_or_default(),
             address: address.unwrap_or_default(),
             connect_timeout: timeout("connect_timeout", 1),
-            read_timeout: timeout("read_timeout", 30),
+            read_timeout: timeout("read_timeout", 60),
             write_timeout: timeout("write_timeout", 30),
             idle_timeout: timeout("idle_timeout", 60),
         };
@@ -507,6 +525,7 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
         let matcher = t
             .require(doc, "match")
             .and_then(|e| e.parsed(doc, parse_method_pattern));
+        let timeout = t.get(doc, "timeout").and_then(|e| e.positive_duration(doc));
         let cache_enabled = t
             .get(doc, "cache")
             .and_then(|e| e.bool(doc))
@@ -532,6 +551,7 @@ fn routes(doc: &mut Doc<'_>, root: &mut Table<'_>) -> Vec<RouteConfig> {
                 methods: mp.methods,
                 pattern: mp.pattern,
                 cache,
+                timeout,
             });
         }
     }

@@ -15,6 +15,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::forwarded::REQUEST_ID;
+use super::response_head::{self, Verdict};
 use super::RequestCtx;
 use crate::cache::status::CacheOutcome;
 use crate::cache::storage::codec::StoredEntry;
@@ -77,16 +78,13 @@ pub(super) async fn answer(
 }
 
 /// The header every fast hit on `stored` shares: the stored header, HTTP/1.1 framing with an
-/// exact `Content-Length`, the `X-Cache` / `Cache-Status` of an L1 hit, and placeholders of
-/// `Age` and the request id, which each hit replaces ([`HIT_HEADER_LINES`] in all). It lives in L1 beside the entry, so
+/// exact `Content-Length`, finished as every response is ([`response_head::finish`]: the
+/// `X-Cache` / `Cache-Status` of an L1 hit), and placeholders of `Age` and the request id,
+/// which each hit replaces ([`HIT_HEADER_LINES`] in all). It lives in L1 beside the entry, so
 /// it is built at its exact size (see [`StoredEntry::header_with_room`]) and kept as a clone.
 fn hit_header(stored: &StoredEntry) -> ResponseHeader {
     let mut resp = stored.header_with_room(HIT_HEADER_LINES);
     resp.set_version(http::Version::HTTP_11);
-    // Entries written before hop-by-hop headers were stripped at the origin may hold some.
-    super::normalize::strip_hop_by_hop(&mut resp, &header::PROXY_AUTHENTICATE);
-    // Kept in the stored copy (a 304 recomputes freshness from it), never sent to clients.
-    resp.remove_header(&crate::cache::freshness::SIDECACHE_CACHE_CONTROL);
     resp.remove_header(&header::AGE);
     resp.remove_header(&REQUEST_ID_HEADER);
     // Inserting these known-good values cannot fail; a failure would only drop the header.
@@ -94,15 +92,14 @@ fn hit_header(stored: &StoredEntry) -> ResponseHeader {
         resp.remove_header(&header::TRANSFER_ENCODING);
         let _ = resp.insert_header(header::CONTENT_LENGTH, stored.body.len());
     }
-    let outcome = CacheOutcome::HitL1;
-    if let Some(x) = outcome.x_cache() {
-        let _ = resp.insert_header("x-cache", x);
-    }
-    if let Some(cs) = outcome.cache_status(false, None) {
-        let _ = resp.insert_header("cache-status", cs);
-    }
+    let verdict = Verdict {
+        outcome: CacheOutcome::HitL1,
+        stored: false,
+        detail: None,
+    };
+    // The request id is a placeholder each hit replaces.
+    let _ = response_head::finish(&mut resp, verdict, &http::HeaderValue::from_static(""));
     let _ = resp.append_header(header::AGE, 0);
-    let _ = resp.append_header(REQUEST_ID_HEADER, http::HeaderValue::from_static(""));
     // Kept as a clone: a clone's maps hold exactly its lines, not the room `resp` has left.
     resp.clone()
 }

@@ -32,8 +32,11 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Who sent a request and what it was for, as sidecache believes it: the peer address, whether
 /// the peer is a trusted proxy, and the scheme and authority the request is for. From a
-/// trusted proxy these come from its `X-Forwarded-Proto`/`-Host` (or `Forwarded`); from any
-/// other peer, from the connection (`http`) and the request's own `Host`.
+/// trusted proxy these come from the value that proxy itself appended (the last value of
+/// `X-Forwarded-Proto`/`-Host`, else of the last `Forwarded` element); from any other peer,
+/// from the connection (`http`) and the request's own `Host` (or its HTTP/2 `:authority`).
+/// [`add_forwarded`] then sends the upstream exactly these values, so whichever value an
+/// origin believes (the first, the last, `Forwarded` or `X-Forwarded-*`) is the one keyed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOrigin {
     /// The TCP peer, when it is an IP socket.
@@ -56,22 +59,16 @@ impl ClientOrigin {
     ) -> Result<Self, BadHost> {
         let trusted = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
         let forwarded = trusted.then(|| last_forwarded_element(req)).flatten();
-        let scheme = match trusted {
-            true => first_value(req, X_FORWARDED_PROTO)
-                .or(forwarded.as_ref().and_then(|f| f.proto.as_deref()))
-                .map(|p| {
-                    if p.eq_ignore_ascii_case("https") {
-                        "https"
-                    } else {
-                        "http"
-                    }
-                })
-                .unwrap_or("http"),
-            false => "http",
+        let proto = match trusted {
+            true => last_value(req, X_FORWARDED_PROTO).or(forwarded.and_then(|f| f.proto)),
+            false => None,
+        };
+        let scheme = match proto {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
         };
         let host = match trusted {
-            true => first_value(req, X_FORWARDED_HOST)
-                .or(forwarded.as_ref().and_then(|f| f.host.as_deref())),
+            true => last_value(req, X_FORWARDED_HOST).or(forwarded.and_then(|f| f.host)),
             false => None,
         }
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
@@ -111,78 +108,146 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
 
-/// The first comma-separated value of the first `name` header, trimmed and non-empty.
-fn first_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    let v = req.headers.get(name)?.to_str().ok()?;
-    let first = v.split(',').next()?.trim();
-    (!first.is_empty()).then_some(first)
+/// Fields that tell an origin which URL a request is for (frameworks build links and
+/// redirects from them) that sidecache neither keys nor believes: removed from the requests
+/// of untrusted peers, whose values would otherwise be stored for everyone (cache poisoning).
+/// From a trusted proxy they are its own statement about its public URL and are kept.
+const UNKEYED_URL_FIELDS: [&str; 4] = [
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+];
+
+/// Fields that make some origins serve another path or host than the request line and
+/// `Host` name (IIS and Symfony's `X-Original-URL`/`X-Rewrite-URL`, `X-Host`): removed from
+/// every request, trusted proxies' too, since sidecache routes and keys by the request line
+/// and the host it believes, and the origin must serve exactly that.
+const TARGET_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-host"];
+
+/// The last comma-separated value of the `name` headers (the one the nearest proxy
+/// appended), trimmed and non-empty.
+fn last_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|v| !v.is_empty())
 }
 
 /// The `proto` and `host` of an RFC 7239 `Forwarded` element.
-#[derive(Debug, Default)]
-struct ForwardedElement {
-    proto: Option<String>,
-    host: Option<String>,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ForwardedElement<'a> {
+    proto: Option<&'a str>,
+    host: Option<&'a str>,
 }
 
-/// The last element of the `Forwarded` headers: the one the nearest proxy (the trusted peer)
-/// added about its own client.
-fn last_forwarded_element(req: &RequestHeader) -> Option<ForwardedElement> {
-    let last = req
-        .headers
+/// The last element of the `Forwarded` headers (the one the nearest proxy, the trusted peer,
+/// added about its own client), as written.
+fn last_forwarded_text(req: &RequestHeader) -> Option<&str> {
+    req.headers
         .get_all(FORWARDED)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .last()?;
+        .map(str::trim)
+        .rfind(|v| !v.is_empty())
+}
+
+/// The `proto` and `host` of the last `Forwarded` element.
+fn last_forwarded_element(req: &RequestHeader) -> Option<ForwardedElement<'_>> {
+    last_forwarded_text(req).map(forwarded_element)
+}
+
+fn forwarded_element(text: &str) -> ForwardedElement<'_> {
     let mut element = ForwardedElement::default();
-    for pair in last.split(';') {
+    for pair in text.split(';') {
         let Some((k, v)) = pair.split_once('=') else {
             continue;
         };
-        let v = v.trim().trim_matches('"').to_owned();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "proto" => element.proto = Some(v),
-            "host" => element.host = Some(v),
-            _ => {}
+        let v = v.trim().trim_matches('"');
+        let k = k.trim();
+        if k.eq_ignore_ascii_case("proto") {
+            element.proto = Some(v);
+        } else if k.eq_ignore_ascii_case("host") {
+            element.host = Some(v);
         }
     }
-    Some(element)
+    element
 }
 
-/// Set the forwarding headers of the upstream request and `X-Request-Id`. From an untrusted
-/// peer whatever the client sent is replaced: `X-Forwarded-For` is the peer's address,
-/// `X-Forwarded-Proto`/`-Host` are sidecache's own view, `Forwarded` is dropped. From a
-/// trusted proxy the peer is appended to its `X-Forwarded-For`, and its `-Proto`/`-Host` and
-/// `Forwarded` are kept (set when it sent none).
+/// Whether a `Forwarded` element says what `origin` believes (or nothing about it).
+fn agrees(element: ForwardedElement<'_>, origin: &ClientOrigin) -> bool {
+    let proto_agrees = element
+        .proto
+        .is_none_or(|p| p.eq_ignore_ascii_case(origin.scheme));
+    let host_agrees = element.host.is_none_or(|h| {
+        let mut normal = String::with_capacity(h.len());
+        normalize_authority(h.trim(), origin.scheme, &mut normal).is_ok()
+            && normal == origin.authority()
+    });
+    proto_agrees && host_agrees
+}
+
+/// Set the forwarding headers of the upstream request and `X-Request-Id`.
+///
+/// - `X-Forwarded-Proto` and `-Host` are always exactly what sidecache believes and keys
+///   ([`ClientOrigin`]), one value each: an untrusted client's are replaced, a trusted
+///   proxy's chain is reduced to the value it appended.
+/// - `Forwarded`: dropped from an untrusted peer; from a trusted proxy reduced to its last
+///   element when that agrees with what is keyed, else dropped.
+/// - `X-Forwarded-For`: an untrusted client's is replaced by the peer's address; a trusted
+///   proxy's has the peer appended.
+/// - [`UNKEYED_URL_FIELDS`] are removed from untrusted peers' requests, [`TARGET_OVERRIDES`]
+///   from every request.
 pub fn add_forwarded(
     upstream: &mut RequestHeader,
     origin: &ClientOrigin,
     request_id: &HeaderValue,
 ) -> pingora_error::Result<()> {
-    if !origin.trusted {
-        for name in [
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            FORWARDED,
-        ] {
-            if upstream.headers.contains_key(name) {
-                upstream.remove_header(name);
-            }
+    let remove = |upstream: &mut RequestHeader, name: &str| {
+        if upstream.headers.contains_key(name) {
+            upstream.remove_header(name);
+        }
+    };
+    for name in TARGET_OVERRIDES {
+        remove(upstream, name);
+    }
+    if origin.trusted {
+        let agreed = last_forwarded_text(upstream)
+            .filter(|text| agrees(forwarded_element(text), origin))
+            .map(str::to_owned);
+        match agreed {
+            Some(element) => upstream.insert_header(FORWARDED, element)?,
+            None => remove(upstream, FORWARDED),
+        }
+    } else {
+        for name in [X_FORWARDED_FOR, FORWARDED]
+            .into_iter()
+            .chain(UNKEYED_URL_FIELDS)
+        {
+            remove(upstream, name);
         }
     }
     if let Some(ip) = origin.peer {
-        let xff = match upstream.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
+        // Every line of a trusted proxy's chain, in order, then the peer.
+        let mut xff = String::new();
+        for prev in upstream.headers.get_all(X_FORWARDED_FOR).iter() {
+            let prev = prev.to_str().unwrap_or("").trim();
+            if !prev.is_empty() {
+                xff.push_str(prev);
+                xff.push_str(", ");
+            }
+        }
+        xff.push_str(&ip.to_string());
         upstream.insert_header(X_FORWARDED_FOR, xff)?;
     }
-    if !upstream.headers.contains_key(X_FORWARDED_PROTO) {
-        upstream.insert_header(X_FORWARDED_PROTO, origin.scheme)?;
-    }
-    if !upstream.headers.contains_key(X_FORWARDED_HOST) && !origin.authority().is_empty() {
+    upstream.insert_header(X_FORWARDED_PROTO, origin.scheme)?;
+    if origin.authority().is_empty() {
+        remove(upstream, X_FORWARDED_HOST);
+    } else {
         upstream.insert_header(X_FORWARDED_HOST, origin.authority())?;
     }
     upstream.insert_header(REQUEST_ID, request_id.clone())?;
@@ -283,5 +348,102 @@ mod tests {
         let mut bad = RequestHeader::build("GET", b"/", None).expect("req");
         bad.insert_header("host", "evil.example/x").expect("hdr");
         assert!(ClientOrigin::of(&bad, None, &[]).is_err());
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_send_unkeyed_url_fields_and_nobody_overrides_the_target() {
+        let fields = [
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-host", "evil.example"),
+        ];
+        let build = || {
+            let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+            r.insert_header("host", "api.example").expect("hdr");
+            for (k, v) in fields {
+                r.insert_header(k, v).expect("hdr");
+            }
+            r
+        };
+        let mut untrusted = build();
+        let o = origin(&untrusted, [10, 9, 9, 9], &["127.0.0.0/8"]);
+        add_forwarded(&mut untrusted, &o, &new_request_id()).expect("add");
+        for (k, _) in fields {
+            assert!(
+                !untrusted.headers.contains_key(k),
+                "{k} from an untrusted peer"
+            );
+        }
+        let mut trusted = build();
+        let o = origin(&trusted, [127, 0, 0, 1], &["127.0.0.0/8"]);
+        add_forwarded(&mut trusted, &o, &new_request_id()).expect("add");
+        for (k, _) in &fields[..4] {
+            assert!(trusted.headers.contains_key(*k), "{k} from a trusted proxy");
+        }
+        for (k, _) in &fields[4..] {
+            assert!(!trusted.headers.contains_key(*k), "{k} from anyone");
+        }
+    }
+
+    #[test]
+    fn a_trusted_chain_is_reduced_to_the_value_its_nearest_proxy_appended() {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+        r.insert_header("host", "internal").expect("hdr");
+        r.append_header("x-forwarded-host", "evil.example, Shop.example")
+            .expect("hdr");
+        r.append_header("x-forwarded-proto", "http, https")
+            .expect("hdr");
+        r.append_header("x-forwarded-for", "1.1.1.1").expect("hdr");
+        r.append_header("x-forwarded-for", "2.2.2.2").expect("hdr");
+        r.append_header(
+            "forwarded",
+            "for=1.1.1.1;host=evil.example;proto=http, for=2.2.2.2;host=shop.example;proto=https",
+        )
+        .expect("hdr");
+        let o = origin(&r, [10, 0, 0, 2], &["10.0.0.0/8"]);
+        assert_eq!(o.site(), "https://shop.example");
+        add_forwarded(&mut r, &o, &new_request_id()).expect("add");
+        let all = |name: &str| -> Vec<&str> {
+            r.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-forwarded-host"), ["shop.example"]);
+        assert_eq!(all("x-forwarded-proto"), ["https"]);
+        assert_eq!(
+            all("forwarded"),
+            ["for=2.2.2.2;host=shop.example;proto=https"]
+        );
+        assert_eq!(all("x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.2"]);
+
+        // Forwarded alone decides the same way: its last element.
+        let mut f = RequestHeader::build("GET", b"/", None).expect("req");
+        f.insert_header("host", "internal").expect("hdr");
+        f.append_header("forwarded", "host=evil.example;proto=http")
+            .expect("hdr");
+        f.append_header("forwarded", "host=shop.example;proto=https")
+            .expect("hdr");
+        assert_eq!(
+            origin(&f, [10, 0, 0, 2], &["10.0.0.0/8"]).site(),
+            "https://shop.example"
+        );
+
+        // A Forwarded element that disagrees with the X-Forwarded-* pair is not sent on.
+        let mut d = RequestHeader::build("GET", b"/", None).expect("req");
+        d.insert_header("host", "internal").expect("hdr");
+        d.insert_header("x-forwarded-host", "shop.example")
+            .expect("hdr");
+        d.insert_header("forwarded", "host=evil.example")
+            .expect("hdr");
+        let o = origin(&d, [10, 0, 0, 2], &["10.0.0.0/8"]);
+        add_forwarded(&mut d, &o, &new_request_id()).expect("add");
+        assert!(!d.headers.contains_key("forwarded"));
+        assert_eq!(d.headers["x-forwarded-host"], "shop.example");
     }
 }

@@ -14,6 +14,7 @@ pub mod local;
 pub mod normalize;
 mod phases;
 mod plan;
+pub mod response_head;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +95,16 @@ pub(crate) struct Progress {
     pub request_body_bytes: u64,
     /// The status sent to the client (0 before one was).
     pub status: u16,
+    /// The origin switched protocols (101): the connection is a tunnel from then on.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// What passed through an upgraded connection.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    pub opened: Instant,
+    pub to_origin: u64,
+    pub to_client: u64,
 }
 
 /// A small JSON body of an error sidecache answers itself:
@@ -111,6 +122,36 @@ pub(crate) fn error_body(
         request_id.to_str().unwrap_or("").into(),
     );
     Bytes::from(serde_json::Value::Object(body).to_string())
+}
+
+/// How long, at most, the body of a refused request is read and dropped after its answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// After answering a request whose body was refused unread (a body on GET, a declared body
+/// over `max_request_body`): read and drop the body as framed, for at most [`LINGER`] and
+/// `max_bytes`, before the connection is closed. Closing a socket with unread bytes makes
+/// the kernel send a reset, which destroys the answer in the client's receive buffer while
+/// it is still sending (a lingering close, as nginx does). A client that sent `Expect:
+/// 100-continue` was not told to send its body and is not waited for.
+pub(crate) async fn drain_refused_body(session: &mut Session, max_bytes: u64) {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue || session.is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut read = 0u64;
+        while read <= max_bytes {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len() as u64,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    let _ = pingora_timeout::timeout(LINGER, drain).await;
 }
 
 /// Write a small JSON response and finish the request.

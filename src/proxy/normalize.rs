@@ -9,7 +9,8 @@
 //! - [`normalize_authority`]: the host a request is for, lower-cased, default port dropped.
 //! - [`strip_hop_by_hop`]: headers meant for this hop only (those named in `Connection`, and
 //!   the standard ones) are removed before the key, the Vary variant and the upstream request
-//!   are computed from the request (RFC 9110 §7.6.1).
+//!   are computed from the request (RFC 9110 §7.6.1); [`upgrade_protocol`] and
+//!   [`keep_upgrade`] carry an upgrade (a WebSocket handshake) across it.
 
 use std::borrow::Cow;
 
@@ -241,6 +242,54 @@ pub fn normalize_authority(authority: &str, scheme: &str, out: &mut String) -> R
     Ok(())
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade` value, when its
+/// `Connection` names `upgrade` (RFC 9110 §7.8). HTTP/1.0 and HTTP/2 have no upgrade.
+pub fn upgrade_protocol(req: &RequestHeader) -> Option<http::HeaderValue> {
+    if req.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let protocol = req.headers.get(header::UPGRADE)?;
+    let asked = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| protocol.clone())
+}
+
+/// After [`strip_hop_by_hop`], ask the next hop for the switch again, as nginx's usual
+/// `proxy_set_header Upgrade $http_upgrade; Connection $connection_upgrade` does: `Upgrade:
+/// protocol` and `Connection: upgrade`, nothing else the client's `Connection` named.
+pub fn keep_upgrade<M: HeaderFields>(msg: &mut M, protocol: http::HeaderValue) {
+    msg.set_field(header::UPGRADE, protocol);
+    msg.set_field(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+}
+
+/// The authority of an absolute-form request target (`http://host:port/path`), as sent;
+/// `None` for any other form. An empty authority is returned as such (and refused as a host).
+pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let scheme_len = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find_map(|scheme| {
+            (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+                .then_some(scheme.len())
+        })?;
+    let rest = &target[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// Headers that belong to one connection (RFC 9110 §7.6.1), besides those the `Connection`
 /// header names, in requests and responses alike. `Transfer-Encoding` is not among them:
 /// pingora frames the body by it on both sides.
@@ -263,6 +312,8 @@ const NEVER_NOMINATED: [HeaderName; 3] = [
 pub trait HeaderFields {
     fn fields(&self) -> &http::HeaderMap;
     fn remove_field(&mut self, name: &HeaderName);
+    /// Replace every value of `name` with `value` (a valid name and value cannot fail).
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue);
 }
 
 impl HeaderFields for RequestHeader {
@@ -271,6 +322,9 @@ impl HeaderFields for RequestHeader {
     }
     fn remove_field(&mut self, name: &HeaderName) {
         self.remove_header(name);
+    }
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue) {
+        let _ = self.insert_header(name, value);
     }
 }
 
@@ -281,6 +335,9 @@ impl HeaderFields for pingora_http::ResponseHeader {
     fn remove_field(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
+    fn set_field(&mut self, name: HeaderName, value: http::HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
 }
 
 /// Remove the hop-by-hop headers from a message: the ones every `Connection` line names
@@ -288,12 +345,7 @@ impl HeaderFields for pingora_http::ResponseHeader {
 /// (`Proxy-Authorization` in requests, `Proxy-Authenticate` in responses: they are for a
 /// proxy, never for the origin or the client).
 pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
-    // One pass over the (few) names finds the common case, a message with none of them,
-    // cheaper than hashing each hop-by-hop name into the map.
-    let is_hop = |name: &HeaderName| {
-        HOP_BY_HOP.contains(name) || name == proxy_only || *name == PROXY_CONNECTION
-    };
-    if !msg.fields().keys().any(is_hop) {
+    if !has_hop_by_hop(msg, proxy_only) {
         return;
     }
     if msg.fields().contains_key(header::CONNECTION) {
@@ -318,6 +370,35 @@ pub fn strip_hop_by_hop<M: HeaderFields>(msg: &mut M, proxy_only: &HeaderName) {
 }
 
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `msg` has any field [`strip_hop_by_hop`] would act on. One pass over the (few)
+/// names finds the common case, a message with none of them, cheaper than hashing each
+/// hop-by-hop name into the map.
+fn has_hop_by_hop<M: HeaderFields>(msg: &M, proxy_only: &HeaderName) -> bool {
+    let is_hop = |name: &HeaderName| {
+        HOP_BY_HOP.contains(name) || name == proxy_only || *name == PROXY_CONNECTION
+    };
+    msg.fields().keys().any(is_hop)
+}
+
+/// [`strip_hop_by_hop`] for a request, keeping its upgrade (see [`upgrade_protocol`]) with
+/// [`keep_upgrade`]. Whether it kept one: the request asks to switch protocols.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) -> bool {
+    let proxy_only = &header::PROXY_AUTHORIZATION;
+    if !has_hop_by_hop(req, proxy_only) {
+        // No Upgrade either (it is hop-by-hop): the common case costs one pass.
+        return false;
+    }
+    let upgrade = upgrade_protocol(req);
+    strip_hop_by_hop(req, proxy_only);
+    match upgrade {
+        Some(protocol) => {
+            keep_upgrade(req, protocol);
+            true
+        }
+        None => false,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -415,6 +496,52 @@ mod tests {
                 normalize_authority(bad, "http", &mut out),
                 Err(BadHost),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_upgrade_survives_the_hop_by_hop_strip_and_nothing_else_it_named() {
+        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+        for (k, v) in [
+            ("connection", "keep-alive, Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        assert!(strip_request_hop_by_hop(&mut r), "an upgrade");
+        assert_eq!(r.headers["upgrade"], "websocket");
+        assert_eq!(r.headers["connection"], "upgrade");
+        assert!(!r.headers.contains_key("x-secret"));
+        assert!(r.headers.contains_key("sec-websocket-key"));
+        // Not an upgrade: Connection does not ask, or HTTP/1.0.
+        let mut plain = RequestHeader::build("GET", b"/", None).unwrap();
+        plain.append_header("upgrade", "websocket").unwrap();
+        assert!(upgrade_protocol(&plain).is_none());
+        plain.append_header("connection", "upgrade").unwrap();
+        assert!(upgrade_protocol(&plain).is_some());
+        plain.set_version(http::Version::HTTP_10);
+        assert!(upgrade_protocol(&plain).is_none());
+    }
+
+    #[test]
+    fn the_authority_of_an_absolute_form_target() {
+        for (target, want) in [
+            (&b"http://a.example/x?y"[..], Some(&b"a.example"[..])),
+            (b"HTTPS://A.example:8443", Some(b"A.example:8443")),
+            (b"http://a.example?q", Some(b"a.example")),
+            (b"http:///x", Some(b"")),
+            (b"/x", None),
+            (b"*", None),
+            (b"ftp://a/x", None),
+        ] {
+            assert_eq!(
+                absolute_form_authority(target),
+                want,
+                "{}",
+                target.escape_ascii()
             );
         }
     }

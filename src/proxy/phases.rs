@@ -36,16 +36,20 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
-use super::forwarded::{self, REQUEST_ID};
+use super::forwarded;
 use super::normalize;
 use super::plan::{self, LocalAnswer, Plan};
-use super::{error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy};
+use super::response_head::{self, Verdict};
+use super::{
+    error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy, Tunnel,
+};
 use crate::cache::freshness::{self, Directives, Received};
-use crate::cache::policy::{self, DirectiveVerdict, NoStoreReason, ResponseContext};
+use crate::cache::policy::{self, BypassReason, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{Tier, TieredHit};
 use crate::telemetry::events::{
-    InternalEvent, PurgeBacklogFull, RequestFinished, UpstreamFailed, UpstreamResponded,
+    InternalEvent, PurgeBacklogFull, RequestFinished, TunnelClosed, TunnelOpened, UpstreamFailed,
+    UpstreamResponded,
 };
 use crate::telemetry::metrics::UpstreamErrorKind;
 
@@ -87,11 +91,11 @@ impl ProxyHttp for SidecacheProxy {
             .map(|a| a.ip());
         let has_body = !session.is_body_empty();
         let resolved = match plan::prepare(session.req_header_mut(), peer, &ctx.snapshot.config) {
-            Ok(origin) => plan::resolve(
+            Ok(prepared) => plan::resolve(
                 session.req_header(),
                 &ctx.snapshot,
                 self.live.cache,
-                origin,
+                prepared,
                 has_body,
             ),
             Err(refusal) => Plan::Local(refusal).into(),
@@ -149,10 +153,15 @@ impl ProxyHttp for SidecacheProxy {
         }
         ctx.progress.status = status;
         respond_json(session, status, body, &ctx.request_id).await?;
+        if !answer.is_endpoint() {
+            let bound = ctx.snapshot.config.server.max_request_body_bytes;
+            super::drain_refused_body(session, bound).await;
+        }
         Ok(true)
     }
 
-    /// Streams the request body through, failing with 413 once it exceeds the bound.
+    /// Streams the request body through, failing with 413 once it exceeds the bound; a
+    /// tunnel's bytes (after a 101) are only counted.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -160,6 +169,10 @@ impl ProxyHttp for SidecacheProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(tunnel) = &mut ctx.progress.tunnel {
+            tunnel.to_origin += body.as_ref().map_or(0, |b| b.len() as u64);
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.progress.request_body_bytes += b.len() as u64;
             if ctx.progress.request_body_bytes > ctx.snapshot.config.server.max_request_body_bytes {
@@ -267,9 +280,12 @@ impl ProxyHttp for SidecacheProxy {
                 &ctx.request_id,
             );
             ctx.progress.status = 503;
-            // the request body is not read: the connection cannot carry another request
+            // the request body is not read: the connection cannot carry another request, and
+            // the body is drained (bounded) so the client can read the answer
             session.set_keepalive(None);
             respond_json(session, 503, body, &ctx.request_id).await?;
+            let bound = ctx.snapshot.config.server.max_request_body_bytes;
+            super::drain_refused_body(session, bound).await;
             return Ok(false);
         }
         let only_if_cached =
@@ -287,7 +303,8 @@ impl ProxyHttp for SidecacheProxy {
         Ok(false)
     }
 
-    /// The plan's upstream, with its connect/read/write/idle timeouts.
+    /// The plan's upstream, with its connect/read/write/idle timeouts (the read timeout the
+    /// matched route's `timeout`, when it has one).
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -301,7 +318,16 @@ impl ProxyHttp for SidecacheProxy {
         let mut peer = HttpPeer::new(u.address.as_str(), false, String::new());
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.total_connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
+        let route_timeout = target.route.as_ref().and_then(|r| r.timeout);
+        let read_timeout = match ctx.plan {
+            // An upgrade's handshake, then its tunnel: the origin may be silent this long.
+            Plan::Bypass {
+                reason: BypassReason::Upgrade,
+                ..
+            } => ctx.snapshot.config.server.tunnel_idle_timeout,
+            _ => route_timeout.unwrap_or(u.read_timeout),
+        };
+        peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(u.write_timeout);
         peer.options.idle_timeout = Some(u.idle_timeout);
         ctx.progress.upstream_started = Some(Instant::now());
@@ -359,7 +385,11 @@ impl ProxyHttp for SidecacheProxy {
         }
         // Before the cache stores the header: what is for this hop only is neither stored nor
         // sent to clients (RFC 9110 §7.6.1).
-        normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
+        // A 101 is never stored, and keeps its upgrade for the client: response_filter
+        // finishes it.
+        if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
+        }
         // A response without a valid Date gets the time it was received (RFC 9110 §6.6.1),
         // so its age and Expires − Date are defined.
         if freshness::date_header(&upstream_response.headers, &http::header::DATE).is_none() {
@@ -453,6 +483,20 @@ impl ProxyHttp for SidecacheProxy {
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
+    /// Counts a tunnel's bytes to the client.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(tunnel) = &mut ctx.progress.tunnel {
+            tunnel.to_client += body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+        Ok(None)
+    }
+
     /// Tells the client what the cache did: `X-Cache`, RFC 9211 `Cache-Status` (with the
     /// reason as `detail` when the cache was bypassed or the response not stored), and the
     /// request id. Runs for hits and misses alike.
@@ -464,37 +508,37 @@ impl ProxyHttp for SidecacheProxy {
     ) -> Result<()> {
         ctx.progress.status = upstream_response.status.as_u16();
         let (outcome, detail) = outcome(session, ctx);
-        // Sidecache's own targeted field steers the cache, never the client (RFC 9213 §2.1).
-        if upstream_response
-            .headers
-            .contains_key(&freshness::SIDECACHE_CACHE_CONTROL)
-        {
-            upstream_response.remove_header(&freshness::SIDECACHE_CACHE_CONTROL);
-        }
         if outcome == CacheOutcome::Revalidated {
             // pingora sends no Age after a validation (RFC 9111 §4: a reused response has one).
             if let Some(meta) = session.cache.maybe_cache_meta() {
                 upstream_response.insert_header(http::header::AGE, meta.age().as_secs())?;
             }
         }
-        if matches!(
+        let verdict = Verdict {
             outcome,
-            CacheOutcome::HitL1
-                | CacheOutcome::HitL2
-                | CacheOutcome::Stale
-                | CacheOutcome::Revalidated
-        ) {
-            // A stored header: entries written by an older build may still hold hop-by-hop
-            // fields (the origin's own responses were stripped in upstream_response_filter).
-            normalize::strip_hop_by_hop(upstream_response, &http::header::PROXY_AUTHENTICATE);
+            stored: ctx.progress.stored,
+            detail,
+        };
+        response_head::finish(upstream_response, verdict, &ctx.request_id)?;
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && matches!(
+                ctx.plan,
+                Plan::Bypass {
+                    reason: BypassReason::Upgrade,
+                    ..
+                }
+            )
+        {
+            // A tunnel from now on: the client may be silent as long as it likes (the
+            // origin's silence is bounded by tunnel_idle_timeout, set in upstream_peer).
+            session.set_read_timeout(None);
+            ctx.progress.tunnel = Some(Tunnel {
+                opened: Instant::now(),
+                to_origin: 0,
+                to_client: 0,
+            });
+            TunnelOpened.emit();
         }
-        if let Some(x) = outcome.x_cache() {
-            upstream_response.insert_header("x-cache", x)?;
-        }
-        if let Some(cs) = outcome.cache_status(ctx.progress.stored, detail) {
-            upstream_response.insert_header("cache-status", cs)?;
-        }
-        upstream_response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
         // A successful write invalidates what it changed before its client can send the next
         // request (RFC 9111 §4.4): L1 now, Redis in the background.
         let req = session.req_header();
@@ -576,6 +620,14 @@ impl ProxyHttp for SidecacheProxy {
     /// access log line).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.live.request_finished();
+        if let Some(tunnel) = ctx.progress.tunnel.take() {
+            TunnelClosed {
+                to_origin: tunnel.to_origin,
+                to_client: tunnel.to_client,
+                open_for: tunnel.opened.elapsed(),
+            }
+            .emit();
+        }
         if session.subrequest_ctx.is_some() {
             // A background refresh (stale-while-revalidate) pingora ran on its own: not a
             // client request, so no request metrics or access log line.

@@ -1,8 +1,8 @@
 //! The request plan: what sidecache does with one request, decided once by [`resolve`] in
 //! `request_filter` and only read by the phases after it.
 //!
-//! First [`prepare`] normalizes the request in place (hop-by-hop headers removed, the path
-//! normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
+//! First [`prepare`] normalizes the request in place (hop-by-hop headers removed but an
+//! upgrade's own, the path normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
 //! forwarded headers only from configured proxies), or refuses it. Then [`resolve`] reads the
 //! normalized request and the config snapshot, and probes L1 once: it answers what sidecache
 //! owns (health, readiness, its own refusals), picks the upstream through the rewrites,
@@ -66,7 +66,7 @@ pub(crate) enum LocalAnswer {
     BadPath(BadPath),
     /// The host (or a trusted proxy's forwarded host) is not a valid authority (400).
     BadHost,
-    /// A body on GET, HEAD, DELETE or OPTIONS, without `allow_body_on_safe_methods` (400).
+    /// A body on GET or HEAD, without `allow_body_on_safe_methods` (400).
     BodyNotAllowed,
 }
 
@@ -160,16 +160,40 @@ impl From<Plan> for Resolved {
     }
 }
 
+/// A request [`prepare`] normalized: who sent it, and whether it asks to switch protocols.
+pub(crate) struct Prepared {
+    pub origin: ClientOrigin,
+    /// An upgrade (a WebSocket handshake) whose `Upgrade` was kept for the upstream.
+    pub upgrade: bool,
+}
+
 /// Normalize `req` in place and work out who sent it, before anything routes, keys or
-/// forwards it: hop-by-hop headers removed, the path normalized (the upstream receives the
-/// normal form; the query is kept as sent), the client's origin from the connection and the
-/// forwarded headers of trusted proxies only. Or the refusal.
+/// forwards it: hop-by-hop headers removed (an upgrade's own kept), the path normalized (the
+/// upstream receives the normal form; the query is kept as sent), the client's origin from
+/// the connection and the forwarded headers of trusted proxies only. Or the refusal.
 pub(crate) fn prepare(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     config: &Config,
-) -> Result<ClientOrigin, LocalAnswer> {
-    normalize::strip_hop_by_hop(req, &http::header::PROXY_AUTHORIZATION);
+) -> Result<Prepared, LocalAnswer> {
+    let upgrade = normalize::strip_request_hop_by_hop(req);
+    // An absolute-form target names the host, and Host is ignored (RFC 9112 §3.2.2): make
+    // Host say it, so the key, the forwarded headers and the upstream all use one authority
+    // (pingora would otherwise send the target's while the key held Host's, or none).
+    let absolute = match normalize::absolute_form_authority(req.raw_path()) {
+        Some(authority) => {
+            Some(http::HeaderValue::from_bytes(authority).map_err(|_| LocalAnswer::BadHost)?)
+        }
+        None => None,
+    };
+    let absolute = match absolute {
+        Some(host) => {
+            req.insert_header(http::header::HOST, host)
+                .map_err(|_| LocalAnswer::BadHost)?;
+            true
+        }
+        None => false,
+    };
     let origin = ClientOrigin::of(req, peer, &config.server.trusted_proxies)
         .map_err(|_| LocalAnswer::BadHost)?;
     if !req.headers.contains_key(http::header::HOST) && !origin.authority().is_empty() {
@@ -180,7 +204,7 @@ pub(crate) fn prepare(
             .map_err(|_| LocalAnswer::BadHost)?;
     }
     let normal = match normalize::normalize_path(req.uri.path()) {
-        Ok(p) if p.as_ref() == req.uri.path() && req.uri.scheme().is_none() => None,
+        Ok(p) if p.as_ref() == req.uri.path() && req.uri.scheme().is_none() && !absolute => None,
         Ok(p) => Some(p.into_owned()),
         Err(why) => return Err(LocalAnswer::BadPath(why)),
     };
@@ -195,7 +219,7 @@ pub(crate) fn prepare(
             .map_err(|_| LocalAnswer::BadPath(BadPath::BadEscape))?;
         req.set_uri(uri);
     }
-    Ok(origin)
+    Ok(Prepared { origin, upgrade })
 }
 
 /// Decide what to do with the normalized `req` ([`prepare`]) under `snapshot`, probing L1
@@ -204,11 +228,15 @@ pub(crate) fn resolve(
     req: &RequestHeader,
     snapshot: &Snapshot,
     cache: &TieredCache,
-    origin: ClientOrigin,
+    prepared: Prepared,
     has_body: bool,
 ) -> Resolved {
+    let Prepared { origin, upgrade } = prepared;
     let path = req.uri.path();
     let config: &Config = &snapshot.config;
+    if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
+        return Plan::Local(LocalAnswer::BodyTooLarge).into();
+    }
     let body_on_safe_method = has_body && is_body_free(&req.method);
     if body_on_safe_method && !config.server.allow_body_on_safe_methods {
         return Plan::Local(LocalAnswer::BodyNotAllowed).into();
@@ -219,9 +247,6 @@ pub(crate) fn resolve(
             Some(LocalEndpoint::Ready) => return Plan::Local(LocalAnswer::Ready).into(),
             None => {}
         }
-    }
-    if declared_body_len(req).is_some_and(|n| n > config.server.max_request_body_bytes) {
-        return Plan::Local(LocalAnswer::BodyTooLarge).into();
     }
     let router = &snapshot.router;
     let (upstream, upstream_path) = match router.rewrite(path) {
@@ -255,6 +280,11 @@ pub(crate) fn resolve(
     };
     if body_on_safe_method {
         let reason = BypassReason::RequestBody;
+        return Plan::Bypass { target, reason }.into();
+    }
+    if upgrade {
+        // Tunnelled, never cached.
+        let reason = BypassReason::Upgrade;
         return Plan::Bypass { target, reason }.into();
     }
     let effective = match &target.route {
@@ -343,11 +373,12 @@ pub(crate) fn resolve(
     Plan::Cache { target, cache }.into()
 }
 
-/// Methods whose requests carry no body: one there is refused (or, when allowed, never
-/// cached), since the key never holds a body.
+/// Methods whose content has no defined semantics (RFC 9110 §9.3.1, §9.3.2) and whose
+/// responses are cached by the key alone: a body there is refused (or, when allowed, never
+/// cached), since the key never holds a body. Every other method's body is forwarded (a
+/// `DELETE` with a JSON list of ids, an `OPTIONS` with content).
 fn is_body_free(method: &http::Method) -> bool {
-    use http::Method;
-    [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS].contains(method)
+    *method == http::Method::GET || *method == http::Method::HEAD
 }
 
 /// The request's `Content-Length`, when it is one valid number.

@@ -92,6 +92,7 @@ impl Router {
                     pattern: r.pattern.clone(),
                     methods: r.methods.clone(),
                     cache: r.cache.clone(),
+                    timeout: r.timeout,
                     metrics: RouteMetrics::new(&r.name, upstreams.len()),
                 })
             })

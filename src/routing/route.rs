@@ -22,6 +22,8 @@ pub struct RoutePolicy {
     pub methods: Vec<Method>,
     /// `None` for `cache = false`: matching requests bypass the cache.
     pub cache: Option<RouteCacheConfig>,
+    /// The upstream read timeout of this route's requests, when not the upstream's.
+    pub timeout: Option<std::time::Duration>,
     /// Pre-resolved metric handles of this route's label.
     pub metrics: RouteMetrics,
 }

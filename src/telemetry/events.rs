@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::metrics::{
     metrics, ConnectionRefusal, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel,
-    RequestRefusal, RouteMetrics, Success, UpstreamErrorKind, WarmUrlResult,
+    RequestRefusal, RouteMetrics, Success, TunnelDirection, UpstreamErrorKind, WarmUrlResult,
 };
 use super::recent::{recent, unix_now, PurgeRecord, ReloadRecord, WarmRecord};
 use super::window;
@@ -584,6 +584,41 @@ impl InternalEvent for WarmFinished<'_> {
             fetched = self.fetched, already_warm = self.already_warm, failed = self.failed,
             elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
             "warming finished");
+    }
+}
+
+/// The origin answered an upgrade request with 101: the connection is now a tunnel.
+pub struct TunnelOpened;
+
+impl InternalEvent for TunnelOpened {
+    fn emit(self) {
+        let m = metrics();
+        m.tunnels_open.inc();
+        m.tunnels.inc();
+    }
+}
+
+/// A tunnel closed (either side closed, the origin was silent for
+/// `server.tunnel_idle_timeout`, or the client stopped reading).
+pub struct TunnelClosed {
+    pub to_origin: u64,
+    pub to_client: u64,
+    pub open_for: Duration,
+}
+
+impl InternalEvent for TunnelClosed {
+    fn emit(self) {
+        let m = metrics();
+        m.tunnels_open.dec();
+        for (direction, bytes) in [
+            (TunnelDirection::ToOrigin, self.to_origin),
+            (TunnelDirection::ToClient, self.to_client),
+        ] {
+            m.tunnel_bytes
+                .with_label_values(&[direction.label()])
+                .inc_by(bytes);
+        }
+        m.tunnel_duration.observe(self.open_for.as_secs_f64());
     }
 }
 

@@ -282,6 +282,38 @@ impl ConnectionRefusal {
     }
 }
 
+/// Which way an upgraded connection's bytes went: the `direction` label of
+/// `sidecache_tunnel_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelDirection {
+    /// From the client to the origin.
+    ToOrigin,
+    /// From the origin to the client.
+    ToClient,
+}
+impl TunnelDirection {
+    pub const ALL: [TunnelDirection; 2] = [Self::ToOrigin, Self::ToClient];
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::ToOrigin => "to_origin",
+            Self::ToClient => "to_client",
+        }
+    }
+}
+
+/// Tunnel duration buckets in seconds, 1 s to 1 day.
+pub const TUNNEL_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86_400.0,
+];
+
 /// Why a request was refused before routing (or its connection closed before its head was
 /// complete): the `reason` label of `sidecache_requests_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +332,8 @@ pub enum RequestRefusal {
     MissingHost,
     /// More than one `Host` (400).
     DuplicateHost,
+    /// An absolute-form target whose authority is not the `Host` sent beside it (400).
+    HostDiffersFromTarget,
     /// More than one `Content-Length`, equal or not, in fields or in a list (400).
     DuplicateContentLength,
     /// A `Content-Length` that is not a decimal number (400).
@@ -316,7 +350,7 @@ pub enum RequestRefusal {
     AdminBodyTimeout,
 }
 impl RequestRefusal {
-    pub const ALL: [RequestRefusal; 14] = [
+    pub const ALL: [RequestRefusal; 15] = [
         Self::HeaderTooLarge,
         Self::TooManyHeaders,
         Self::MalformedRequestLine,
@@ -324,6 +358,7 @@ impl RequestRefusal {
         Self::MalformedHeader,
         Self::MissingHost,
         Self::DuplicateHost,
+        Self::HostDiffersFromTarget,
         Self::DuplicateContentLength,
         Self::InvalidContentLength,
         Self::ContentLengthWithTransferEncoding,
@@ -341,6 +376,7 @@ impl RequestRefusal {
             Self::MalformedHeader => "malformed_header",
             Self::MissingHost => "missing_host",
             Self::DuplicateHost => "duplicate_host",
+            Self::HostDiffersFromTarget => "host_differs_from_target",
             Self::DuplicateContentLength => "duplicate_content_length",
             Self::InvalidContentLength => "invalid_content_length",
             Self::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
@@ -388,6 +424,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
     pub requests_refused: IntCounterVec,
+    pub tunnels_open: IntGauge,
+    pub tunnels: IntCounter,
+    pub tunnel_bytes: IntCounterVec,
+    pub tunnel_duration: Histogram,
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
@@ -583,6 +623,28 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &["reason"]
         )
         .expect("register sidecache_requests_refused_total"),
+        tunnels_open: register_int_gauge!(
+            "sidecache_tunnels_open",
+            "Upgraded connections (WebSockets) open: the origin answered 101 and bytes pass both ways."
+        )
+        .expect("register sidecache_tunnels_open"),
+        tunnels: register_int_counter!(
+            "sidecache_tunnels_total",
+            "Upgraded connections (WebSockets) opened since start."
+        )
+        .expect("register sidecache_tunnels_total"),
+        tunnel_bytes: register_int_counter_vec!(
+            "sidecache_tunnel_bytes_total",
+            "Bytes through closed upgraded connections, by direction (to_origin, to_client).",
+            &["direction"]
+        )
+        .expect("register sidecache_tunnel_bytes_total"),
+        tunnel_duration: prometheus::register_histogram!(
+            "sidecache_tunnel_duration_seconds",
+            "How long upgraded connections stayed open.",
+            TUNNEL_BUCKETS.to_vec()
+        )
+        .expect("register sidecache_tunnel_duration_seconds"),
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -601,6 +663,9 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     for r in Success::ALL {
         m.config_reloads.with_label_values(&[r.label()]);
         m.purge_broadcasts.with_label_values(&[r.label()]);
+    }
+    for d in TunnelDirection::ALL {
+        m.tunnel_bytes.with_label_values(&[d.label()]);
     }
     for t in [Tier::L1, Tier::L2] {
         m.corrupt_entries.with_label_values(&[t.label()]);

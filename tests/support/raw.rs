@@ -227,6 +227,18 @@ impl RawConn {
     }
 }
 
+/// Send `bytes` on a new connection to `addr` and read one response (within 5 s); panics
+/// if none comes.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
+    let what = String::from_utf8_lossy(bytes).into_owned();
+    let mut conn = RawConn::connect(addr).await;
+    conn.send(bytes).await;
+    conn.response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{what:?}: {e}"))
+        .expect_response(&what)
+}
+
 type Head = (u16, Vec<(String, String)>, usize);
 
 /// The status, fields and length of a complete response head at the start of `buf`.

@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 
 use super::raw::owned_fields;
 
+/// How much of each request body the recorder keeps.
+pub const KEPT_BODY: usize = 1 << 20;
+
 /// How long one connection may stay silent before the recorder drops it.
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -52,6 +55,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// Payload bytes of the body received (chunked framing removed).
     pub body_bytes: usize,
+    /// The first [`KEPT_BODY`] bytes of that payload.
+    pub body: Vec<u8>,
     pub body_end: BodyEnd,
 }
 
@@ -172,8 +177,12 @@ async fn serve(
             write(&mut stream, head.as_bytes()).await?;
         }
         let mut payload = 0;
-        let complete = read_body(&mut stream, &mut buf, &framing, &mut payload, |n| {
-            lock(&seen)[index].body_bytes = n;
+        let complete = read_body(&mut stream, &mut buf, &framing, &mut payload, |data, n| {
+            let mut all = lock(&seen);
+            let r = &mut all[index];
+            r.body_bytes = n;
+            let room = KEPT_BODY.saturating_sub(r.body.len());
+            r.body.extend_from_slice(&data[..data.len().min(room)]);
         })
         .await;
         lock(&seen)[index].body_end = if complete {
@@ -216,22 +225,23 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool, St
     }
 }
 
-/// Read the body as framed; `true` if it was complete. `progress` sees the payload so far.
+/// Read the body as framed; `true` if it was complete. `progress` sees each piece of
+/// payload and the payload length so far.
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     framing: &Framing,
     payload: &mut usize,
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(&[u8], usize),
 ) -> bool {
     loop {
         match framing {
             Framing::Length(n) => {
                 let n = *n;
                 let take = buf.len().min(n - *payload);
-                buf.drain(..take);
                 *payload += take;
-                progress(*payload);
+                progress(&buf[..take], *payload);
+                buf.drain(..take);
                 if *payload == n {
                     return true;
                 }
@@ -255,9 +265,9 @@ async fn read_body(
                         if buf.len() < start + size + 2 {
                             break;
                         }
-                        buf.drain(..start + size + 2);
                         *payload += size;
-                        progress(*payload);
+                        progress(&buf[start..start + size], *payload);
+                        buf.drain(..start + size + 2);
                     }
                     Ok(httparse::Status::Partial) => break,
                     Err(_) => return false,
@@ -302,6 +312,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<(Received, Framing, usize)>, Strin
         target: req.path.unwrap_or("").to_owned(),
         headers,
         body_bytes: 0,
+        body: Vec::new(),
         body_end: BodyEnd::Reading,
     };
     Ok(Some((received, framing, used)))

@@ -160,11 +160,19 @@ impl Sidecache {
         }
     }
 
-    /// Like [`Sidecache::start`] but returns the failure (with stderr) as `Err`.
+    /// Like [`Sidecache::start`] but returns the failure (with stderr) as `Err`. A start that
+    /// lost one of its free ports to another process between picking and binding it (tests
+    /// of several worktrees or binaries run at once) is tried again on new ports.
     pub async fn try_start(opts: SidecacheOptions) -> Result<Sidecache, String> {
-        let mut sc = Self::spawn(opts);
-        sc.wait_healthy(STARTUP_TIMEOUT).await?;
-        Ok(sc)
+        let mut attempts = 0;
+        loop {
+            let mut sc = Self::spawn(opts.clone());
+            match sc.wait_healthy(STARTUP_TIMEOUT).await {
+                Ok(()) => return Ok(sc),
+                Err(e) if e.contains("Address already in use") && attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Spawns the proxy without waiting for it (for tests that expect it to fail).
@@ -415,4 +423,15 @@ pub async fn admin_purge(sc: &Sidecache, body: serde_json::Value) -> serde_json:
     .await;
     assert_eq!(r.status, 200, "purge {body}: {}", r.text());
     r.json()
+}
+
+/// POST to `sc`'s `/admin/reload` (as JSON, as the admin plane requires) and return the answer.
+pub async fn admin_reload(sc: &Sidecache) -> super::http::Resp {
+    request(
+        "POST",
+        &sc.admin_url("/admin/reload"),
+        &[("content-type", "application/json")],
+        Bytes::new(),
+    )
+    .await
 }

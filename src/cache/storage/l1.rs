@@ -209,9 +209,10 @@ const MAP_SLOT: u64 = 4;
 /// Heap each tag costs in the tag index beyond its bytes (a map member).
 const TAG_COST: u64 = 64;
 
-/// Lines the fast path's hit header may add to the stored header: framing, `X-Cache`,
-/// `Cache-Status`, and the placeholders of `Age` and the request id.
-pub const HIT_HEADER_LINES: usize = 5;
+/// Lines the fast path's hit header may add to the stored header: framing,
+/// `Accept-Ranges`, `X-Cache`, `Cache-Status`, and the placeholders of `Age` and the request
+/// id.
+pub const HIT_HEADER_LINES: usize = 6;
 
 /// Heap of one cloned `HeaderMap` of `lines` lines: a power-of-two table of index slots and
 /// one bucket per line (a clone keeps no spare buckets; stored and hit headers are clones).

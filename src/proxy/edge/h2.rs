@@ -66,6 +66,7 @@ impl HttpServerApp for H2Connection {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let Some(reason) = over_limits(session.req_header(), &self.limits) else {
+            super::send_limits(&mut session, &self.limits);
             return self.proxy.process_new_http(session, shutdown).await;
         };
         RequestRefused {

@@ -8,7 +8,9 @@
 //! - the request line has a valid method token, `HTTP/1.0` or `HTTP/1.1`, and an
 //!   origin-form, absolute-form (`http://`, `https://`) or `OPTIONS *` target (400);
 //! - fields have token names and no bare CR, obs-fold, NUL or other control byte (400);
-//! - HTTP/1.1 has exactly one `Host`, HTTP/1.0 at most one (400);
+//! - HTTP/1.1 has exactly one `Host`, HTTP/1.0 at most one (400); with an absolute-form
+//!   target, `Host` is the target's authority, byte for byte (400: which host the request is
+//!   for would be ambiguous, and pingora refuses it without the edge's JSON);
 //! - at most one `Content-Length`, a decimal number, and never beside `Transfer-Encoding`
 //!   (400); `Transfer-Encoding` only in HTTP/1.1 (400) and only exactly `chunked` (501).
 
@@ -110,9 +112,14 @@ fn request_rules(req: &httparse::Request<'_, '_>) -> Result<(), RequestRefusal> 
     }
     let (mut hosts, mut lengths, mut codings) = (0usize, 0usize, 0usize);
     let mut coding: &[u8] = b"";
+    let target_authority =
+        crate::proxy::normalize::absolute_form_authority(req.path.unwrap_or("").as_bytes());
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
+            if target_authority.is_some_and(|a| a != field.value) {
+                return Err(RequestRefusal::HostDiffersFromTarget);
+            }
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             if field.value.contains(&b',') {
@@ -295,7 +302,11 @@ mod tests {
 
     #[test]
     fn host_and_framing_rules() {
-        let cases: [(&[u8], RequestRefusal); 14] = [
+        let cases: [(&[u8], RequestRefusal); 15] = [
+            (
+                b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+                RequestRefusal::HostDiffersFromTarget,
+            ),
             (b"GET / HTTP/1.1\r\n\r\n", RequestRefusal::MissingHost),
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",

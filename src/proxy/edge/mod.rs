@@ -172,10 +172,14 @@ impl ServerApp for Edge {
             match settings.take() {
                 Some(previous) => previous.apply_to_session(&mut session),
                 // N requests on a connection are N - 1 reuses.
-                None => session.set_keepalive_reuses_remaining(Some(
-                    limits.max_requests_per_connection.saturating_sub(1),
-                )),
+                None => {
+                    session.set_keepalive_reuses_remaining(Some(
+                        limits.max_requests_per_connection.saturating_sub(1),
+                    ));
+                    session.set_pipelining_enabled(true);
+                }
             }
+            send_limits(&mut session, &limits);
             session.set_pipelined_prefix(std::mem::take(&mut buf));
             let (next, kept) = self
                 .proxy
@@ -183,7 +187,14 @@ impl ServerApp for Edge {
                 .await?
                 .consume();
             stream = next;
-            settings = kept;
+            // What the client sent after this request (pipelined) is the start of the next
+            // one: read and checked like any head before pingora sees it.
+            settings = kept.map(|mut kept| {
+                if let Some(ahead) = kept.take_pipelined_prefix() {
+                    buf = ahead;
+                }
+                kept
+            });
         }
     }
 
@@ -194,6 +205,15 @@ impl ServerApp for Edge {
         self.closing_signal.notify_waiters();
         self.proxy.http_cleanup().await;
     }
+}
+
+/// How a session writes to a client that reads slowly or not at all: each write must finish
+/// within `server.send_timeout`, or for a large one within its length at
+/// `server.min_send_rate`, whichever is longer; then the request fails, and its connection
+/// (and its upstream connection) are closed.
+pub(super) fn send_limits(session: &mut ServerSession, limits: &ConnectionLimits) {
+    session.set_write_timeout(Some(limits.send_timeout));
+    session.set_min_send_rate(limits.min_send_rate);
 }
 
 /// One of the `server.max_connections` slots, given back when the connection ends.
@@ -296,13 +316,26 @@ async fn read_head(
         max_bytes: limits.max_header_bytes,
         max_headers: limits.max_headers,
     };
+    // Bytes of a pipelined request already read with the one before: checked before any read.
+    let mut ahead = buf.len();
     let (mut deadline, mut started) = match accepted {
         Some(at) => (at + limits.header_timeout, true),
+        None if ahead > 0 => (Instant::now() + limits.header_timeout, true),
         None if waits.closed => return Arrival::Closed,
         None => (Instant::now() + limits.keepalive_timeout, false),
     };
     waits.arm(deadline);
     loop {
+        if ahead > 0 {
+            let read = std::mem::take(&mut ahead);
+            match check_read(buf, read, bounds) {
+                Head::Complete => return Arrival::Head,
+                Head::Refused { reason, head_only } => {
+                    return Arrival::Refused { reason, head_only }
+                }
+                Head::Partial => continue,
+            }
+        }
         if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(HEAD_BUFFER);
         } else if buf.capacity() - buf.len() < MIN_READ {
@@ -341,20 +374,7 @@ async fn read_head(
                 Preface::No => {}
             }
         }
-        let recheck =
-            buf.len() < CHECK_EVERY_READ_BELOW || buf[buf.len() - read..].contains(&b'\n');
-        let head = if recheck {
-            head::check(buf, bounds)
-        } else if buf.len() > bounds.max_bytes {
-            // No line ended, so the head did not either: it is too large already.
-            Head::Refused {
-                reason: RequestRefusal::HeaderTooLarge,
-                head_only: false,
-            }
-        } else {
-            Head::Partial
-        };
-        match head {
+        match check_read(buf, read, bounds) {
             Head::Complete => return Arrival::Head,
             Head::Refused { reason, head_only } => return Arrival::Refused { reason, head_only },
             Head::Partial if !started => {
@@ -364,6 +384,22 @@ async fn read_head(
             }
             Head::Partial => {}
         }
+    }
+}
+
+/// Check the head in `buf` after `read` more bytes arrived at its end.
+fn check_read(buf: &[u8], read: usize, bounds: HeadLimits) -> Head {
+    let recheck = buf.len() < CHECK_EVERY_READ_BELOW || buf[buf.len() - read..].contains(&b'\n');
+    if recheck {
+        head::check(buf, bounds)
+    } else if buf.len() > bounds.max_bytes {
+        // No line ended, so the head did not either: it is too large already.
+        Head::Refused {
+            reason: RequestRefusal::HeaderTooLarge,
+            head_only: false,
+        }
+    } else {
+        Head::Partial
     }
 }
 

@@ -40,6 +40,7 @@ pub(crate) fn status(reason: RequestRefusal) -> StatusCode {
         | RequestRefusal::MalformedHeader
         | RequestRefusal::MissingHost
         | RequestRefusal::DuplicateHost
+        | RequestRefusal::HostDiffersFromTarget
         | RequestRefusal::DuplicateContentLength
         | RequestRefusal::InvalidContentLength
         | RequestRefusal::ContentLengthWithTransferEncoding

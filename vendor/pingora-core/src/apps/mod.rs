@@ -148,6 +148,14 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// Take the pipelined-prefix bytes, if any, out of these settings.
+    // sidecache patch: the edge reads and checks every request head itself, pipelined ones
+    // included, so it takes the bytes read ahead of the next request back from here before
+    // handing them to the next session as its prefix.
+    pub fn take_pipelined_prefix(&mut self) -> Option<BytesMut> {
+        self.pipelined_prefix.take()
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,

@@ -789,7 +789,10 @@ impl HttpSession {
         // min timeout is 1s
         let ms = (buf_len.max(min_send_rate) as f64 / min_send_rate as f64) * 1000.0;
         // truncates unrealistically large values (we'll be out of memory before this happens)
-        Some(Duration::from_millis(ms as u64))
+        let by_rate = Duration::from_millis(ms as u64);
+        // sidecache patch: with both set, a write gets the longer of the two, so a small
+        // write is allowed write_timeout (not 1 s) and a large one the time the rate allows.
+        Some(self.write_timeout.map_or(by_rate, |t| t.max(by_rate)))
     }
 
     /// Apply keepalive settings according to the client
