@@ -2,8 +2,8 @@
 //! Redis Cluster and Sentinel set-up), the
 //! stand-in backend, a recording upstream, a scripted origin, a tiny HTTP client, raw TCP,
 //! headless Chromium,
-//! background traffic, a TCP delay proxy, helpers that drive the storage directly, and a
-//! harness that runs the real `sidecache` binary.
+//! background traffic, a TCP delay proxy, helpers that drive the storage directly, a
+//! harness that runs the real `sidecache` binary, and an origin that versions every resource.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -19,3 +19,4 @@ pub mod scripted;
 pub mod sidecache;
 pub mod storage;
 pub mod traffic;
+pub mod versioned_origin;
