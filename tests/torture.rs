@@ -121,7 +121,7 @@ impl Params {
             shrink_budget: env_secs("SIDECACHE_TORTURE_SHRINK_SECS")
                 .unwrap_or(Duration::from_secs(45)),
             history: None,
-            keep_going: false,
+            keep_going: std::env::var("SIDECACHE_TORTURE_KEEP_GOING").is_ok_and(|v| v == "1"),
             only: None,
             pace: 1.0,
         }
@@ -267,14 +267,19 @@ async fn torture(params: &Params) -> Result<(), String> {
         failing.len(),
         params.shrink_budget
     );
-    let shrunk = shrink::shrink(failing, deadline, |candidate| async move {
-        let o = run_once(params, &candidate, Some(first.invariant)).await;
-        let v = o
-            .violations
-            .into_iter()
-            .find(|v| v.invariant == first.invariant)?;
-        Some((v, o.launched))
-    })
+    let shrunk = shrink::shrink(
+        failing,
+        first.url.as_deref(),
+        deadline,
+        |candidate| async move {
+            let o = run_once(params, &candidate, Some(first.invariant)).await;
+            let v = o
+                .violations
+                .into_iter()
+                .find(|v| v.invariant == first.invariant)?;
+            Some((v, o.launched))
+        },
+    )
     .await;
     let file = write_history(params, &shrunk.history, &first);
     let shown = shrunk.violation.as_ref().unwrap_or(&first);

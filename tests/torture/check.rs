@@ -33,6 +33,8 @@ pub struct Violation {
     pub invariant: u8,
     /// Milliseconds since the run began.
     pub at_ms: u64,
+    /// The URL whose entry broke it, if one did.
+    pub url: Option<String>,
     pub what: String,
 }
 
@@ -165,11 +167,17 @@ impl Checker {
     }
 
     fn violate(&mut self, invariant: u8, what: String) {
+        self.violate_at(invariant, None, what);
+    }
+
+    /// A violation that concerns the entry of `url`.
+    fn violate_at(&mut self, invariant: u8, url: Option<&str>, what: String) {
         if self.violations.len() < 50 && !self.violations.iter().any(|v| v.what == what) {
             let at_ms = self.ms(Instant::now());
             self.violations.push(Violation {
                 invariant,
                 at_ms,
+                url: url.map(str::to_owned),
                 what,
             });
         }
@@ -446,7 +454,7 @@ impl Checker {
                     self.ms(start),
                     RETAIN.as_secs()
                 );
-                self.violate(1, what);
+                self.violate_at(1, Some(url), what);
                 return;
             }
         }
@@ -466,7 +474,7 @@ impl Checker {
                 self.ms(f.ack),
                 f.version,
             );
-            self.violate(1, what);
+            self.violate_at(1, Some(url), what);
         }
     }
 
@@ -529,7 +537,7 @@ impl Checker {
             self.ms(prev.arrived),
             self.answers_between(url, prev.arrived, next.arrived + Duration::from_secs(1)),
         );
-        self.violate(2, what);
+        self.violate_at(2, Some(url), what);
     }
 
     /// How the GETs of `url` that ended within `[from, to]` were answered, e.g.
@@ -659,4 +667,137 @@ fn is_flood_target(kind: &str, target: &str) -> bool {
         _ => return false,
     };
     !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http::HeaderMap;
+
+    use super::super::model::{Target, WriteKind, WriteRequest};
+    use super::*;
+
+    const B: Duration = Duration::from_millis(300);
+
+    fn answer(version: u64) -> Result<Resp, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-version", version.to_string().parse().expect("header"));
+        headers.insert("x-cache", "HIT-L1".parse().expect("header"));
+        Ok(Resp {
+            status: 200,
+            headers,
+            body: Bytes::from_static(
+                b"{\"bumped\":{\"/api/items/1\":2,\"/api/items/1/detail\":2}}",
+            ),
+        })
+    }
+
+    /// A checker where instance 0 wrote `PUT /api/items/1` (version 2) between `sent` and
+    /// `acked`.
+    fn after_a_write() -> (Checker, Instant) {
+        let mut c = Checker::new(Instant::now(), B, 2);
+        let w = WriteRequest::new(WriteKind::PutItem, 1, 0);
+        let id = c.write_started(&w);
+        let sent = Instant::now();
+        let acked = sent + Duration::from_millis(10);
+        c.write_finished(id, 0, &w, sent, acked, &answer(2), "write");
+        (c, acked)
+    }
+
+    #[test]
+    fn an_old_version_after_the_bound_breaks_invariant_1() {
+        let (mut c, acked) = after_a_write();
+        let url = "/api/items/1/detail";
+        c.get_finished(
+            0,
+            url,
+            acked - Duration::from_millis(1),
+            &answer(1),
+            "before",
+        );
+        c.get_finished(1, url, acked + B / 2, &answer(1), "within B elsewhere");
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        c.get_finished(
+            0,
+            url,
+            acked + Duration::from_millis(1),
+            &answer(1),
+            "purger",
+        );
+        c.get_finished(1, url, acked + B * 2, &answer(1), "after B");
+        c.get_finished(1, url, acked + B * 2, &answer(2), "fresh");
+        let broke: Vec<u8> = c.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(broke, [1, 1], "{:?}", c.violations);
+    }
+
+    #[test]
+    fn a_fault_on_the_reader_moves_the_bound_to_its_heal() {
+        let (mut c, acked) = after_a_write();
+        let fault = c.fault_started(Some(1));
+        c.get_finished(1, "/api/items/1", acked + B * 2, &answer(1), "fault runs");
+        c.fault_healed(fault);
+        let healed = Instant::now();
+        c.get_finished(1, "/api/items/1", healed + B / 2, &answer(1), "healing");
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        c.get_finished(1, "/api/items/1", healed + B * 2, &answer(1), "healed");
+        assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+    }
+
+    fn fetch(listener: usize, url: &str, arrived: Instant) -> Fetch {
+        Fetch {
+            listener,
+            url: url.to_owned(),
+            version: 1,
+            arrived,
+            answered: arrived,
+        }
+    }
+
+    #[test]
+    fn a_second_fetch_needs_something_that_uncached_the_url() {
+        let mut c = Checker::new(Instant::now(), B, 2);
+        let t = Instant::now();
+        let url = "/api/sessions/1/state";
+        c.fetched(&[
+            fetch(0, url, t),
+            fetch(1, url, t + Duration::from_millis(50)),
+        ]);
+        assert_eq!(c.violations.len(), 1, "the fleet fetched twice");
+        let purge = c.purge_started(&Target::Tag("session:1".into()));
+        c.fetched(&[fetch(1, url, Instant::now())]);
+        assert_eq!(c.violations.len(), 1, "a purge explains the third");
+        c.purge_finished(
+            purge,
+            0,
+            &Target::Tag("session:1".into()),
+            &Default::default(),
+            t,
+            Instant::now(),
+            &answer(1),
+            "purge",
+        );
+        let later = Instant::now() + B * 2;
+        c.fetched(&[fetch(0, "/api/items/2", t), fetch(0, "/api/items/2", later)]);
+        assert_eq!(c.violations.len(), 2, "an item within its lifetime");
+        let expired = t + model::ITEM_TTL_MIN;
+        c.fetched(&[fetch(0, "/api/items/2", expired)]);
+        assert_eq!(c.violations.len(), 2, "an item after its lifetime");
+    }
+
+    #[test]
+    fn a_purge_beyond_the_writes_targets_breaks_invariant_3() {
+        let mut c = Checker::new(Instant::now(), B, 2);
+        c.write_started(&WriteRequest::new(WriteKind::EndSession, 2, 0));
+        c.purge_seen(0, "write", "url", "/api/sessions/2/state", "log");
+        c.purge_seen(0, "write", "prefix", "/api/sessions/2/end?", "log");
+        c.purge_seen(1, "remote", "prefix", "/api/sessions/2/state?", "log");
+        c.purge_seen(0, "write", "prefix", "/api/other/17?", "log");
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        c.purge_seen(0, "write", "prefix", "", "log");
+        c.purge_seen(1, "remote", "tag", "session:2", "log");
+        let broke: Vec<u8> = c.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(broke, [3, 3], "{:?}", c.violations);
+    }
 }

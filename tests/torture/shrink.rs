@@ -1,5 +1,6 @@
-//! Shrinking a failing history: delta debugging (ddmin, complements only) within a time
-//! budget. Each trial replays a candidate on a fresh fleet; a candidate "fails" when the
+//! Shrinking a failing history within a time budget: first the steps that concern the
+//! violation's entry alone (its path's GETs, the writes and purges that reach it, and every
+//! fault, flood and reload), then delta debugging (ddmin, complements only). Each trial replays a candidate on a fresh fleet; a candidate "fails" when the
 //! same invariant breaks again, and is then cut to the steps launched before it broke.
 //! Concurrency failures do not reproduce every time, so a candidate that passes may still
 //! have been needed or not: the result is the shortest history found, not the shortest
@@ -9,7 +10,25 @@ use std::future::Future;
 use std::time::Instant;
 
 use super::check::Violation;
-use super::ops::Step;
+use super::model::{path_of, WriteRequest};
+use super::ops::{Op, Step};
+
+/// Whether `op` may matter to the entry of `url`: a GET of its path, a write or purge that
+/// reaches it, or anything that touches every entry (faults, floods, reloads).
+fn concerns(op: &Op, url: &str) -> bool {
+    let path = path_of(url);
+    match op {
+        Op::Get { url: u, .. } | Op::Burst { url: u, .. } => path_of(u) == path,
+        Op::Write {
+            kind, id, query, ..
+        } => WriteRequest::new(*kind, *id, *query)
+            .purged_paths()
+            .iter()
+            .any(|p| p == path),
+        Op::Purge { target, .. } => target.coverage().covers(url),
+        Op::Reload { .. } | Op::Flood { .. } | Op::Fault { .. } => true,
+    }
+}
 
 /// The outcome of a shrink.
 pub struct Shrunk {
@@ -19,9 +38,15 @@ pub struct Shrunk {
     pub trials: u32,
 }
 
-/// Shrink `history` until `deadline`. `trial` replays a candidate and returns, when the
-/// invariant broke again, the violation and how many steps it had launched.
-pub async fn shrink<F, Fut>(history: Vec<Step>, deadline: Instant, mut trial: F) -> Shrunk
+/// Shrink `history` until `deadline`; `url` is the entry the violation concerns, if any.
+/// `trial` replays a candidate and returns, when the invariant broke again, the violation
+/// and how many steps it had launched.
+pub async fn shrink<F, Fut>(
+    history: Vec<Step>,
+    url: Option<&str>,
+    deadline: Instant,
+    mut trial: F,
+) -> Shrunk
 where
     F: FnMut(Vec<Step>) -> Fut,
     Fut: Future<Output = Option<(Violation, usize)>>,
@@ -31,6 +56,25 @@ where
         violation: None,
         trials: 0,
     };
+    if let Some(url) = url {
+        let focused: Vec<Step> = best
+            .history
+            .iter()
+            .filter(|s| concerns(&s.op, url))
+            .cloned()
+            .collect();
+        if focused.len() < best.history.len() {
+            best.trials += 1;
+            if let Some((violation, launched)) = trial(focused.clone()).await {
+                best.history = focused[..launched.clamp(1, focused.len())].to_vec();
+                best.violation = Some(violation);
+                println!(
+                    "torture: shrink trial 1 (the steps concerning {url}) failed again with {} steps",
+                    best.history.len()
+                );
+            }
+        }
+    }
     let mut parts = 2usize;
     while best.history.len() >= 2 && Instant::now() < deadline {
         let len = best.history.len();
@@ -44,7 +88,7 @@ where
             candidate.extend_from_slice(&best.history[(start + chunk).min(len)..]);
             best.trials += 1;
             if let Some((violation, launched)) = trial(candidate.clone()).await {
-                candidate.truncate(launched.max(1));
+                candidate.truncate(launched.clamp(1, candidate.len()));
                 println!(
                     "torture: shrink trial {} failed again with {} steps",
                     best.trials,
