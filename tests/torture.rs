@@ -121,7 +121,7 @@ impl Params {
             shape,
             bound: env_ms("SIDECACHE_TORTURE_BOUND_MS").unwrap_or(Duration::from_secs(3)),
             shrink_budget: env_secs("SIDECACHE_TORTURE_SHRINK_SECS")
-                .unwrap_or(Duration::from_secs(45)),
+                .unwrap_or(Duration::from_secs(20)),
             history: None,
             keep_going: std::env::var("SIDECACHE_TORTURE_KEEP_GOING").is_ok_and(|v| v == "1"),
             only: None,
@@ -181,11 +181,20 @@ impl Params {
 
     /// The command that replays this run.
     fn replay_command(&self, history: Option<&PathBuf>) -> String {
-        let shape = format!(
+        let mut shape = format!(
             "{}--instances {}",
             if self.shape.cluster { "--cluster " } else { "" },
             self.shape.instances
         );
+        if self.pace != 1.0 {
+            shape.push_str(&format!(" --pace {}", self.pace));
+        }
+        if self.bound != Duration::from_secs(3) {
+            shape.push_str(&format!(" --bound-ms {}", self.bound.as_millis()));
+        }
+        if let Ok(l2) = std::env::var("SIDECACHE_TORTURE_L2") {
+            shape.push_str(&format!(" --l2 '{l2}'"));
+        }
         match history {
             Some(file) => format!("./dev torture --history {} {shape}", file.display()),
             None => format!(
@@ -391,14 +400,26 @@ fn write_history(params: &Params, history: &[Step], violation: &Violation) -> Pa
     file
 }
 
-/// Run each seed in turn (stopping at the first failure) and fail with its report.
+/// Run each seed in turn and fail with the first failure's headline (with
+/// `SIDECACHE_TORTURE_KEEP_GOING=1`, after every seed has run).
 async fn ci(shape: Shape, ops: usize, fixed_seeds: &[u64]) {
     let clock = clock_seed();
     println!("torture: seeds {fixed_seeds:?} and {clock} (from the clock)");
+    let mut failed = Vec::new();
     for seed in fixed_seeds.iter().copied().chain([clock]) {
-        if let Err(headline) = torture(&Params::ci(seed, ops, shape)).await {
-            panic!("{headline} (the report above says how to replay it)");
+        let params = Params::ci(seed, ops, shape);
+        if let Err(headline) = torture(&params).await {
+            failed.push(headline);
+            if !params.keep_going {
+                break;
+            }
         }
+    }
+    if !failed.is_empty() {
+        panic!(
+            "{} (the report above says how to replay it)",
+            failed.join("; ")
+        );
     }
 }
 
