@@ -24,7 +24,9 @@
 //!
 //! **Invariants**, checked continuously (`torture/check.rs`). All times are on one clock:
 //! a request's start is just before it is sent, its end when its answer is read. B is the
-//! documented propagation bound (`SIDECACHE_TORTURE_BOUND_MS`, default 3 s).
+//! documented propagation bound (`SIDECACHE_TORTURE_BOUND_MS`, default 3 s; the instances
+//! run with `cache.l2.purge_poll = "200ms"`, which design.md says bounds convergence once a
+//! purge has reached Redis).
 //! 1. *A purge wins.* A purge is acknowledged when its answer arrives: an admin purge's
 //!    `200`, a write's own response (a write purges its targets before the response
 //!    leaves). Let V be, for each URL it covers, the version the origin held when it was

@@ -22,8 +22,13 @@ pub const ORIGIN: OriginOptions = OriginOptions {
     max_age_secs: model::PAGE_MAX_AGE_SECS,
 };
 
+/// `cache.l2.purge_poll` of every instance: another instance that missed a purge's
+/// broadcast drops what it removed at the latest this long after the purge reached Redis,
+/// so B (the bound of invariant 1) can be a few times this.
+pub const PURGE_POLL: &str = "200ms";
+
 /// Extra `[cache.l2]` lines for every instance, from `SIDECACHE_TORTURE_L2` (e.g.
-/// `purge_poll = "200ms"` once that knob exists), each `;`-separated part on its own line.
+/// `purge_backlog = 64`), each `;`-separated part on its own line.
 pub fn extra_l2_lines() -> String {
     std::env::var("SIDECACHE_TORTURE_L2")
         .map(|v| v.split(';').map(|l| format!("{}\n", l.trim())).collect())
@@ -157,6 +162,7 @@ timeout = "500ms"
 write_timeout = "2s"
 breaker_failures = 3
 breaker_cooldown = "300ms"
+purge_poll = "{PURGE_POLL}"
 {extra}"#,
             l2 = self.l2_lines[i],
             extra = extra_l2_lines(),
