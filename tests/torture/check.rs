@@ -529,8 +529,10 @@ impl Checker {
     fn double_fetch(&mut self, url: &str, prev: LastFetch, next: LastFetch, per: &str) {
         let what = format!(
             "the origin was asked for {url} by @{} at {}ms after @{} had fetched it at {}ms, \
-             with no purge, write, expiry or fault in between: two fetches in one fill window \
-             of {per}; GETs of it answered from then to 1 s later: {}",
+             though nothing could have uncached it in between (no expiry, and no purge, \
+             write or fault overlapping the gap or ending less than B before it): two \
+             fetches in one fill window of {per}; GETs of it answered from then to 1 s \
+             later: {}",
             next.listener,
             self.ms(next.arrived),
             prev.listener,
