@@ -5,6 +5,10 @@
 //! [`DelayProxy::held`] says how many bytes wait, so a test knows its request (or the answer
 //! to it) is in flight before it makes something else happen.
 //!
+//! [`DelayProxy::cut`] severs the link instead: every connection through the proxy is closed
+//! (held bytes are lost) and new ones are closed as soon as they are accepted, until
+//! [`DelayProxy::heal`].
+//!
 //! ```ignore
 //! let proxy = DelayProxy::start(redis.addr()).await;   // clients use proxy.redis_url()
 //! proxy.delay_on(Direction::ToServer);
@@ -50,6 +54,7 @@ impl Gate {
 pub struct DelayProxy {
     addr: SocketAddr,
     gates: [Gate; 2],
+    cut: watch::Sender<bool>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -68,13 +73,19 @@ impl DelayProxy {
             .expect("bind the delay proxy");
         let addr = listener.local_addr().expect("delay proxy address");
         let gates = [Gate::new(), Gate::new()];
+        let cut = watch::Sender::new(false);
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (g, t) = (gates.clone(), Arc::clone(&tasks));
+        let (g, c, t) = (gates.clone(), cut.clone(), Arc::clone(&tasks));
         tasks
             .lock()
             .expect("tasks")
-            .spawn(accept(listener, upstream, g, t));
-        DelayProxy { addr, gates, tasks }
+            .spawn(accept(listener, upstream, g, c, t));
+        DelayProxy {
+            addr,
+            gates,
+            cut,
+            tasks,
+        }
     }
 
     /// The address clients connect to.
@@ -97,6 +108,16 @@ impl DelayProxy {
         self.gates[index(d)].delayed.send_replace(false);
     }
 
+    /// From now on, no connection passes: open ones are closed, new ones closed on accept.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Connections pass again (after [`DelayProxy::cut`]).
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+
     /// Bytes read from one side and not yet written to the other, travelling `d`.
     pub fn held(&self, d: Direction) -> u64 {
         self.gates[index(d)].held.load(Ordering::SeqCst)
@@ -115,9 +136,14 @@ async fn accept(
     listener: TcpListener,
     upstream: SocketAddr,
     gates: [Gate; 2],
+    cut: watch::Sender<bool>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
+        if *cut.borrow() {
+            drop(client);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(upstream).await else {
             continue;
         };
@@ -125,8 +151,22 @@ async fn accept(
         let (client_read, client_write) = client.into_split();
         let (server_read, server_write) = server.into_split();
         let mut set = tasks.lock().expect("tasks");
-        set.spawn(pump(client_read, server_write, gates[0].clone()));
-        set.spawn(pump(server_read, client_write, gates[1].clone()));
+        set.spawn(until_cut(
+            pump(client_read, server_write, gates[0].clone()),
+            cut.subscribe(),
+        ));
+        set.spawn(until_cut(
+            pump(server_read, client_write, gates[1].clone()),
+            cut.subscribe(),
+        ));
+    }
+}
+
+/// Run `pump` until it ends or the link is cut (dropping its halves closes the connection).
+async fn until_cut(pump: impl std::future::Future<Output = ()>, mut cut: watch::Receiver<bool>) {
+    tokio::select! {
+        () = pump => {}
+        _ = cut.wait_for(|c| *c) => {}
     }
 }
 

@@ -3,8 +3,8 @@
 //! stand-in backend, a recording upstream, a scripted origin, a tiny HTTP client, raw TCP,
 //! headless Chromium,
 //! background traffic, a TCP delay proxy, a WebSocket echo origin, helpers that drive the
-//! storage directly, and a
-//! harness that runs the real `sidecache` binary.
+//! storage directly, a harness that runs the real `sidecache` binary, and an origin that
+//! versions every resource.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -20,4 +20,5 @@ pub mod scripted;
 pub mod sidecache;
 pub mod storage;
 pub mod traffic;
+pub mod versioned_origin;
 pub mod websocket;
