@@ -7,6 +7,10 @@
 //! flight wait on the lock, but one whose Redis read is on the wire while the fill finishes
 //! comes back after the lock was released, and must not start a second fetch.
 //!
+//! A purge in the middle of a stampede (a write to the key while 40 requests wait on its
+//! fill) costs one more fetch, not one per waiter: the fill that began before the write is
+//! refused, and the next one, which began after it, is stored.
+//!
 //! `SIDECACHE_STAMPEDE_ROUNDS` (default 8) sets the rounds per scenario and
 //! `SIDECACHE_STAMPEDE_SEED` the first seed (default from the clock, printed); each round
 //! uses its own key and arrival pattern (seed + round), and a failure names the round's
@@ -20,7 +24,8 @@ use support::backend::{start_backend, Backend};
 use support::http::{get, try_get};
 use support::redis::RedisServer;
 use support::redis_cluster::{bundle, l2_config, toml_list, RedisCluster};
-use support::sidecache::{Sidecache, SidecacheOptions};
+use support::scripted::{Scripted, ScriptedOrigin};
+use support::sidecache::{config_opening, Sidecache, SidecacheOptions};
 
 /// Requests per round.
 const REQUESTS: usize = 100;
@@ -152,4 +157,70 @@ async fn two_instances_with_the_fill_lock_fetch_each_key_once_on_a_cluster() {
     let a = Sidecache::start(options(&l2, true, &backend)).await;
     let b = Sidecache::start(options(&l2, true, &backend)).await;
     every_round_fetches_once(&[&a, &b], &backend, 4_000).await;
+}
+
+/// 40 GETs of one new key at once, and a write that purges it while the first fill is
+/// under way: that fill is refused (it may hold the old version) and the waiters get the
+/// next, which began after the write: two origin fetches in all, not one per waiter (each
+/// refused in turn, as every waiter's work had begun before the write).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_during_a_stampede_costs_one_more_fetch_not_one_per_waiter() {
+    let redis = RedisServer::start();
+    for (prefix, fill_lock) in [("pw:", false), ("pwl:", true)] {
+        let origin = ScriptedOrigin::start().await;
+        let path = "/items/1";
+        origin.script(
+            path,
+            std::iter::once(Scripted::ok("v1").after(Duration::from_millis(600)))
+                .chain(std::iter::once(Scripted::ok("written")))
+                .chain((0..40).map(|_| Scripted::ok("v2").after(Duration::from_millis(200)))),
+        );
+        let config = config_opening().then(&format!(
+            r#"
+[[routes]]
+name = "items"
+match = "GET /items/:id"
+ttl = "5m"
+
+[cache]
+lock_timeout = "5s"
+
+[cache.l1]
+max_bytes = "8MiB"
+
+[cache.l2]
+url = {:?}
+prefix = {prefix:?}
+fill_lock = {fill_lock}
+timeout = "300ms"
+write_timeout = "1s"
+"#,
+            redis.url()
+        ));
+        let sc = Sidecache::start(SidecacheOptions::new(config).backend(origin.addr())).await;
+        let url = sc.url(path);
+        let gets: Vec<_> = (0..40)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { try_get(&url, &[]).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let write =
+            support::http::request("PUT", &url, &[], bytes::Bytes::from_static(b"{}")).await;
+        assert_eq!(write.status, 200, "{}", write.text());
+        for g in gets {
+            let r = g.await.expect("GET task").expect("GET");
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let fetches = origin
+            .seen(path)
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count();
+        assert!(
+            fetches <= 2,
+            "fill_lock = {fill_lock}: {fetches} origin fetches for 40 GETs and one write"
+        );
+    }
 }

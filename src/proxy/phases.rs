@@ -46,7 +46,7 @@ use super::{
 use crate::cache::freshness::{self, Directives, Received};
 use crate::cache::policy::{self, BypassReason, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
-use crate::cache::storage::{Tier, TieredHit};
+use crate::cache::storage::{L1Probe, Tier, TieredHit};
 use crate::telemetry::events::{
     InternalEvent, PurgeBacklogFull, RequestFinished, TunnelClosed, TunnelOpened, UpstreamFailed,
     UpstreamResponded,
@@ -442,6 +442,13 @@ impl ProxyHttp for SidecacheProxy {
             }
             Err(reason) => {
                 ctx.progress.no_store = Some(reason);
+                if let Some(probe) = session
+                    .cache
+                    .maybe_cache_key()
+                    .and_then(|k| k.extensions.get::<L1Probe>())
+                {
+                    probe.answer_not_storable();
+                }
                 Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
                     reason.as_str(),
                 )))

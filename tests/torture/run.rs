@@ -244,7 +244,8 @@ async fn reload(ctx: &Ctx, inst: usize, variant: usize, label: &str) {
     let _one_at_a_time = ctx.reloads[inst].lock().await;
     let sc = ctx.fleet.instance(inst);
     sc.rewrite_config(&ctx.fleet.config(inst, variant));
-    let answer = send("POST", &sc.admin_url("/admin/reload"), &[], "").await;
+    let json = [("content-type", "application/json")];
+    let answer = send("POST", &sc.admin_url("/admin/reload"), &json, "").await;
     ctx.checker().admin_answered(inst, &answer, label);
 }
 

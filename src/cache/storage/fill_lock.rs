@@ -6,10 +6,12 @@
 //! it is absent, takes the lock, in one atomic step:
 //! - **taken**: the lookup misses and this request fetches. The [`FillLock`] guard rides with
 //!   the request (in its [`super::L1Probe`]) into the miss handler and the L2 write, and is
-//!   released (only if the token still holds it) when that write has finished. A request
-//!   that ends without storing anything (an uncacheable answer, a body too large, an error)
-//!   **gives up** the lock instead: for [`GAVE_UP_LINGER`] the lock tells its waiters to go
-//!   to the origin at once, rather than taking it in turn and waiting out one fetch each.
+//!   released (only if the token still holds it) when that write has finished, or when the
+//!   request ends without storing (an error, a client gone, a hit after all: a waiter then
+//!   takes the lock and one fetches). A request whose answer cannot be stored (uncacheable,
+//!   too large) **gives up** the lock instead: for [`GAVE_UP_LINGER`] the lock tells its
+//!   waiters to go to the origin at once, rather than taking it in turn and waiting out one
+//!   fetch each.
 //! - **held by another holder**: the lookup polls with the same script, with backoff from
 //!   5 ms doubling to 100 ms, for at most `cache.lock_timeout`. The entry appearing is served
 //!   as HIT-L2; a lock released without an entry (the holder's store was refused, or failed)
@@ -42,26 +44,26 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// How long a lock whose holder gave up says so to its waiters.
 pub const GAVE_UP_LINGER: Duration = Duration::from_secs(1);
 
-/// A held fill lock: released (if still ours) when dropped; given up unless a store of its
-/// entry was attempted ([`FillLock::store_attempted`]).
+/// A held fill lock: released (if still ours) when dropped, or given up when its request's
+/// answer could not be stored ([`give_up`]).
 pub struct FillLock {
     l2: &'static L2Store,
     key: EntryKey,
     token: u64,
-    store_attempted: bool,
+    gave_up: bool,
 }
 
 impl FillLock {
-    /// The entry is being stored: release the lock normally when dropped (after the store).
-    pub fn store_attempted(&mut self) {
-        self.store_attempted = true;
+    /// Its request's answer cannot be stored: the lock says so when dropped.
+    pub fn give_up(&mut self) {
+        self.gave_up = true;
     }
 }
 
 impl Drop for FillLock {
     fn drop(&mut self) {
         let (l2, key, token) = (self.l2, self.key, self.token);
-        let gave_up = (!self.store_attempted).then_some(GAVE_UP_LINGER);
+        let gave_up = self.gave_up.then_some(GAVE_UP_LINGER);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
                 let _ = l2.release_fill_lock(&key, token, gave_up).await;
@@ -75,8 +77,9 @@ pub type FillSlot = Arc<std::sync::Mutex<Option<FillLock>>>;
 
 /// What the fill lock decided for a lookup that missed L1 and L2.
 pub enum FillOutcome {
-    /// Fetch from the origin (the lock was taken, or cannot help).
-    Fetch,
+    /// Fetch from the origin (the lock was taken, or cannot help); `waited`: after waiting
+    /// on another holder, so the fetch begins later than the lookup did.
+    Fetch { waited: bool },
     /// Another instance filled the entry meanwhile: its raw L2 bytes.
     Filled(Vec<u8>),
 }
@@ -91,6 +94,7 @@ pub async fn take_or_wait(
 ) -> FillOutcome {
     let deadline = Instant::now() + timeout;
     let mut delay = POLL_MIN;
+    let mut waited = false;
     loop {
         let token = fastrand::u64(1..);
         match l2.take_fill_lock(key, token, timeout).await {
@@ -100,22 +104,41 @@ pub async fn take_or_wait(
                     l2,
                     key: *key,
                     token,
-                    store_attempted: false,
+                    gave_up: false,
                 };
                 *slot
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
-                return FillOutcome::Fetch;
+                return FillOutcome::Fetch { waited };
             }
             Ok(FillState::Held) => {}
-            Ok(FillState::GaveUp) | Err(_) => return FillOutcome::Fetch,
+            Ok(FillState::GaveUp) | Err(_) => return FillOutcome::Fetch { waited },
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return FillOutcome::Fetch;
+            return FillOutcome::Fetch { waited };
         }
         tokio::time::sleep(delay.min(left)).await;
+        waited = true;
         delay = (delay * 2).min(POLL_MAX);
+    }
+}
+
+/// Whether `slot` holds a fill lock: its request took it and must fetch, never wait on it.
+pub fn holds(slot: &FillSlot) -> bool {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_some()
+}
+
+/// The answer of the request holding `slot`'s lock cannot be stored: give the lock up.
+pub fn give_up(slot: &FillSlot) {
+    if let Some(lock) = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_mut()
+    {
+        lock.give_up();
     }
 }
 

@@ -34,7 +34,7 @@ pub mod topology;
 pub use coalescing_lock::CoalescingLock;
 pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
-pub use purge_log::{PurgeLog, PurgeTicket, Refusal};
+pub use purge_log::{Provenance, PurgeLog, PurgeTicket, Refusal};
 pub use tiered::{L1Probe, TieredCache, TieredHit, WorkStart};
 
 /// A storage tier: which one served a hit, or where a corrupt entry was found.

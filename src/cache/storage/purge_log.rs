@@ -20,7 +20,10 @@
 //! A local purge's L2 part (Redis delete, broadcast) runs after its L1 part. Until it has
 //! finished its record is also **unsettled** ([`PurgeTicket`]): an entry it matches that an
 //! L2 read returns is treated as a miss by every request, even one that began after the
-//! purge, because Redis may still hold the old copy. Dropping the ticket settles it.
+//! purge, because Redis may still hold the old copy. Dropping the ticket settles it, at a
+//! generation of its own: work that began while the purge was unsettled is still checked
+//! against it after it settles (an L2 read that was on the wire when the Redis delete ran
+//! may carry the old copy), and only work that began after the settling is not.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,18 @@ use super::{EntryContext, PurgeKind};
 
 /// Purges kept in the record; older ones are forgotten by raising the floor.
 pub const RECORDS_KEPT: usize = 16_384;
+
+/// Where what a request would store came from, which decides which purges can refuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provenance {
+    /// Fetched from the origin (a miss, a revalidation): refused only by a purge recorded
+    /// after the work began. A purge still running (or settled since) does not matter: what
+    /// the origin answered after the purge was recorded is newer than what it removed.
+    Origin,
+    /// Read from Redis: also refused by a purge that was unsettled when the work began, since
+    /// Redis may still have held, or been sending, the old copy.
+    Redis,
+}
 
 /// Why work that began before a purge may not store what it found (the `reason` label of
 /// `sidecache_stores_refused_total`).
@@ -86,6 +101,9 @@ struct State {
     floor: u64,
     /// Purges whose L2 part has not finished.
     unsettled: Vec<Record>,
+    /// Purges settled, each with the generation it settled at, in that order: work that
+    /// began before a purge settled is checked against it.
+    settled: VecDeque<(u64, Record)>,
 }
 
 /// The record of recent purges and the generation counter (see the module docs).
@@ -120,11 +138,7 @@ impl PurgeTicket<'_> {
 impl Drop for PurgeTicket<'_> {
     fn drop(&mut self) {
         if self.unsettled {
-            let generation = self.generation;
-            self.log
-                .write()
-                .unsettled
-                .retain(|r| r.generation != generation);
+            self.log.settle(self.generation);
         }
     }
 }
@@ -175,38 +189,81 @@ impl PurgeLog {
         }
     }
 
+    /// Settle the unsettled purge recorded with `generation` (its L2 part has run): it is
+    /// checked from now on only against work that began before this moment.
+    fn settle(&self, generation: u64) {
+        let mut state = self.write();
+        let Some(i) = state
+            .unsettled
+            .iter()
+            .position(|r| r.generation == generation)
+        else {
+            return;
+        };
+        let record = state.unsettled.swap_remove(i);
+        let settled_at = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        state.settled.push_back((settled_at, record));
+        while state.settled.len() > RECORDS_KEPT {
+            if let Some((old, _)) = state.settled.pop_front() {
+                state.floor = state.floor.max(old);
+            }
+        }
+    }
+
     /// Forget every purge so far (the gap rule's L1 clear): work that began before now is
     /// refused. Running purges stay unsettled.
     pub fn forget_all(&self) {
         let mut state = self.write();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         state.records.clear();
+        state.settled.clear();
         state.floor = generation;
     }
 
-    fn check(state: &State, since: u64, ctx: &EntryContext) -> Result<(), Refusal> {
+    fn check(
+        state: &State,
+        since: u64,
+        ctx: &EntryContext,
+        from: Provenance,
+    ) -> Result<(), Refusal> {
         if since < state.floor {
             return Err(Refusal::Forgotten);
         }
         let newer = state.records.partition_point(|r| r.generation <= since);
-        let mut purges = state.records.range(newer..).chain(&state.unsettled);
-        if purges.any(|r| r.matches(ctx)) {
+        let mut later = state.records.range(newer..);
+        if later.any(|r| r.matches(ctx)) {
             return Err(Refusal::Purged);
+        }
+        if from == Provenance::Redis {
+            let settled_later = state.settled.partition_point(|(at, _)| *at <= since);
+            let mut running = state
+                .unsettled
+                .iter()
+                .chain(state.settled.range(settled_later..).map(|(_, r)| r));
+            if running.any(|r| r.matches(ctx)) {
+                return Err(Refusal::Purged);
+            }
         }
         Ok(())
     }
 
-    /// May what work that began at generation `since` found for `ctx` be served?
+    /// May what work that began at generation `since` found for `ctx`, read from Redis, be
+    /// served?
     pub fn check_since(&self, since: u64, ctx: &EntryContext) -> Result<(), Refusal> {
-        Self::check(&self.read(), since, ctx)
+        Self::check(&self.read(), since, ctx, Provenance::Redis)
     }
 
-    /// May work that began at generation `since` store an entry with context `ctx`? While
-    /// the returned admission is held no purge can be recorded, so an insert made under it
-    /// is either seen by a purge's removal or refused.
-    pub fn admit(&self, since: u64, ctx: &EntryContext) -> Result<Admission<'_>, Refusal> {
+    /// May work that began at generation `since` store an entry with context `ctx` that came
+    /// `from` the origin or Redis? While the returned admission is held no purge can be
+    /// recorded, so an insert made under it is either seen by a purge's removal or refused.
+    pub fn admit(
+        &self,
+        since: u64,
+        ctx: &EntryContext,
+        from: Provenance,
+    ) -> Result<Admission<'_>, Refusal> {
         let state = self.read();
-        Self::check(&state, since, ctx)?;
+        Self::check(&state, since, ctx, from)?;
         Ok(Admission { _held: state })
     }
 
@@ -248,7 +305,7 @@ mod tests {
         ] {
             let since = log.generation();
             drop(log.record(kind, target, false));
-            let got = log.admit(since, &e).map(drop);
+            let got = log.admit(since, &e, Provenance::Redis).map(drop);
             assert_eq!(got.is_err(), hit, "{kind:?} {target}");
         }
         // an entry without url is found by its tags only
@@ -270,8 +327,39 @@ mod tests {
         assert_eq!(log.sizes().1, 2);
         drop(ticket2);
         drop(ticket);
-        assert_eq!(log.check_since(now, &e), Ok(()));
+        // work that began while they were unsettled is still refused: its L2 read may have
+        // been on the wire when the Redis delete ran
+        assert_eq!(log.check_since(now, &e), Err(Refusal::Purged));
         assert_eq!(log.sizes().1, 0);
+        // work that begins after they settled is not
+        assert_eq!(log.check_since(log.generation(), &e), Ok(()));
+    }
+
+    #[test]
+    fn a_running_purge_refuses_what_redis_sent_not_what_the_origin_sent_after_it() {
+        let log = PurgeLog::new();
+        let e = ctx("/items/1", &[]);
+        let ticket = log.record(PurgeKind::Url, "/items/1", true);
+        // work that begins after the purge was recorded: the origin's answer is newer than
+        // what the purge removed, Redis's may be the old copy
+        let after = log.generation();
+        assert!(log.admit(after, &e, Provenance::Origin).is_ok());
+        assert_eq!(
+            log.admit(after, &e, Provenance::Redis).map(drop),
+            Err(Refusal::Purged)
+        );
+        drop(ticket);
+        assert!(log.admit(after, &e, Provenance::Origin).is_ok());
+        assert_eq!(
+            log.admit(after, &e, Provenance::Redis).map(drop),
+            Err(Refusal::Purged)
+        );
+        // work that began before it: refused whatever its source
+        let before = after - 1;
+        assert_eq!(
+            log.admit(before, &e, Provenance::Origin).map(drop),
+            Err(Refusal::Purged)
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use super::codec::{self, StoredEntry};
 use super::fill_lock::{self, FillLock, FillOutcome, FillSlot};
 use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::{EntryWrite, L2Store, PurgeDone, StoreOutcome};
-use super::purge_log::{PurgeLog, PurgeTicket, Refusal};
+use super::purge_log::{Provenance, PurgeLog, PurgeTicket, Refusal};
 use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
 use crate::telemetry::events::{CorruptEntry, InternalEvent, StoreRefused};
@@ -81,8 +81,11 @@ pub struct L1Probe {
     key: EntryKey,
     found: Option<Arc<L1Entry>>,
     used: AtomicBool,
-    /// This process's purge generation, taken before L1 was looked at.
-    since_l1: u64,
+    /// This process's purge generation when the request's current work began: taken before
+    /// L1 was probed, and again by every storage lookup that goes on to L2 (what the request
+    /// fetches after a lookup began after it; a waiter that fetches again after the writer's
+    /// fill was refused by a purge is new work, not work from before that purge).
+    since_l1: AtomicU64,
     /// Redis's purge generation (0: unknown), refreshed by the lookup's L2 read.
     since_l2: AtomicU64,
     /// The cross-instance fill lock this request took, if any (shared by the copies).
@@ -99,7 +102,7 @@ impl Clone for L1Probe {
             key: self.key,
             found: self.found.clone(),
             used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
-            since_l1: self.since_l1,
+            since_l1: AtomicU64::new(self.since_l1.load(Ordering::Relaxed)),
             since_l2: AtomicU64::new(self.since_l2.load(Ordering::Relaxed)),
             fill: self.fill.clone(),
             last_lookup_missed: AtomicBool::new(self.last_lookup_missed()),
@@ -111,7 +114,7 @@ impl L1Probe {
     /// When the request's work began.
     pub fn started(&self) -> WorkStart {
         WorkStart {
-            l1: self.since_l1,
+            l1: self.since_l1.load(Ordering::Relaxed),
             l2: Some(self.since_l2.load(Ordering::Relaxed)).filter(|g| *g > 0),
         }
     }
@@ -119,6 +122,12 @@ impl L1Probe {
     /// The live entry the probe found, if any.
     pub fn found(&self) -> Option<&Arc<L1Entry>> {
         self.found.as_ref()
+    }
+
+    /// The request's answer cannot be stored: a fill lock it holds is given up, so the
+    /// other instances' waiters go to the origin at once (see [`super::fill_lock`]).
+    pub fn answer_not_storable(&self) {
+        fill_lock::give_up(&self.fill);
     }
 
     /// Whether the request's last storage lookup missed.
@@ -182,7 +191,7 @@ impl TieredCache {
             key: k,
             found: self.l1.get(&k),
             used: AtomicBool::new(false),
-            since_l1: started.l1,
+            since_l1: AtomicU64::new(started.l1),
             since_l2: AtomicU64::new(started.l2.unwrap_or(0)),
             fill: FillSlot::default(),
             last_lookup_missed: AtomicBool::new(false),
@@ -293,7 +302,10 @@ impl TieredCache {
         started: WorkStart,
         fill: Option<FillLock>,
     ) {
-        match self.purges.admit(started.l1, &entry.ctx) {
+        match self
+            .purges
+            .admit(started.l1, &entry.ctx, Provenance::Origin)
+        {
             Ok(_admitted) => {
                 self.l1.insert(key, entry.clone());
             }
@@ -316,10 +328,6 @@ impl TieredCache {
         fill: Option<FillLock>,
     ) {
         let Some(l2) = &self.l2 else { return };
-        let mut fill = fill;
-        if let Some(lock) = fill.as_mut() {
-            lock.store_attempted();
-        }
         let Some(ttl) = entry.remaining(SystemTime::now()) else {
             return;
         };
@@ -370,17 +378,48 @@ impl TieredCache {
 
     /// After an L1 and L2 miss with Redis reachable: the cross-instance fill lock (see
     /// [`super::fill_lock`]), when on. `Some`: another instance filled the entry meanwhile.
-    async fn fill(&'static self, probe: Option<&L1Probe>, key: &EntryKey) -> Option<StoredEntry> {
+    async fn fill(&'static self, probe: Option<&L1Probe>, key: &EntryKey) -> Filled {
+        let fetch_now = Filled::Fetch { waited: false };
         let (Some(l2), Some(p)) = (self.l2.as_ref(), probe) else {
-            return None;
+            return fetch_now;
         };
-        if !self.fill_lock.load(Ordering::Relaxed) {
-            return None;
+        // the request took the lock in an earlier lookup (it then waited on pingora's lock
+        // behind another writer, whose fill stored nothing): it fetches, it never waits on
+        // itself
+        if !self.fill_lock.load(Ordering::Relaxed) || fill_lock::holds(&p.fill) {
+            return fetch_now;
         }
         match fill_lock::take_or_wait(l2, key, &p.fill, self.lock_timeout).await {
-            FillOutcome::Fetch => None,
-            FillOutcome::Filled(raw) => decode_l2(l2, key, Some(raw), self.max_object_bytes()),
+            FillOutcome::Fetch { waited } => Filled::Fetch { waited },
+            FillOutcome::Filled(raw) => {
+                match decode_l2(l2, key, Some(raw), self.max_object_bytes()) {
+                    Some(e) => Filled::Entry(Box::new(e)),
+                    None => Filled::Fetch { waited: true },
+                }
+            }
         }
+    }
+
+    /// A lookup found nothing: the request's origin fetch begins now. What it stores is
+    /// checked against the purges from now on, not from when its lookup began (a waiter
+    /// behind a fill that a purge refused fetches anew, after that purge). After a wait on
+    /// the fill lock, Redis's generation is read again for its store.
+    async fn fetch_begins(
+        &'static self,
+        probe: Option<&L1Probe>,
+        waited: bool,
+    ) -> Option<(CacheMeta, HitHandler)> {
+        let p = probe?;
+        p.since_l1
+            .store(self.purges.generation(), Ordering::Relaxed);
+        if waited {
+            let now = match &self.l2 {
+                Some(l2) => l2.generation().await.unwrap_or(0),
+                None => 0,
+            };
+            p.since_l2.store(now, Ordering::Relaxed);
+        }
+        None
     }
 
     /// The lookup itself: L1 (the probe's result, once), then L2, then the fill lock.
@@ -391,7 +430,12 @@ impl TieredCache {
         if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
             return Some(hit(&e.entry, Tier::L1));
         }
-        let since = probe.map_or_else(|| self.purges.generation(), |p| p.since_l1);
+        // the work this lookup starts (an L2 read to promote, then maybe an origin fetch)
+        // begins now
+        let since = self.purges.generation();
+        if let Some(p) = probe {
+            p.since_l1.store(since, Ordering::Relaxed);
+        }
         let (entry, generation) = self.l2_lookup(&k).await;
         if let (Some(p), Some(g)) = (probe, generation) {
             p.since_l2.store(g, Ordering::Relaxed);
@@ -399,12 +443,12 @@ impl TieredCache {
         let entry = match (entry, generation) {
             (Some(e), _) => e,
             (None, Some(_)) => match self.fill(probe, &k).await {
-                Some(e) => e,
-                None => return None,
+                Filled::Entry(e) => *e,
+                Filled::Fetch { waited } => return self.fetch_begins(probe, waited).await,
             },
-            (None, None) => return None,
+            (None, None) => return self.fetch_begins(probe, false).await,
         };
-        match self.purges.admit(since, &entry.ctx) {
+        match self.purges.admit(since, &entry.ctx, Provenance::Redis) {
             Ok(_admitted) => {
                 let h = hit(&entry, Tier::L2);
                 self.l1.insert(k, entry);
@@ -420,6 +464,14 @@ impl TieredCache {
             }
         }
     }
+}
+
+/// What the fill lock decided for a lookup that missed both tiers.
+enum Filled {
+    /// Another instance filled the entry meanwhile (boxed: the rare case of a rare path).
+    Entry(Box<StoredEntry>),
+    /// Fetch from the origin; `waited`: after waiting on another holder.
+    Fetch { waited: bool },
 }
 
 /// Decode a value read from L2 (`None`: absent, expired or corrupt, which includes a body
@@ -695,8 +747,11 @@ impl HandleMiss for TieredMiss {
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         if self.too_large {
+            if let Some(lock) = self.fill.as_mut() {
+                lock.give_up();
+            }
             return Error::e_explain(
                 ErrorType::InternalError,
                 format!("body exceeds max_object_bytes {}", self.limit),
