@@ -249,3 +249,64 @@ async fn purges_win_over_earlier_work_in_every_partition() {
     );
     assert!(cluster.keys("pw:*:e:*").is_empty());
 }
+
+/// On a new cluster, a purge must not refuse work it does not match: the partitions are
+/// seeded when the connection opens, so the first purge to reach one finds its state and
+/// records a tombstone, instead of seeding it with a floor at the purge's generation (which
+/// refused every store whose work began before the purge, as `forgotten`: one more origin
+/// fetch per key in flight, on every instance).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_on_a_new_cluster_refuses_no_unrelated_work() {
+    use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
+    use sidecache::cache::storage::{L2Store, PurgeKind, Refusal};
+    use sidecache::config::{L2Mode, Secret};
+
+    let cluster = RedisCluster::start(3);
+    let mut cfg = support::storage::cache_config(0, Some(String::new()), "nc:")
+        .l2
+        .expect("l2");
+    cfg.mode = L2Mode::Cluster;
+    cfg.nodes = cluster.urls().into_iter().map(Secret::new).collect();
+    let l2 = L2Store::new(&cfg);
+    // work begins (an L1 miss reads the generation with its lookup) ...
+    let before = l2.generation().await.expect("generation");
+    // ... a purge of something else runs in every partition ...
+    l2.purge(PurgeKind::Tag, "other").await.expect("purge");
+    // ... and the work's stores, one per partition, are not refused
+    let keys: &'static [[u8; 16]] = Box::leak(
+        (0..16u8)
+            .map(|i| [i; 16])
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    let tags: &'static [String] = Box::leak(vec!["t".to_string()].into_boxed_slice());
+    for key in keys {
+        let w = EntryWrite {
+            key,
+            value: b"v",
+            ttl: Duration::from_secs(60),
+            url: "/u",
+            tags,
+            since: before,
+        };
+        assert_eq!(
+            l2.set_entry(&w).await,
+            Ok(StoreOutcome::Stored),
+            "key {key:?}"
+        );
+    }
+    // work that a purge does match is still refused
+    l2.purge(PurgeKind::Tag, "t").await.expect("purge");
+    let w = EntryWrite {
+        key: &keys[3],
+        value: b"v",
+        ttl: Duration::from_secs(60),
+        url: "/u",
+        tags,
+        since: before,
+    };
+    assert_eq!(
+        l2.set_entry(&w).await,
+        Ok(StoreOutcome::Refused(Refusal::Purged))
+    );
+}

@@ -54,9 +54,11 @@
 //! once), and a purge first advances it ([`advance.lua`]) and then runs its batches in every
 //! partition with that generation, recording the tombstone there before deleting. A store
 //! that races a purge either lands before the purge reaches its partition (and is deleted by
-//! it) or after (and is refused by the tombstone). A partition without state (a new cluster,
-//! a flushed or failed-over node that lost it) is seeded with the home generation and refuses
-//! work that began before it. A purge by tag or prefix therefore visits every partition, i.e.
+//! it) or after (and is refused by the tombstone). A partition without state is seeded with
+//! the home generation: on a new cluster, by every instance's entries connection as it opens
+//! (`seed.lua`), before any work begins on it; on a node that lost it (flushed, failed over
+//! empty), by the first store or purge to reach it, and then it refuses work that began
+//! before it, since the tombstones that work should be checked against are gone. A purge by tag or prefix therefore visits every partition, i.e.
 //! every master holding sidecache keys; the partitions are fixed, so no `SCAN` is needed.
 //! Limitation: if the home slot loses its state and its master's clock is behind the old
 //! generation, purges for a while get generations below work already under way; keep the
@@ -220,6 +222,7 @@ static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
 static FILL: Lazy<Lua> = lua!("fill.lua");
 static FINISHED: Lazy<Lua> = lua!("finished.lua");
 static FINISHED_SINCE: Lazy<Lua> = lua!("finished_since.lua");
+static SEED: Lazy<Lua> = lua!("seed.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -332,6 +335,35 @@ async fn vet(
     }
 }
 
+/// Cluster only: give every partition without state the home slot's generation, before the
+/// connection serves any operation (see `lua/seed.lua`). A partition it cannot reach is left
+/// to the store's own seeding (`-2`), which refuses that one write.
+async fn seed_partitions(conn: &mut L2Connection, layout: &Layout, timeout: Duration) {
+    let home = [
+        format!("{}purge", layout.home),
+        format!("{}tombs", layout.home),
+    ];
+    let seeding = async {
+        let generation: u64 = GENERATION
+            .run(conn, &GENERATION.command(&[&home[0], &home[1]]))
+            .await?;
+        let mut seeded = 0u32;
+        for part in &layout.parts {
+            let mut cmd = SEED.command(&[&format!("{part}purge"), &format!("{part}tombs")]);
+            cmd.arg(generation);
+            let fresh: i64 = SEED.run(conn, &cmd).await?;
+            seeded += u32::from(fresh == 1);
+        }
+        Ok::<_, redis::RedisError>(seeded)
+    };
+    match tokio::time::timeout(timeout, seeding).await {
+        Ok(Ok(seeded)) if seeded > 0 => tracing::debug!(seeded, "redis cluster partitions seeded"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster partitions not seeded"),
+        Err(_) => tracing::debug!("redis cluster partition seeding timed out"),
+    }
+}
+
 /// One lane's connection, opened at start and on first use, and dropped when it must be
 /// found again.
 ///
@@ -353,7 +385,7 @@ pub struct L2Store {
     purge_conn: Arc<ConnectionSlot>,
     breaker: CircuitBreaker,
     purge_breaker: CircuitBreaker,
-    layout: Layout,
+    layout: Arc<Layout>,
     read_timeout: AtomicDuration,
     write_timeout: AtomicDuration,
     /// `cache.l2.compress_above` (`u64::MAX`: off).
@@ -388,7 +420,7 @@ impl L2Store {
             purge_conn: Arc::default(),
             breaker: breaker(BreakerScope::Entries),
             purge_breaker: breaker(BreakerScope::Purges),
-            layout: Layout::new(&cfg.prefix, cluster),
+            layout: Arc::new(Layout::new(&cfg.prefix, cluster)),
             read_timeout: AtomicDuration::new(cfg.timeout),
             write_timeout: AtomicDuration::new(cfg.write_timeout),
             compress_above: AtomicU64::new(cfg.compress_above.unwrap_or(u64::MAX)),
@@ -547,9 +579,18 @@ impl L2Store {
         let timeout = self.write_timeout().max(CONNECT_TIMEOUT_FLOOR);
         let slot = Arc::clone(slot);
         let server = Arc::clone(&self.server);
+        let seed = (lane == Lane::Entries && self.partitioned()).then(|| Arc::clone(&self.layout));
         tokio::spawn(async move {
             let outcome = match topology.connect(timeout).await {
-                Ok(mut conn) => vet(&mut conn, &server, timeout).await.map(|()| conn),
+                Ok(mut conn) => match vet(&mut conn, &server, timeout).await {
+                    Ok(()) => {
+                        if let Some(layout) = seed {
+                            seed_partitions(&mut conn, &layout, timeout).await;
+                        }
+                        Ok(conn)
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match &outcome {
