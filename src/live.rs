@@ -20,7 +20,7 @@ use pingora_cache::lock::CacheKeyLockImpl;
 use crate::cache::key::keyed_query;
 use crate::cache::storage::{CoalescingLock, PurgeKind, TieredCache};
 use crate::config::{self, Config, ConfigErrors, EnvSource};
-use crate::proxy::normalize::{normalize_authority, normalize_path, BadPath};
+use crate::normalize::{normalize_authority, normalize_path, BadPath};
 use crate::purge::PurgeService;
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};

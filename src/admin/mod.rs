@@ -41,10 +41,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ProcessEnv};
+use crate::health as local;
 use crate::live::Live;
-use crate::proxy::edge::{refusal_body, refusal_status};
-use crate::proxy::local;
 use crate::purge::{PurgeKind, PurgeRequest, PurgeSource};
+use crate::refusal::{body as refusal_body, status as refusal_status};
 use crate::telemetry::events::{InternalEvent, RequestRefused};
 use crate::telemetry::metrics::{metrics, RequestRefusal};
 

@@ -292,7 +292,7 @@ async fn reachability(live: &Live) -> BTreeMap<String, bool> {
                 u.config.connect_timeout,
             );
             tokio::spawn(async move {
-                let up = crate::proxy::local::tcp_connects(&address, timeout).await;
+                let up = crate::health::tcp_connects(&address, timeout).await;
                 (name, up)
             })
         })

@@ -27,8 +27,7 @@ pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 /// sidecache never stores partial content.
 const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-/// The field sidecache reads its own directives from; removed before responses go out.
-pub const SIDECACHE_CACHE_CONTROL: HeaderName = HeaderName::from_static("sidecache-cache-control");
+pub use crate::config::SIDECACHE_CACHE_CONTROL;
 
 /// When a response arrived, for its age (§4.2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

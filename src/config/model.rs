@@ -13,6 +13,10 @@ use http::{HeaderName, Method};
 
 use crate::pattern::{Pattern, Template};
 
+/// The targeted field (RFC 9213) sidecache reads its own directives from in origin mode;
+/// never sent to clients.
+pub const SIDECACHE_CACHE_CONTROL: HeaderName = HeaderName::from_static("sidecache-cache-control");
+
 /// The whole validated configuration of one sidecache process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

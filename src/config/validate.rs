@@ -775,7 +775,7 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
             })
             .collect(),
         None => vec![
-            crate::cache::freshness::SIDECACHE_CACHE_CONTROL,
+            SIDECACHE_CACHE_CONTROL,
             http::HeaderName::from_static("cdn-cache-control"),
         ],
     };
@@ -946,7 +946,7 @@ fn warm(doc: &mut Doc<'_>, root: &mut Table<'_>, source: Option<&Path>) -> WarmC
     let host = t.get(doc, "host").and_then(|e| {
         e.parsed(doc, |s| {
             let mut normal = String::new();
-            crate::proxy::normalize::normalize_authority(s, "http", &mut normal)
+            crate::normalize::normalize_authority(s, "http", &mut normal)
                 .map(|()| s.to_owned())
                 .map_err(|_| format!("invalid host {s:?}: expected host[:port]"))
         })

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use http::HeaderValue;
 use pingora_http::RequestHeader;
 
-use super::normalize::{normalize_authority, BadHost};
 use crate::config::Cidr;
+use crate::normalize::{normalize_authority, BadHost};
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -10,8 +10,6 @@
 pub mod edge;
 mod fast_path;
 pub mod forwarded;
-pub mod local;
-pub mod normalize;
 mod phases;
 mod plan;
 pub mod response_head;

@@ -37,16 +37,15 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
 use super::forwarded;
-use super::normalize;
 use super::plan::{self, LocalAnswer, Plan};
 use super::response_head::{self, Verdict};
-use super::{
-    error_body, fast_path, local, respond_json, Progress, RequestCtx, SidecacheProxy, Tunnel,
-};
+use super::{error_body, fast_path, respond_json, Progress, RequestCtx, SidecacheProxy, Tunnel};
 use crate::cache::freshness::{self, Directives, Received};
 use crate::cache::policy::{self, BypassReason, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{L1Probe, Tier, TieredHit};
+use crate::health as local;
+use crate::normalize;
 use crate::telemetry::events::{
     InternalEvent, PurgeBacklogFull, RequestFinished, TunnelClosed, TunnelOpened, UpstreamFailed,
     UpstreamResponded,

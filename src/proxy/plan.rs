@@ -2,7 +2,7 @@
 //! `request_filter` and only read by the phases after it.
 //!
 //! First [`prepare`] normalizes the request in place (hop-by-hop headers removed but an
-//! upgrade's own, the path normalized: see [`super::normalize`]) and works out its [`ClientOrigin`] (trusting
+//! upgrade's own, the path normalized: see [`crate::normalize`]) and works out its [`ClientOrigin`] (trusting
 //! forwarded headers only from configured proxies), or refuses it. Then [`resolve`] reads the
 //! normalized request and the config snapshot, and probes L1 once: it answers what sidecache
 //! owns (health, readiness, its own refusals), picks the upstream through the rewrites,
@@ -20,13 +20,13 @@ use pingora_http::RequestHeader;
 
 use super::fast_path;
 use super::forwarded::ClientOrigin;
-use super::local::LocalEndpoint;
-use super::normalize::{self, BadPath};
 use crate::cache::key::{self, KeyInput};
 use crate::cache::policy::{self, BypassReason, EffectivePolicy, RequestDirectives};
 use crate::cache::storage::{EntryContext, L1Entry, TieredCache};
 use crate::config::{CacheMode, Config};
+use crate::health::LocalEndpoint;
 use crate::live::{site_url_tag, Snapshot};
+use crate::normalize::{self, BadPath};
 use crate::routing::{RewriteDecision, RoutePolicy, Router, Upstream};
 use crate::telemetry::metrics::RouteMetrics;
 

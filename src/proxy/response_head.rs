@@ -16,9 +16,9 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 
 use super::forwarded::REQUEST_ID;
-use super::normalize;
 use crate::cache::freshness::SIDECACHE_CACHE_CONTROL;
 use crate::cache::status::{CacheOutcome, Detail};
+use crate::normalize;
 
 /// Fields that steer sidecache and are never sent to a client: the targeted
 /// `Sidecache-Cache-Control` (RFC 9213 §2.1; kept in the stored copy, where a 304 recomputes

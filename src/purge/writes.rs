@@ -19,8 +19,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::backlog::{Job, Pushed};
 use super::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
 use crate::cache::key;
+use crate::normalize::{normalize_authority, normalize_path};
 use crate::pattern::fill_path;
-use crate::proxy::normalize::{normalize_authority, normalize_path};
 use crate::routing::Router;
 use crate::telemetry::events::{InternalEvent, PurgeCoalesced};
 

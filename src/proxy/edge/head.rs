@@ -113,7 +113,7 @@ fn request_rules(req: &httparse::Request<'_, '_>) -> Result<(), RequestRefusal> 
     let (mut hosts, mut lengths, mut codings) = (0usize, 0usize, 0usize);
     let mut coding: &[u8] = b"";
     let target_authority =
-        crate::proxy::normalize::absolute_form_authority(req.path.unwrap_or("").as_bytes());
+        crate::normalize::absolute_form_authority(req.path.unwrap_or("").as_bytes());
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {

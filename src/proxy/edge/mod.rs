@@ -23,8 +23,6 @@ mod h2;
 mod head;
 mod refusal;
 
-pub(crate) use refusal::{body as refusal_body, status as refusal_status};
-
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;

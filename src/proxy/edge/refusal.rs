@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ConnectionLimits;
+use crate::refusal::{body, status};
 use crate::telemetry::metrics::{ConnectionRefusal, RequestRefusal};
 
 /// How long writing an answer (and closing the write side) may take.
@@ -24,53 +25,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// reset, which can destroy the answer before the client reads it.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 << 10;
-
-/// The status a refused request is answered with.
-pub(crate) fn status(reason: RequestRefusal) -> StatusCode {
-    match reason {
-        RequestRefusal::HeaderTooLarge | RequestRefusal::TooManyHeaders => {
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        }
-        RequestRefusal::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
-        RequestRefusal::HeaderTimeout | RequestRefusal::AdminBodyTimeout => {
-            StatusCode::REQUEST_TIMEOUT
-        }
-        RequestRefusal::MalformedRequestLine
-        | RequestRefusal::BadTarget
-        | RequestRefusal::MalformedHeader
-        | RequestRefusal::MissingHost
-        | RequestRefusal::DuplicateHost
-        | RequestRefusal::HostDiffersFromTarget
-        | RequestRefusal::DuplicateContentLength
-        | RequestRefusal::InvalidContentLength
-        | RequestRefusal::ContentLengthWithTransferEncoding
-        | RequestRefusal::TransferEncodingOnHttp10 => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// The JSON body of a refused request: `{"error": kind, "reason": label}`, plus the bound it
-/// broke as `"limit"` (bytes, fields or milliseconds) when there is one.
-pub(crate) fn body(reason: RequestRefusal, limits: &ConnectionLimits) -> Bytes {
-    let error = match status(reason) {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_too_large",
-        StatusCode::NOT_IMPLEMENTED => "not_implemented",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        _ => "bad_request",
-    };
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let limit = match reason {
-        RequestRefusal::HeaderTooLarge => Some(limits.max_header_bytes as u64),
-        RequestRefusal::TooManyHeaders => Some(limits.max_headers as u64),
-        RequestRefusal::HeaderTimeout => Some(millis(limits.header_timeout)),
-        RequestRefusal::AdminBodyTimeout => Some(millis(limits.admin_body_timeout)),
-        _ => None,
-    };
-    let value = match limit {
-        Some(limit) => json!({"error": error, "reason": reason.label(), "limit": limit}),
-        None => json!({"error": error, "reason": reason.label()}),
-    };
-    Bytes::from(value.to_string())
-}
 
 /// One answer the edge writes and then closes the connection after.
 #[derive(Debug, Clone)]
