@@ -47,9 +47,10 @@ use crate::cache::freshness::{self, Directives, Received};
 use crate::cache::policy::{self, BypassReason, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{L1Probe, Tier, TieredHit};
+use crate::cache::surrogate;
 use crate::telemetry::events::{
-    InternalEvent, PurgeBacklogFull, RequestFinished, TunnelClosed, TunnelOpened, UpstreamFailed,
-    UpstreamResponded,
+    InternalEvent, PurgeBacklogFull, RequestFinished, SurrogateKeysDropped, TunnelClosed,
+    TunnelOpened, UpstreamFailed, UpstreamResponded,
 };
 use crate::telemetry::metrics::UpstreamErrorKind;
 
@@ -436,7 +437,16 @@ impl ProxyHttp for SidecacheProxy {
         let resp = freshened.as_ref().unwrap_or(resp);
         match policy::response_decision(resp, cache.policy(target), cx) {
             Ok(mut meta) => {
-                meta.extensions_mut().insert(cache.entry.clone());
+                let mut entry = cache.entry.clone();
+                if let Some(name) = &ctx.snapshot.config.cache.surrogate_key_header {
+                    let dropped = surrogate::add_keys(&resp.headers, name, &mut entry.tags);
+                    if dropped > 0 {
+                        SurrogateKeysDropped { count: dropped }.emit();
+                    }
+                    // never kept: it is for this cache only
+                    meta.response_header_mut().remove_header(name);
+                }
+                meta.extensions_mut().insert(entry);
                 ctx.progress.stored = true;
                 Ok(RespCacheable::Cacheable(meta))
             }
@@ -526,7 +536,12 @@ impl ProxyHttp for SidecacheProxy {
             stored: ctx.progress.stored,
             detail,
         };
-        response_head::finish(upstream_response, verdict, &ctx.request_id)?;
+        response_head::finish(
+            upstream_response,
+            verdict,
+            &ctx.request_id,
+            ctx.snapshot.config.cache.surrogate_key_header.as_ref(),
+        )?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && matches!(
                 ctx.plan,

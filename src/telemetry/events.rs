@@ -288,6 +288,19 @@ impl InternalEvent for PurgeApplied<'_> {
     }
 }
 
+/// An origin's response declared surrogate keys past the bounds (see
+/// [`crate::cache::surrogate`]); they were dropped. Counted only: no label, no log line (it
+/// can happen per request, and key names never become labels).
+pub struct SurrogateKeysDropped {
+    pub count: u64,
+}
+
+impl InternalEvent for SurrogateKeysDropped {
+    fn emit(self) {
+        metrics().surrogate_keys_dropped.inc_by(self.count);
+    }
+}
+
 /// A purge was (or could not be) published to the other instances.
 pub struct PurgeBroadcast {
     pub kind: PurgeKind,
