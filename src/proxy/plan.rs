@@ -358,6 +358,8 @@ pub(crate) fn resolve(
             (Some(m), Some(c)) => c.tags.iter().map(|t| t.fill(&m.params)).collect(),
             _ => Vec::new(),
         },
+        // the response decides (response_cache_filter)
+        soft_purgeable: false,
     };
     if !site.is_empty() {
         entry.tags.push(site_url_tag(site, &entry.url));

@@ -97,6 +97,7 @@ pub fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&
         url: url.to_owned(),
         route: "test".into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
     });
     m
 }
