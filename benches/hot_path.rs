@@ -61,6 +61,7 @@ fn meta_and_body() -> (CacheMeta, Bytes) {
         url: "/api/contractors/42/bundle?include=reviews".into(),
         route: "contractor_bundle".into(),
         tags: vec!["contractor:42".into()],
+        ..Default::default()
     });
     (m, Bytes::from(vec![b'x'; 5120]))
 }
@@ -106,6 +107,8 @@ fn l1(c: &mut Criterion) {
         targeted_cache_control: vec![],
         honor_request_directives: true,
         lock_timeout: Duration::from_secs(5),
+        soft_purge_grace: Duration::from_secs(60),
+        surrogate_key_header: None,
         l1: L1Config {
             max_bytes: 64 << 20,
             max_object_bytes: 8 << 20,

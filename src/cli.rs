@@ -147,6 +147,10 @@ pub struct PurgeArgs {
     /// Purge every entry carrying this tag.
     #[arg(long, group = "target")]
     pub tag: Option<String>,
+    /// Purge softly: mark the entries stale, serve them stale for [cache] soft_purge_grace
+    /// while one background fetch per key refreshes them.
+    #[arg(long)]
+    pub soft: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -314,6 +318,7 @@ fn purge(args: &PurgeArgs) -> ExitCode {
         token: args.token.clone(),
         kind,
         target: target.clone(),
+        soft: args.soft,
     }))
 }
 

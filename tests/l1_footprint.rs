@@ -73,6 +73,7 @@ fn entry(i: usize, body_len: usize) -> StoredEntry {
         url: format!("/api/contractors/{i}/bundle"),
         route: "contractor-bundle".into(),
         tags: vec![format!("contractor:{i}"), "bundles".into()],
+        ..Default::default()
     };
     StoredEntry::from_meta(&meta, ctx, Bytes::from(vec![b'x'; body_len]))
 }

@@ -26,6 +26,7 @@ fn entry(version: u64) -> StoredEntry {
             url: URL.into(),
             route: "session_state".into(),
             tags: vec![TAG.into()],
+            ..Default::default()
         },
         Bytes::from(format!("version {version}")),
     )

@@ -53,6 +53,7 @@ fn entry(url: &str) -> StoredEntry {
             url: url.into(),
             route: "test".into(),
             tags: vec![],
+            ..Default::default()
         },
         Bytes::from_static(b"x"),
     )

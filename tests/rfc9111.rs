@@ -410,7 +410,7 @@ async fn stale_rules() {
     );
     assert_eq!(
         stale.header("cache-status"),
-        Some("sidecache; hit; detail=stale")
+        Some("sidecache; hit; fwd=stale; detail=stale")
     );
     assert!(age(&stale) >= 1, "{}", age(&stale));
 }

@@ -240,6 +240,7 @@ fn compressed_claiming(url: &str, len: usize, claimed: u32) -> Vec<u8> {
         url: url.to_owned(),
         route: "test".into(),
         tags: vec![],
+        ..Default::default()
     };
     let mut value = codec::encode(&StoredEntry::from_meta(
         &meta(60, url, &[]),
@@ -405,6 +406,7 @@ fn stored(url: &str, ttl: Duration) -> Vec<u8> {
         url: url.to_owned(),
         route: "test".into(),
         tags: vec![],
+        ..Default::default()
     };
     codec::encode(&StoredEntry::from_meta(&m, ctx, Bytes::from_static(b"x")))
 }
@@ -691,6 +693,7 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
             url: "/hs".into(),
             route: "test".into(),
             tags: vec![],
+            ..Default::default()
         },
         Bytes::from_static(b"h"),
     );

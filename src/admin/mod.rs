@@ -5,7 +5,7 @@
 //! | `GET /metrics`        | none            | Prometheus text format                        |
 //! | `GET /health`, `/ready` | none          | same answers as the data plane                |
 //! | `GET /admin/config`   | token off-loopback | running config, secrets redacted           |
-//! | `POST /admin/purge`   | token off-loopback | `{"url"}`, `{"prefix"}` or `{"tag"}`       |
+//! | `POST /admin/purge`   | token off-loopback | `{"url"}`, `{"prefix"}` or `{"tag"}`, `"soft"` |
 //! | `POST /admin/reload`  | token off-loopback | re-read and swap the config file           |
 //! | `GET /admin/stats`    | token off-loopback | the status page's figures, versioned JSON ([`stats`]) |
 //! | `GET /`, `/status`    | token off-loopback | the status page: one self-contained HTML page polling `/admin/stats` |
@@ -337,6 +337,9 @@ struct PurgeBody {
     tag: Option<String>,
     #[serde(default)]
     source: Option<BodySource>,
+    /// Purge softly: mark stale and refresh in the background (see [`PurgeRequest::soft_at`]).
+    #[serde(default)]
+    soft: bool,
 }
 
 /// The sources an admin client may name.
@@ -354,12 +357,16 @@ impl PurgeBody {
             Some(BodySource::Cli) => PurgeSource::Cli,
             Some(BodySource::Admin) | None => PurgeSource::Admin,
         };
-        match (self.url, self.prefix, self.tag) {
-            (Some(t), None, None) => Some(PurgeRequest::new(PurgeKind::Url, t, source)),
-            (None, Some(t), None) => Some(PurgeRequest::new(PurgeKind::Prefix, t, source)),
-            (None, None, Some(t)) => Some(PurgeRequest::new(PurgeKind::Tag, t, source)),
-            _ => None,
-        }
+        let request = match (self.url, self.prefix, self.tag) {
+            (Some(t), None, None) => PurgeRequest::new(PurgeKind::Url, t, source),
+            (None, Some(t), None) => PurgeRequest::new(PurgeKind::Prefix, t, source),
+            (None, None, Some(t)) => PurgeRequest::new(PurgeKind::Tag, t, source),
+            _ => return None,
+        };
+        Some(match self.soft {
+            true => request.soft(std::time::SystemTime::now()),
+            false => request,
+        })
     }
 }
 
@@ -422,6 +429,7 @@ async fn purge(req: Request<Incoming>, live: &'static Live, peer: SocketAddr) ->
         json!({
             "purged": request.kind.label(),
             "target": request.target,
+            "soft": request.soft_at.is_some(),
             "removed_local": report.l1_removed,
             "removed_l2": report.l2_removed,
             "l2_ok": report.l2_ok,

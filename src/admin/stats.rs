@@ -103,6 +103,10 @@ pub async fn document(live: &Live) -> Value {
         },
         "l2": l2_json(live),
         "purges": recent().purges(),
+        "purge_counts": {
+            "hard": counter_total(&m.purges),
+            "soft": counter_total(&m.soft_purges),
+        },
         "warm": {
             "every_seconds": config.warm.every.map(|d| d.as_secs_f64()),
             "jitter_seconds": config.warm.jitter.as_secs_f64(),
@@ -122,6 +126,17 @@ fn covered(seconds: u64, uptime: u64) -> u64 {
 }
 
 /// The figures of one window (or since start) over `seconds` seconds.
+/// The sum of every series of a counter family.
+fn counter_total(family: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    family
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|c| c.get_counter().value() as u64)
+        .sum()
+}
+
 fn figures_json(sum: &WindowSum, seconds: u64) -> Value {
     let requests = sum.requests();
     let outcomes: Map<String, Value> = CacheOutcome::ALL

@@ -93,7 +93,7 @@ impl CacheOutcome {
         Some(match (self, stored) {
             (Self::HitL1, _) => "sidecache; hit; detail=l1",
             (Self::HitL2, _) => "sidecache; hit; detail=l2",
-            (Self::Stale, _) => "sidecache; hit; detail=stale",
+            (Self::Stale, _) => "sidecache; hit; fwd=stale; detail=stale",
             (Self::Revalidated, _) => "sidecache; fwd=stale; fwd-status=304",
             (Self::Miss, true) => "sidecache; fwd=miss; stored",
             (Self::Miss, false) => "sidecache; fwd=miss",

@@ -120,6 +120,9 @@ impl Config {
                     .map(http::HeaderName::as_str).collect::<Vec<_>>(),
                 "honor_request_directives": self.cache.honor_request_directives,
                 "lock_timeout": duration(self.cache.lock_timeout),
+                "soft_purge_grace": duration(self.cache.soft_purge_grace),
+                "surrogate_key_header": self.cache.surrogate_key_header.as_ref()
+                    .map(http::HeaderName::as_str),
                 "l1": {
                     "max_bytes": self.cache.l1.max_bytes,
                     "max_object_bytes": self.cache.l1.max_object_bytes,

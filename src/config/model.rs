@@ -405,6 +405,13 @@ pub struct CacheConfig {
     pub honor_request_directives: bool,
     /// How long a request waits for another's in-flight fetch of the same key. Default `5s`.
     pub lock_timeout: Duration,
+    /// How long a soft-purged entry may still be served stale, counted from the purge, while
+    /// one background fetch refreshes it. Default `60s`.
+    pub soft_purge_grace: Duration,
+    /// The response header whose space- or comma-separated keys tag the stored entry beside
+    /// the route's `tags` (`Surrogate-Key`, `Cache-Tag`, `xkey`), and which never reaches a
+    /// client. `None` (the default): off.
+    pub surrogate_key_header: Option<HeaderName>,
     pub l1: L1Config,
     /// `None`: no Redis, L1 only.
     pub l2: Option<L2Config>,

@@ -783,6 +783,31 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         .get(doc, "honor_request_directives")
         .and_then(|e| e.bool(doc))
         .unwrap_or(true);
+    let soft_purge_grace = t
+        .get(doc, "soft_purge_grace")
+        .and_then(|e| {
+            e.duration(doc).and_then(|d| {
+                if d > MAX_SOFT_PURGE_GRACE {
+                    e.error(doc, "soft_purge_grace must be at most 1h");
+                    None
+                } else {
+                    Some(d)
+                }
+            })
+        })
+        .unwrap_or(Duration::from_secs(60));
+    let surrogate_key_header = t.get(doc, "surrogate_key_header").and_then(|e| {
+        e.parsed(doc, |name| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name {name:?}"))
+                .and_then(|n| match NOT_SURROGATE_KEYS.contains(&n.as_str()) {
+                    true => Err(format!(
+                        "{name:?} cannot carry surrogate keys: clients need it, and it is never sent"
+                    )),
+                    false => Ok(n),
+                })
+        })
+    });
 
     let mut l1t = t.table(doc, "l1");
     let max_bytes = l1t.get(doc, "max_bytes").and_then(|e| e.size(doc));
@@ -889,11 +914,34 @@ fn cache(doc: &mut Doc<'_>, root: &mut Table<'_>) -> (CacheConfig, Pending) {
         targeted_cache_control,
         honor_request_directives,
         lock_timeout,
+        soft_purge_grace,
+        surrogate_key_header,
         l1,
         l2,
     };
     (cache, pending)
 }
+
+/// Fields `cache.surrogate_key_header` may not name: the header is removed from every answer.
+const NOT_SURROGATE_KEYS: [&str; 14] = [
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "location",
+    "set-cookie",
+    "transfer-encoding",
+    "vary",
+];
+
+/// The longest `cache.soft_purge_grace`: a soft-purged entry is served stale for no longer.
+const MAX_SOFT_PURGE_GRACE: Duration = Duration::from_secs(3600);
 
 /// The shortest `warm.every`.
 const MIN_WARM_EVERY: Duration = Duration::from_secs(1);

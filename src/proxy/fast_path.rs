@@ -35,12 +35,19 @@ const NEEDS_PINGORA: [header::HeaderName; 6] = [
 ];
 
 /// Whether the fast path can answer `req` from `entry`: the request is neither conditional
-/// nor ranged, and the entry is fresh and stored without a Vary variant.
-pub(super) fn can_answer(req: &RequestHeader, entry: &L1Entry) -> bool {
+/// nor ranged, and the entry is fresh, stored without a Vary variant, and holds no
+/// `surrogate` header (an entry stored before `cache.surrogate_key_header` named it: its
+/// shared hit header would send it, so pingora's path, which removes it, answers).
+pub(super) fn can_answer(
+    req: &RequestHeader,
+    entry: &L1Entry,
+    surrogate: Option<&header::HeaderName>,
+) -> bool {
     let stored = &entry.entry;
     !req.headers.keys().any(|h| NEEDS_PINGORA.contains(h))
         && stored.variance.is_none()
         && SystemTime::now() < stored.fresh_until
+        && surrogate.is_none_or(|name| !stored.header.headers.contains_key(name))
 }
 
 /// Answer the request from `entry` (which [`can_answer`] accepted).
@@ -98,7 +105,12 @@ fn hit_header(stored: &StoredEntry) -> ResponseHeader {
         detail: None,
     };
     // The request id is a placeholder each hit replaces.
-    let _ = response_head::finish(&mut resp, verdict, &http::HeaderValue::from_static(""));
+    let _ = response_head::finish(
+        &mut resp,
+        verdict,
+        &http::HeaderValue::from_static(""),
+        None,
+    );
     let _ = resp.append_header(header::AGE, 0);
     // Kept as a clone: a clone's maps hold exactly its lines, not the room `resp` has left.
     resp.clone()

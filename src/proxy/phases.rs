@@ -44,11 +44,13 @@ use crate::cache::freshness::{self, Directives, Received};
 use crate::cache::policy::{self, BypassReason, DirectiveVerdict, NoStoreReason, ResponseContext};
 use crate::cache::status::{CacheOutcome, Detail};
 use crate::cache::storage::{L1Probe, Tier, TieredHit};
+use crate::cache::surrogate;
+use crate::config::CacheMode;
 use crate::health as local;
 use crate::normalize;
 use crate::telemetry::events::{
-    InternalEvent, PurgeBacklogFull, RequestFinished, TunnelClosed, TunnelOpened, UpstreamFailed,
-    UpstreamResponded,
+    InternalEvent, PurgeBacklogFull, RequestFinished, SurrogateKeysDropped, TunnelClosed,
+    TunnelOpened, UpstreamFailed, UpstreamResponded,
 };
 use crate::telemetry::metrics::UpstreamErrorKind;
 
@@ -223,17 +225,36 @@ impl ProxyHttp for SidecacheProxy {
         session: &mut Session,
         meta: &CacheMeta,
         hit_handler: &mut pingora_cache::storage::HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.progress.hit_tier = hit_handler
-            .as_any()
-            .downcast_ref::<TieredHit>()
-            .map(TieredHit::tier);
+        let hit = hit_handler.as_any().downcast_ref::<TieredHit>();
+        ctx.progress.hit_tier = hit.map(TieredHit::tier);
+        let soft_purged = hit.is_some_and(TieredHit::soft_purged);
         let Plan::Cache { cache, .. } = &ctx.plan else {
             return Ok(None);
         };
-        if session.subrequest_ctx.is_some() || !cache.directives.constrain_reuse() {
+        if session.subrequest_ctx.is_some() {
+            // the background refresh of a soft-purged entry: one instance of the fleet
+            // fetches; elsewhere it ends here, its clients served the stale copy
+            if soft_purged
+                && !is_fresh
+                && !self
+                    .live
+                    .cache
+                    .refresh_soft(session.cache.cache_key())
+                    .await
+            {
+                // pingora releases the write lock the parent handed over only when the
+                // subrequest goes on to the origin: release it here, or it dangles
+                if let Some(sub) = session.subrequest_ctx.as_mut() {
+                    sub.release_write_lock();
+                }
+                return Ok(Some(pingora_cache::ForcedFreshness::ForceFresh));
+            }
+            return Ok(None);
+        }
+        if !cache.directives.constrain_reuse() {
             return Ok(None);
         }
         let stored = Directives::of(
@@ -433,9 +454,23 @@ impl ProxyHttp for SidecacheProxy {
             targets: &ctx.snapshot.config.cache.targeted_cache_control,
         };
         let resp = freshened.as_ref().unwrap_or(resp);
-        match policy::response_decision(resp, cache.policy(target), cx) {
+        let policy = cache.policy(target);
+        match policy::response_decision(resp, policy, cx) {
             Ok(mut meta) => {
-                meta.extensions_mut().insert(cache.entry.clone());
+                let mut entry = cache.entry.clone();
+                // a soft purge may serve it stale unless the origin forbids stale (origin
+                // mode: override mode ignores the origin's directives)
+                entry.soft_purgeable = policy.mode == CacheMode::Override
+                    || !Directives::of(resp, cx.targets).forbid_stale();
+                if let Some(name) = &ctx.snapshot.config.cache.surrogate_key_header {
+                    let dropped = surrogate::add_keys(&resp.headers, name, &mut entry.tags);
+                    if dropped > 0 {
+                        SurrogateKeysDropped { count: dropped }.emit();
+                    }
+                    // never kept: it is for this cache only
+                    meta.response_header_mut().remove_header(name);
+                }
+                meta.extensions_mut().insert(entry);
                 ctx.progress.stored = true;
                 Ok(RespCacheable::Cacheable(meta))
             }
@@ -525,7 +560,12 @@ impl ProxyHttp for SidecacheProxy {
             stored: ctx.progress.stored,
             detail,
         };
-        response_head::finish(upstream_response, verdict, &ctx.request_id)?;
+        response_head::finish(
+            upstream_response,
+            verdict,
+            &ctx.request_id,
+            ctx.snapshot.config.cache.surrogate_key_header.as_ref(),
+        )?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && matches!(
                 ctx.plan,

@@ -329,10 +329,9 @@ pub(crate) fn resolve(
     let mut cache_key = key::cache_key(&input, policy.route.map(|c| &c.key));
     let probe = cache.probe_l1(&cache_key);
     let fast = !directives.constrain_reuse();
-    if let Some(entry) = probe
-        .found()
-        .filter(|e| fast && fast_path::can_answer(req, e))
-    {
+    if let Some(entry) = probe.found().filter(|e| {
+        fast && fast_path::can_answer(req, e, config.cache.surrogate_key_header.as_ref())
+    }) {
         let cache = CachePlan {
             mode,
             key: None,
@@ -359,6 +358,8 @@ pub(crate) fn resolve(
             (Some(m), Some(c)) => c.tags.iter().map(|t| t.fill(&m.params)).collect(),
             _ => Vec::new(),
         },
+        // the response decides (response_cache_filter)
+        soft_purgeable: false,
     };
     if !site.is_empty() {
         entry.tags.push(site_url_tag(site, &entry.url));

@@ -5,7 +5,8 @@
 //!
 //! What it does: removes the hop-by-hop fields (RFC 9110 §7.6.1; entries stored by an older
 //! build may still hold some) but an upgrade's own, which a 101 keeps as `Upgrade: proto`
-//! and `Connection: upgrade`; removes [`NEVER_SENT`]; says that a stored 200 of known
+//! and `Connection: upgrade`; removes [`NEVER_SENT`] and the origin's surrogate keys
+//! (`cache.surrogate_key_header`); says that a stored 200 of known
 //! length is served in ranges (`Accept-Ranges: bytes`); and says what the cache did
 //! (`X-Cache`, RFC 9211 `Cache-Status`) and the request id. Per-request values the fast path
 //! shares across hits (`Age`, the id) are placeholders it replaces in place.
@@ -35,11 +36,13 @@ pub(crate) struct Verdict {
     pub detail: Option<Detail>,
 }
 
-/// Finish `resp` for the client (see the module docs).
+/// Finish `resp` for the client (see the module docs). `surrogate`: the configured
+/// `cache.surrogate_key_header`, which is never sent either.
 pub(crate) fn finish(
     resp: &mut ResponseHeader,
     verdict: Verdict,
     request_id: &HeaderValue,
+    surrogate: Option<&HeaderName>,
 ) -> Result<()> {
     let upgrade = (resp.status == http::StatusCode::SWITCHING_PROTOCOLS)
         .then(|| resp.headers.get(header::UPGRADE).cloned())
@@ -48,7 +51,7 @@ pub(crate) fn finish(
     if let Some(protocol) = upgrade {
         normalize::keep_upgrade(resp, protocol);
     }
-    for name in &NEVER_SENT {
+    for name in NEVER_SENT.iter().chain(surrogate) {
         if resp.headers.contains_key(name) {
             resp.remove_header(name);
         }
@@ -96,6 +99,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("keep-alive", "timeout=5"),
             ("sidecache-cache-control", "max-age=60"),
+            ("surrogate-key", "contractor:42"),
             ("content-type", "application/json"),
         ] {
             r.append_header(k.to_string(), v).unwrap();
@@ -104,6 +108,7 @@ mod tests {
             &mut r,
             verdict(CacheOutcome::HitL1),
             &HeaderValue::from_static("id-1"),
+            Some(&HeaderName::from_static("surrogate-key")),
         )
         .unwrap();
         let mut left: Vec<&str> = r.headers.keys().map(HeaderName::as_str).collect();
@@ -117,7 +122,7 @@ mod tests {
         let mut sized = ResponseHeader::build(200, None).unwrap();
         sized.append_header("content-length", "2").unwrap();
         let id = HeaderValue::from_static("i");
-        finish(&mut sized, verdict(CacheOutcome::HitL2), &id).unwrap();
+        finish(&mut sized, verdict(CacheOutcome::HitL2), &id, None).unwrap();
         assert_eq!(sized.headers["accept-ranges"], "bytes");
     }
 
@@ -136,6 +141,7 @@ mod tests {
             &mut r,
             verdict(CacheOutcome::Bypass),
             &HeaderValue::from_static("id"),
+            None,
         )
         .unwrap();
         assert_eq!(r.headers["upgrade"], "websocket");

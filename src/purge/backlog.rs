@@ -51,10 +51,16 @@ pub(super) struct Job {
     pub attempts: u32,
 }
 
-type Target = (PurgeKind, String);
+/// What coalesces: a soft and a hard purge of one target stay apart (the hard one must
+/// delete what the soft one would keep).
+type Target = (PurgeKind, String, bool);
 
 fn target(job: &Job) -> Target {
-    (job.request.kind, job.request.target.clone())
+    (
+        job.request.kind,
+        job.request.target.clone(),
+        job.request.soft_at.is_some(),
+    )
 }
 
 /// What became of a pushed job.

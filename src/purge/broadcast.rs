@@ -108,6 +108,27 @@ pub struct PurgeMessage {
     /// The generation Redis gave the purge (absent in version 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gen: Option<u64>,
+    /// A soft purge (absent: hard, as every message before soft purges).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft: bool,
+}
+
+impl PurgeMessage {
+    /// The purge this received message asks for, from another instance. A soft purge is
+    /// dated by its generation (Redis's clock, microseconds), never later than now.
+    pub fn into_request(self) -> PurgeRequest {
+        let mut request = PurgeRequest::new(self.kind, self.target, PurgeSource::Remote);
+        request.origin = Some(self.from);
+        if self.soft {
+            let now = std::time::SystemTime::now();
+            let at = self
+                .gen
+                .map(|g| std::time::UNIX_EPOCH + std::time::Duration::from_micros(g))
+                .map_or(now, |at| at.min(now));
+            request = request.soft(at);
+        }
+        request
+    }
 }
 
 /// Why a received payload was ignored (or a message could not be signed).
@@ -203,6 +224,7 @@ impl PurgeMessage {
             kind,
             target: target.to_owned(),
             gen: Some(generation),
+            soft: false,
         }
     }
 
@@ -340,10 +362,7 @@ impl Subscriber {
                     Received::Own => {}
                     Received::Remote(m) => match fresh(service, &m) {
                         Ok(()) => {
-                            let mut request =
-                                PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
-                            request.origin = Some(m.from);
-                            service.apply(&request).await;
+                            service.apply(&m.into_request()).await;
                         }
                         Err(reason) => PurgeMessageDropped {
                             reason,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::broadcast::{classify, Received};
-use super::{PurgeRequest, PurgeService, PurgeSource};
+use super::PurgeService;
 use crate::cache::storage::l2::FinishedLog;
 use crate::telemetry::events::{InternalEvent, PurgeLogGap, PurgeMessageDropped, PurgesCaughtUp};
 
@@ -144,9 +144,7 @@ async fn apply_logged(service: &'static PurgeService, entry: &[u8]) -> bool {
     if service.applied().note(generation).is_err() {
         return false;
     }
-    let mut request = PurgeRequest::new(m.kind, m.target, PurgeSource::Remote);
-    request.origin = Some(m.from);
-    service.apply(&request).await;
+    service.apply(&m.into_request()).await;
     true
 }
 

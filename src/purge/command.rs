@@ -24,6 +24,8 @@ pub struct PurgeCommand {
     pub kind: PurgeKind,
     /// The url (path and query), url prefix or tag to purge.
     pub target: String,
+    /// A soft purge (`--soft`).
+    pub soft: bool,
 }
 
 impl PurgeCommand {
@@ -32,11 +34,15 @@ impl PurgeCommand {
         format!("{}/admin/purge", self.admin.trim_end_matches('/'))
     }
 
-    /// The request body: `{"<kind>": target, "source": "cli"}`.
+    /// The request body: `{"<kind>": target, "source": "cli"}`, and `"soft": true` for a soft
+    /// purge.
     pub fn body(&self) -> serde_json::Value {
         let mut body = serde_json::Map::new();
         body.insert(self.kind.label().to_owned(), self.target.clone().into());
         body.insert("source".to_owned(), PurgeSource::Cli.label().into());
+        if self.soft {
+            body.insert("soft".to_owned(), true.into());
+        }
         body.into()
     }
 
@@ -84,6 +90,7 @@ mod tests {
             token: None,
             kind,
             target: target.to_owned(),
+            soft: false,
         }
     }
 
@@ -101,6 +108,14 @@ mod tests {
         assert_eq!(
             body(PurgeKind::Tag, "contractor:4"),
             r#"{"source":"cli","tag":"contractor:4"}"#
+        );
+        let soft = PurgeCommand {
+            soft: true,
+            ..purge("http://h:1", PurgeKind::Tag, "t")
+        };
+        assert_eq!(
+            soft.body().to_string(),
+            r#"{"soft":true,"source":"cli","tag":"t"}"#
         );
     }
 

@@ -36,7 +36,9 @@ pub use command::{command, PurgeCommand};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::storage::l2::PurgeDone;
+use std::time::SystemTime;
+
+use crate::cache::storage::l2::{PurgeDone, SoftPurge};
 pub use crate::cache::storage::PurgeKind;
 use crate::cache::storage::TieredCache;
 use crate::config::CacheConfig;
@@ -84,6 +86,10 @@ pub struct PurgeRequest {
     pub source: PurgeSource,
     /// The instance a received purge came from (`None`: this one).
     pub origin: Option<String>,
+    /// `Some(at)`: a soft purge made at `at`. What it names is marked stale from `at` and
+    /// served stale for `cache.soft_purge_grace` after it while one background fetch per key,
+    /// fleet-wide, refreshes it; what may not be served stale is removed. `None`: hard.
+    pub soft_at: Option<SystemTime>,
 }
 
 impl PurgeRequest {
@@ -94,6 +100,21 @@ impl PurgeRequest {
             target: target.into(),
             source,
             origin: None,
+            soft_at: None,
+        }
+    }
+
+    /// This purge made soft, at `at`.
+    pub fn soft(mut self, at: SystemTime) -> Self {
+        self.soft_at = Some(at);
+        self
+    }
+
+    /// `soft` or `hard`, for logs and the status page.
+    pub fn mode(&self) -> &'static str {
+        match self.soft_at {
+            Some(_) => "soft",
+            None => "hard",
         }
     }
 }
@@ -101,9 +122,10 @@ impl PurgeRequest {
 /// What one purge did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PurgeReport {
-    /// Entries removed from L1.
+    /// Entries removed from L1 (a soft purge: marked stale, or removed).
     pub l1_removed: u64,
-    /// Entries removed from L2 (0 without L2, and for received purges).
+    /// Entries removed from L2 (0 without L2, and for received purges; a soft purge: marked
+    /// stale, or removed).
     pub l2_removed: u64,
     /// False when L2 is configured but the purge could not reach it (error, timeout, breaker
     /// open). True without L2, and for received purges.
@@ -199,7 +221,14 @@ impl PurgeService {
         let ticket = self
             .cache
             .record_purge(request.kind, &request.target, l2_part);
-        let l1_removed = self.cache.purge_l1(request.kind, &request.target).await;
+        let l1_removed = match request.soft_at {
+            Some(at) => {
+                self.cache
+                    .purge_l1_soft(request.kind, &request.target, at)
+                    .await
+            }
+            None => self.cache.purge_l1(request.kind, &request.target).await,
+        };
         if !l2_part {
             drop(ticket);
             return self.applied_l1_only(request, l1_removed);
@@ -250,7 +279,11 @@ impl PurgeService {
             drop(job.ticket);
             return Ok(self.applied_l1_only(&job.request, job.l1_removed));
         };
-        let done = match l2.purge(kind, target).await {
+        let soft = job.request.soft_at.map(|at| SoftPurge {
+            at,
+            grace: self.cache.soft_purge_grace(),
+        });
+        let done = match l2.purge_with(kind, target, soft).await {
             Ok(done) => done,
             Err(result) => return Err(deferred(job, result)),
         };
@@ -260,7 +293,8 @@ impl PurgeService {
         } = done;
         // never applied again when the log or a broadcast brings it back
         let _ = self.applied.note(generation);
-        let message = PurgeMessage::new(&self.instance_id, kind, target, generation);
+        let mut message = PurgeMessage::new(&self.instance_id, kind, target, generation);
+        message.soft = soft.is_some();
         let Ok(payload) = self.seal(&message) else {
             // cannot happen (serializing plain fields, HMAC takes any key); the delete is done
             drop(job.ticket);

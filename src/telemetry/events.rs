@@ -261,8 +261,11 @@ pub struct PurgeApplied<'a> {
 impl InternalEvent for PurgeApplied<'_> {
     fn emit(self) {
         let r = self.request;
-        metrics()
-            .purges
+        let counter = match r.soft_at {
+            Some(_) => &metrics().soft_purges,
+            None => &metrics().purges,
+        };
+        counter
             .with_label_values(&[r.kind.label(), r.source.label()])
             .inc();
         let rep = self.report;
@@ -271,6 +274,7 @@ impl InternalEvent for PurgeApplied<'_> {
             kind: r.kind.label(),
             target: r.target.clone(),
             source: r.source.label(),
+            mode: r.mode(),
             instance: self.instance.to_owned(),
             removed_l1: rep.l1_removed,
             removed_l2: rep.l2_removed,
@@ -278,13 +282,27 @@ impl InternalEvent for PurgeApplied<'_> {
         match r.source {
             PurgeSource::Admin | PurgeSource::Cli => tracing::info!(
                 target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
-                target = %r.target, removed_l1 = rep.l1_removed, removed_l2 = rep.l2_removed,
-                l2_ok = rep.l2_ok, broadcast = rep.broadcast, "purged"),
+                mode = r.mode(), target = %r.target, removed_l1 = rep.l1_removed,
+                removed_l2 = rep.l2_removed, l2_ok = rep.l2_ok, broadcast = rep.broadcast,
+                "purged"),
             PurgeSource::Write | PurgeSource::Remote => tracing::debug!(
                 target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
-                target = %r.target, removed_l1 = rep.l1_removed, removed_l2 = rep.l2_removed,
-                "purged"),
+                mode = r.mode(), target = %r.target, removed_l1 = rep.l1_removed,
+                removed_l2 = rep.l2_removed, "purged"),
         }
+    }
+}
+
+/// An origin's response declared surrogate keys past the bounds (see
+/// [`crate::cache::surrogate`]); they were dropped. Counted only: no label, no log line (it
+/// can happen per request, and key names never become labels).
+pub struct SurrogateKeysDropped {
+    pub count: u64,
+}
+
+impl InternalEvent for SurrogateKeysDropped {
+    fn emit(self) {
+        metrics().surrogate_keys_dropped.inc_by(self.count);
     }
 }
 

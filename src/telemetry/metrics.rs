@@ -407,6 +407,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub purges: IntCounterVec,
+    pub soft_purges: IntCounterVec,
+    pub surrogate_keys_dropped: IntCounter,
     pub purge_broadcasts: IntCounterVec,
     pub pubsub_gaps: IntCounter,
     pub purge_messages_dropped: IntCounterVec,
@@ -529,6 +531,17 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &["kind", "source"]
         )
         .expect("register sidecache_purges_total"),
+        soft_purges: register_int_counter_vec!(
+            "sidecache_soft_purges_total",
+            "Soft purges applied (entries marked stale and refreshed in the background, not removed), by kind and source; sidecache_purges_total counts the hard ones.",
+            &["kind", "source"]
+        )
+        .expect("register sidecache_soft_purges_total"),
+        surrogate_keys_dropped: register_int_counter!(
+            "sidecache_surrogate_keys_dropped_total",
+            "Surrogate keys an origin sent that did not tag the entry: past 64 per response, longer than 128 bytes, or not visible ASCII."
+        )
+        .expect("register sidecache_surrogate_keys_dropped_total"),
         purge_broadcasts: register_int_counter_vec!(
             "sidecache_purge_broadcasts_total",
             "Purges published to the other instances, by result.",
@@ -679,6 +692,8 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     for kind in PurgeKind::ALL {
         for source in PurgeSource::ALL {
             m.purges.with_label_values(&[kind.label(), source.label()]);
+            m.soft_purges
+                .with_label_values(&[kind.label(), source.label()]);
         }
     }
     for r in WarmUrlResult::ALL {

@@ -34,6 +34,8 @@ pub struct PurgeRecord {
     pub target: String,
     /// `admin`, `cli`, `write` or `remote`.
     pub source: &'static str,
+    /// `hard` (removed) or `soft` (marked stale, refreshed in the background).
+    pub mode: &'static str,
     /// The instance that originated it (this one, or the sender of a received purge).
     pub instance: String,
     pub removed_l1: u64,
@@ -160,6 +162,7 @@ mod tests {
             kind: "url",
             target: format!("/p/{n}"),
             source: "admin",
+            mode: "hard",
             instance: "i".into(),
             removed_l1: 1,
             removed_l2: 0,

@@ -28,6 +28,8 @@ pub fn cache_config(l1_bytes: u64, redis_url: Option<String>, prefix: &str) -> C
         targeted_cache_control: vec![],
         honor_request_directives: true,
         lock_timeout: Duration::from_secs(5),
+        soft_purge_grace: Duration::from_secs(60),
+        surrogate_key_header: None,
         l1: L1Config {
             max_bytes: l1_bytes,
             max_object_bytes: MAX_OBJECT,
@@ -95,6 +97,7 @@ pub fn meta_at(fresh_until: SystemTime, swr: u32, sie: u32, url: &str, tags: &[&
         url: url.to_owned(),
         route: "test".into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
     });
     m
 }

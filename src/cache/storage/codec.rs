@@ -4,7 +4,7 @@
 //! never deserializes). L2 (Redis) keeps the bytes produced by [`encode`]:
 //!
 //! ```text
-//! magic "SCE1" (4) | format version u8 (=2)
+//! magic "SCE1" (4) | format version u8 (=3) | flags u8 (1: soft-purgeable, 2: soft-purged)
 //! fresh_until u64 | created u64 | epoch u64        (nanoseconds since the Unix epoch, BE)
 //! swr u32 | sie u32 | status u16
 //! header count u32, then per header: name len u16, name, value len u32, value
@@ -17,8 +17,11 @@
 //! otherwise) and the order of `ResponseHeader::map`. Any mismatch is a [`DecodeError`]; the
 //! caller treats it as a miss and deletes the value.
 //!
-//! Version 1 (written before compression existed) is the same without the body encoding
-//! byte, always raw; it is still read, so an upgrade keeps the entries already in Redis.
+//! Version 2 (written before soft purges) is the same without the flags byte; version 1
+//! (written before compression existed) is version 2 without the body encoding byte, always
+//! raw. Both are still read (flags 0: a soft purge removes them), so an upgrade keeps the
+//! entries already in Redis. The flags byte sits at a fixed offset (5) so that a soft purge's
+//! Lua script (`lua/purge.lua`) can read it and rewrite the freshness fields in place.
 //!
 //! **Compression.** Bodies longer than `cache.l2.compress_above` (default 4 KiB) are stored
 //! zstd-compressed at level [`ZSTD_LEVEL`] when that saves at least an eighth; the decoded
@@ -43,13 +46,19 @@ use super::EntryContext;
 
 /// First bytes of every encoded entry.
 pub const MAGIC: &[u8; 4] = b"SCE1";
-/// Format version written by this build. [`decode`] reads it and [`FORMAT_V1`]; anything
-/// else is rejected.
-pub const FORMAT_VERSION: u8 = 2;
+/// Format version written by this build. [`decode`] reads it, [`FORMAT_V2`] and
+/// [`FORMAT_V1`]; anything else is rejected.
+pub const FORMAT_VERSION: u8 = 3;
+/// The format before soft purges (no flags byte), still read.
+pub const FORMAT_V2: u8 = 2;
 /// The previous format (no body encoding byte, raw bodies), still read.
 pub const FORMAT_V1: u8 = 1;
 /// zstd level of compressed bodies (1: the fastest; higher levels gained little on JSON).
 pub const ZSTD_LEVEL: i32 = 1;
+/// Flag: the entry may be purged softly (served stale while it is refreshed).
+pub const FLAG_SOFT_PURGEABLE: u8 = 1;
+/// Flag: the entry was purged softly (stale from the purge on; its refresh clears it).
+pub const FLAG_SOFT_PURGED: u8 = 2;
 const BODY_RAW: u8 = 0;
 const BODY_ZSTD: u8 = 1;
 /// Extra lifetime kept after the last moment pingora could still use an entry.
@@ -71,6 +80,9 @@ pub struct StoredEntry {
     pub body: Bytes,
     /// Approximate size of the header block in bytes (for the L1 weigher).
     pub header_bytes: usize,
+    /// A soft purge made it stale (see [`StoredEntry::softened`]); its refresh is a
+    /// background fetch that one instance of the fleet makes.
+    pub soft_purged: bool,
 }
 
 impl StoredEntry {
@@ -89,7 +101,31 @@ impl StoredEntry {
             ctx,
             body,
             header_bytes,
+            soft_purged: false,
         }
+    }
+
+    /// This entry purged softly at `at`: stale from then on (never fresher than it was), and
+    /// servable stale (while one request refreshes it) for `grace` after `at` at most; `None`
+    /// when it may not be served stale ([`EntryContext::soft_purgeable`]), so a soft purge
+    /// removes it instead, or when it was stored at or after `at` (its refresh: nothing to
+    /// purge).
+    pub fn softened(&self, at: SystemTime, grace: Duration) -> Option<StoredEntry> {
+        if !self.ctx.soft_purgeable || self.created >= at {
+            return None;
+        }
+        let fresh_until = self.fresh_until.min(at);
+        let until = at + grace;
+        let swr = until
+            .duration_since(fresh_until)
+            .unwrap_or_default()
+            .as_secs();
+        Some(StoredEntry {
+            fresh_until,
+            swr: u32::try_from(swr).unwrap_or(u32::MAX),
+            soft_purged: true,
+            ..self.clone()
+        })
     }
 
     /// Same body and context, freshness and header from `meta` (a 304 revalidation).
@@ -344,6 +380,7 @@ pub fn encode_compressed(e: &StoredEntry, compress_above: Option<u64>) -> Vec<u8
     let mut out = Vec::with_capacity(64 + e.header_bytes + e.body.len() + e.ctx.url.len());
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
+    out.push(flags(e));
     out.extend_from_slice(&nanos(e.fresh_until).to_be_bytes());
     out.extend_from_slice(&nanos(e.created).to_be_bytes());
     out.extend_from_slice(&nanos(e.epoch).to_be_bytes());
@@ -457,9 +494,13 @@ pub fn decode(raw: Bytes, max_body: usize) -> Result<StoredEntry, DecodeError> {
         return Err(DecodeError::BadMagic);
     }
     let version = r.u8()?;
-    if version != FORMAT_VERSION && version != FORMAT_V1 {
+    if version != FORMAT_VERSION && version != FORMAT_V2 && version != FORMAT_V1 {
         return Err(DecodeError::UnknownVersion(version));
     }
+    let flags = match version {
+        FORMAT_VERSION => r.u8()?,
+        _ => 0,
+    };
     let fresh_until = from_nanos(r.u64()?);
     let created = from_nanos(r.u64()?);
     let epoch = from_nanos(r.u64()?);
@@ -535,10 +576,28 @@ pub fn decode(raw: Bytes, max_body: usize) -> Result<StoredEntry, DecodeError> {
         sie,
         header,
         variance,
-        ctx: EntryContext { url, route, tags },
+        ctx: EntryContext {
+            url,
+            route,
+            tags,
+            soft_purgeable: flags & FLAG_SOFT_PURGEABLE != 0,
+        },
         body,
         header_bytes,
+        soft_purged: flags & FLAG_SOFT_PURGED != 0,
     })
+}
+
+/// The flags byte of `e`.
+fn flags(e: &StoredEntry) -> u8 {
+    let mut f = 0;
+    if e.ctx.soft_purgeable {
+        f |= FLAG_SOFT_PURGEABLE;
+    }
+    if e.soft_purged {
+        f |= FLAG_SOFT_PURGED;
+    }
+    f
 }
 
 #[cfg(test)]
@@ -560,6 +619,7 @@ mod tests {
             url: "/api/x?a=1".into(),
             route: "r".into(),
             tags: vec!["t:1".into(), "t:2".into()],
+            ..Default::default()
         };
         StoredEntry::from_meta(&meta, ctx, Bytes::from_static(b"{\"ok\":true}"))
     }
@@ -674,9 +734,57 @@ mod tests {
         assert!(decode(Bytes::from(long), BOUND).is_err());
     }
 
+    /// A version 2 value (no flags byte): what `encode` wrote before soft purges.
+    fn encode_v2(e: &StoredEntry) -> Vec<u8> {
+        let mut v3 = encode(e);
+        v3[4] = FORMAT_V2;
+        v3.remove(5);
+        v3
+    }
+
+    #[test]
+    fn version_2_values_are_still_read_and_never_soft_purged() {
+        let mut e = sample();
+        e.ctx.soft_purgeable = true;
+        let d = decode(Bytes::from(encode_v2(&e)), BOUND).expect("v2 decodes");
+        assert_eq!(d.ctx.url, e.ctx.url);
+        assert_eq!(d.body, e.body);
+        assert!(!d.ctx.soft_purgeable && !d.soft_purged);
+        let mut soft = e
+            .softened(e.created + Duration::from_secs(1), Duration::from_secs(60))
+            .unwrap();
+        let d = decode(Bytes::from(encode(&soft)), BOUND).expect("v3 decodes");
+        assert!(d.ctx.soft_purgeable && d.soft_purged);
+        soft.ctx.soft_purgeable = false;
+        assert_eq!(encode(&soft)[5], FLAG_SOFT_PURGED);
+    }
+
+    #[test]
+    fn a_soft_purge_makes_an_entry_stale_for_the_grace_at_most() {
+        let mut e = sample();
+        let at = e.created + Duration::from_secs(10);
+        assert!(
+            e.softened(at, Duration::from_secs(60)).is_none(),
+            "not purgeable"
+        );
+        e.ctx.soft_purgeable = true;
+        e.fresh_until = e.created + Duration::from_secs(300);
+        let s = e.softened(at, Duration::from_secs(60)).unwrap();
+        assert_eq!(s.fresh_until, at);
+        assert_eq!(s.swr, 60);
+        assert!(s.soft_purged);
+        // already stale before the purge: its stale window still ends `grace` after it
+        e.fresh_until = e.created + Duration::from_secs(4);
+        let s = e.softened(at, Duration::from_secs(60)).unwrap();
+        assert_eq!(s.fresh_until, e.fresh_until);
+        assert_eq!(s.swr, 66);
+        // stored at or after the purge (its refresh): left alone
+        assert!(e.softened(e.created, Duration::from_secs(60)).is_none());
+    }
+
     /// A version 1 value (no body encoding byte): what `encode` wrote before compression.
     fn encode_v1(e: &StoredEntry) -> Vec<u8> {
-        let mut v2 = encode(e);
+        let mut v2 = encode_v2(e);
         v2[4] = FORMAT_V1;
         // drop the body encoding byte, just before the body's length and bytes
         let at = v2.len() - e.body.len() - 4 - 1;
@@ -828,6 +936,8 @@ mod tests {
             tags in proptest::collection::vec("\\PC{0,12}", 0..4),
             body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
             compress_above in proptest::option::of(0u64..600),
+            soft_purgeable: bool,
+            soft_purged: bool,
         ) {
             let mut header = ResponseHeader::build(status, None).expect("status");
             for (name, value) in &headers {
@@ -842,8 +952,9 @@ mod tests {
                 header_bytes: header_size(&header),
                 header,
                 variance,
-                ctx: EntryContext { url, route: "r".into(), tags },
+                ctx: EntryContext { url, route: "r".into(), tags, soft_purgeable },
                 body: Bytes::from(body),
+                soft_purged,
             };
             let d = decode(Bytes::from(encode_compressed(&e, compress_above)), BOUND).expect("decodes");
             proptest::prop_assert_eq!(d.fresh_until, e.fresh_until);
@@ -857,6 +968,7 @@ mod tests {
             proptest::prop_assert_eq!(lines(&d.header), lines(&e.header));
             proptest::prop_assert_eq!(&d.ctx, &e.ctx);
             proptest::prop_assert_eq!(&d.body, &e.body);
+            proptest::prop_assert_eq!(d.soft_purged, e.soft_purged);
         }
 
         #[test]

@@ -97,7 +97,7 @@ pub async fn take_or_wait(
     let mut waited = false;
     loop {
         let token = fastrand::u64(1..);
-        match l2.take_fill_lock(key, token, timeout).await {
+        match l2.take_fill_lock(key, token, timeout, false).await {
             Ok(FillState::Filled(raw)) => return FillOutcome::Filled(raw),
             Ok(FillState::Taken) => {
                 let lock = FillLock {
@@ -121,6 +121,47 @@ pub async fn take_or_wait(
         tokio::time::sleep(delay.min(left)).await;
         waited = true;
         delay = (delay * 2).min(POLL_MAX);
+    }
+}
+
+/// What the fill lock decided for the refresh of a soft-purged entry.
+pub enum RefreshOutcome {
+    /// The lock was free and is now in the slot (or Redis could not be asked): this request
+    /// refreshes the entry.
+    Fetch,
+    /// Another instance refreshed it meanwhile: its raw L2 bytes.
+    Refreshed(Vec<u8>),
+    /// Another holder is refreshing it: no fetch from here.
+    Busy,
+}
+
+/// One attempt at the fill lock of a soft-purged `key` for its refresh (see
+/// [`super::TieredCache::refresh_soft`]): never waits, since clients are served the stale
+/// copy meanwhile.
+pub async fn take_for_refresh(
+    l2: &'static L2Store,
+    key: &EntryKey,
+    slot: &FillSlot,
+    ttl: Duration,
+) -> RefreshOutcome {
+    let token = fastrand::u64(1..);
+    match l2.take_fill_lock(key, token, ttl, true).await {
+        Ok(FillState::Filled(raw)) => RefreshOutcome::Refreshed(raw),
+        Ok(FillState::Taken) => {
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(FillLock {
+                l2,
+                key: *key,
+                token,
+                gave_up: false,
+            });
+            RefreshOutcome::Fetch
+        }
+        // a holder gave up (its response was not storable), or Redis cannot say: fetch
+        // without the lock, as a miss would
+        Ok(FillState::GaveUp) | Err(_) => RefreshOutcome::Fetch,
+        Ok(FillState::Held) => RefreshOutcome::Busy,
     }
 }
 

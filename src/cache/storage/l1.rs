@@ -332,6 +332,94 @@ impl L1Store {
         }
     }
 
+    /// Purge `key` softly at `at` (see [`StoredEntry::softened`]): replace its entry by one
+    /// stale from `at` and servable stale for `grace` after it, or remove it when it may not
+    /// be served stale. An entry stored at or after `at` (its refresh) is left alone, and so
+    /// is one that another insert replaced meanwhile: the replacement goes through the
+    /// insert stripe, so the index agrees with moka as for [`Self::insert`]. True when the
+    /// entry was softened or removed.
+    pub fn soften(&self, key: &EntryKey, at: SystemTime, grace: Duration) -> bool {
+        let inner = self.inner.load();
+        let Some(cache) = inner.cache.as_ref() else {
+            return false;
+        };
+        let Some(current) = cache.get(key) else {
+            return false;
+        };
+        if current.entry.created >= at {
+            return false;
+        }
+        let Some(soft) = current.entry.softened(at, grace) else {
+            return self.remove(key);
+        };
+        let weight = match u32::try_from(heap_cost(&soft)) {
+            Ok(w) if soft.remaining(SystemTime::now()).is_some() => w,
+            _ => return self.remove(key),
+        };
+        let stripe = usize::from(key[0]) % INSERT_STRIPES;
+        let _one_at_a_time = lock(&self.inserting[stripe]);
+        if !cache
+            .get(key)
+            .is_some_and(|now| Arc::ptr_eq(&now, &current))
+        {
+            return false;
+        }
+        let v = Arc::new(L1Entry {
+            entry: soft,
+            hit_header: std::sync::OnceLock::new(),
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            weight,
+        });
+        lock(&inner.index).add(*key, &v);
+        L1Stored { weight }.emit();
+        cache.insert(*key, v);
+        true
+    }
+
+    /// Purge what `kind`/`target` names softly at `at` (see [`Self::soften`]), yielding
+    /// every [`YIELD_EVERY`] entries; returns how many were softened or removed.
+    pub async fn purge_soft(
+        &self,
+        kind: PurgeKind,
+        target: &str,
+        at: SystemTime,
+        grace: Duration,
+    ) -> u64 {
+        let mut since_yield = 0;
+        let mut n = 0;
+        let soften = |keys: Vec<EntryKey>| {
+            let mut done = 0;
+            for k in &keys {
+                if self.soften(k, at, grace) {
+                    done += 1;
+                }
+            }
+            done
+        };
+        match kind {
+            PurgeKind::Url => n += soften(self.url_keys(target)),
+            PurgeKind::Tag => {
+                for chunk in self.tag_keys(target).chunks(YIELD_EVERY) {
+                    n += soften(chunk.to_vec());
+                    tokio::task::yield_now().await;
+                }
+            }
+            PurgeKind::Prefix => {
+                let mut cursor = Bound::Included(target.to_owned());
+                while let Some((keys, last)) = self.prefix_batch(target, &cursor) {
+                    since_yield += keys.len();
+                    n += soften(keys);
+                    cursor = Bound::Excluded(last);
+                    if since_yield >= YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// Remove `keys`, yielding to the runtime every [`YIELD_EVERY`] removals so a big purge
     /// never holds a worker thread for long.
     async fn remove_keys(&self, keys: Vec<EntryKey>, since_yield: &mut usize) -> u64 {

@@ -254,6 +254,14 @@ pub struct PurgeDone {
     pub deleted: u64,
 }
 
+/// A soft purge's parameters: when it was made, and how long what it names stays servable
+/// stale after that (`cache.soft_purge_grace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftPurge {
+    pub at: std::time::SystemTime,
+    pub grace: Duration,
+}
+
 /// What a reader of the finished-purge log found after its last sequence.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FinishedLog {
@@ -833,9 +841,22 @@ impl L2Store {
     /// Once the caller has made the purge known, [`L2Store::log_finished`] logs it for the
     /// instances that miss its broadcast.
     pub async fn purge(&self, kind: PurgeKind, target: &str) -> Result<PurgeDone, L2Result> {
+        self.purge_with(kind, target, None).await
+    }
+
+    /// [`Self::purge`], or with `soft` a soft purge: the entries it names are rewritten in
+    /// place stale from `soft.at` and servable stale for `soft.grace` after it (their
+    /// freshness fields and flags, see `lua/purge.lua`), and those that may not be served
+    /// stale (or were stored by an older format) are deleted. `deleted` then counts both.
+    pub async fn purge_with(
+        &self,
+        kind: PurgeKind,
+        target: &str,
+        soft: Option<SoftPurge>,
+    ) -> Result<PurgeDone, L2Result> {
         if !self.partitioned() {
             let (generation, deleted) = self
-                .purge_partition(&self.layout.home, kind, target, "")
+                .purge_partition(&self.layout.home, kind, target, "", soft)
                 .await?;
             self.saw(generation);
             return Ok(PurgeDone {
@@ -856,7 +877,10 @@ impl L2Store {
         let given = generation.to_string();
         let mut deleted = 0;
         for part in &self.layout.parts {
-            deleted += self.purge_partition(part, kind, target, &given).await?.1;
+            deleted += self
+                .purge_partition(part, kind, target, &given, soft)
+                .await?
+                .1;
         }
         Ok(PurgeDone {
             generation,
@@ -935,7 +959,21 @@ impl L2Store {
         kind: PurgeKind,
         target: &str,
         given: &str,
+        soft: Option<SoftPurge>,
     ) -> Result<(u64, u64), L2Result> {
+        let (at, keep_ms, grace_ms) = match soft {
+            Some(s) => {
+                let at =
+                    s.at.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                        .unwrap_or(0);
+                let grace_ms = u64::try_from(s.grace.as_millis()).unwrap_or(u64::MAX);
+                let keep = s.grace + super::codec::SLACK;
+                let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+                (at.to_be_bytes().to_vec(), keep_ms, grace_ms)
+            }
+            None => (Vec::new(), 0, 0),
+        };
         let batch = match kind {
             PurgeKind::Prefix => PURGE_URLS_PER_BATCH,
             PurgeKind::Url | PurgeKind::Tag => PURGE_ENTRIES_PER_BATCH,
@@ -959,7 +997,10 @@ impl L2Store {
                 .arg(if first { "1" } else { "0" })
                 .arg(&cursor)
                 .arg(batch)
-                .arg(given);
+                .arg(given)
+                .arg(&at)
+                .arg(keep_ms)
+                .arg(grace_ms);
             let (generation, n, next): (u64, u64, String) = self
                 .run_in(
                     Lane::Purges,
@@ -982,15 +1023,20 @@ impl L2Store {
 
     /// Read the entry of `key` and, when it is absent, take its fill lock (`token`, held
     /// for `ttl`), both in one atomic script under the read timeout (see `lua/fill.lua`).
+    /// With `refresh` (a soft-purged entry's refresh), an entry still marked soft-purged
+    /// counts as absent.
     pub async fn take_fill_lock(
         &self,
         key: &[u8; 16],
         token: u64,
         ttl: Duration,
+        refresh: bool,
     ) -> Result<FillState, L2Result> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = FILL.command(&[&self.entry_key(key), &self.fill_lock_key(key)]);
-        cmd.arg(token).arg(ttl_ms);
+        cmd.arg(token)
+            .arg(ttl_ms)
+            .arg(if refresh { "1" } else { "0" });
         self.run(L2Op::Lock, self.read_timeout(), |mut c| async move {
             let (state, value): (i64, Vec<u8>) = FILL.run(&mut c, &cmd).await?;
             Ok(match state {

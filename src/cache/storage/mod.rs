@@ -89,6 +89,10 @@ pub struct EntryContext {
     pub url: String,
     /// Config route name.
     pub route: String,
-    /// Filled tag templates, e.g. `contractor:42`.
+    /// Filled tag templates, e.g. `contractor:42`, and the origin's surrogate keys.
     pub tags: Vec<String>,
+    /// May a soft purge leave it servable stale? False when the response forbids serving it
+    /// stale (in origin mode: `no-cache`, `must-revalidate`, `proxy-revalidate`, `s-maxage`),
+    /// and for entries whose store did not say: a soft purge then removes it.
+    pub soft_purgeable: bool,
 }

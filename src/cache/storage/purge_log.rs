@@ -284,6 +284,7 @@ mod tests {
             url: url.into(),
             route: "r".into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
         }
     }
 

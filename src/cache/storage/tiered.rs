@@ -37,8 +37,9 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 
+use super::atomic_duration::AtomicDuration;
 use super::codec::{self, StoredEntry};
-use super::fill_lock::{self, FillLock, FillOutcome, FillSlot};
+use super::fill_lock::{self, FillLock, FillOutcome, FillSlot, RefreshOutcome};
 use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::{EntryWrite, L2Store, PurgeDone, StoreOutcome};
 use super::purge_log::{Provenance, PurgeLog, PurgeTicket, Refusal};
@@ -57,6 +58,8 @@ pub struct TieredCache {
     fill_lock: AtomicBool,
     /// `cache.lock_timeout`: how long a fill lock lives and its waiters wait.
     lock_timeout: Duration,
+    /// `cache.soft_purge_grace` (live).
+    soft_purge_grace: AtomicDuration,
 }
 
 /// When one request's cache work began, in each tier's purge generation: what everything it
@@ -167,6 +170,7 @@ impl TieredCache {
             max_object_bytes: AtomicU64::new(cfg.l1.max_object_bytes),
             fill_lock: AtomicBool::new(cfg.l2.as_ref().is_some_and(|l2| l2.fill_lock)),
             lock_timeout: cfg.lock_timeout,
+            soft_purge_grace: AtomicDuration::new(cfg.soft_purge_grace),
         }
     }
 
@@ -177,6 +181,7 @@ impl TieredCache {
         self.max_object_bytes
             .store(cfg.l1.max_object_bytes, Ordering::Relaxed);
         self.l1.reconfigure(cfg.l1.max_bytes);
+        self.soft_purge_grace.set(cfg.soft_purge_grace);
         if let (Some(l2), Some(c)) = (&self.l2, &cfg.l2) {
             l2.reconfigure(c);
             self.fill_lock.store(c.fill_lock, Ordering::Relaxed);
@@ -268,6 +273,18 @@ impl TieredCache {
             PurgeKind::Prefix => self.l1.purge_prefix(target).await,
             PurgeKind::Tag => self.l1.purge_tag(target).await,
         }
+    }
+
+    /// How long a soft-purged entry stays servable stale (`cache.soft_purge_grace`).
+    pub fn soft_purge_grace(&self) -> Duration {
+        self.soft_purge_grace.get()
+    }
+
+    /// Purge the entries `kind`/`target` names from L1 softly at `at` (see
+    /// [`L1Store::soften`]); returns how many were softened or removed.
+    pub async fn purge_l1_soft(&self, kind: PurgeKind, target: &str, at: SystemTime) -> u64 {
+        let grace = self.soft_purge_grace();
+        self.l1.purge_soft(kind, target, at, grace).await
     }
 
     /// [`Self::purge_l1`] at once, without yielding (see [`L1Store::purge_now`]).
@@ -466,6 +483,53 @@ impl TieredCache {
     }
 }
 
+impl TieredCache {
+    /// The background refresh of a soft-purged entry under `key` is about to fetch: whether
+    /// it should. One instance of the fleet refreshes each key: the refresh takes the key's
+    /// fill lock (one attempt, see [`fill_lock::take_for_refresh`]), whatever
+    /// `cache.l2.fill_lock` says, and keeps it until its store. When another instance holds
+    /// it, this one does not fetch (its clients are served the stale copy meanwhile); when
+    /// another instance has already refreshed the entry, its copy is promoted into L1 (unless
+    /// a purge since the request began matches it) and nothing is fetched. Without L2, or
+    /// without the request's probe, the refresh fetches.
+    pub async fn refresh_soft(&'static self, key: &CacheKey) -> bool {
+        let (Some(l2), Some(probe)) = (self.l2.as_ref(), key.extensions.get::<L1Probe>()) else {
+            return true;
+        };
+        let k = key.combined_bin();
+        match fill_lock::take_for_refresh(l2, &k, &probe.fill, self.lock_timeout).await {
+            RefreshOutcome::Fetch => {
+                // the fetch begins now, after the soft purge: its store is checked against
+                // the purges from here on (an instance that only heard of the purge may not
+                // have seen Redis's generation move past it)
+                probe
+                    .since_l1
+                    .store(self.purges.generation(), Ordering::Relaxed);
+                let now = l2.generation().await.unwrap_or(0);
+                probe.since_l2.store(now, Ordering::Relaxed);
+                true
+            }
+            RefreshOutcome::Busy => false,
+            RefreshOutcome::Refreshed(raw) => {
+                if let Some(entry) = decode_l2(l2, &k, Some(raw), self.max_object_bytes()) {
+                    let since = probe.started().l1;
+                    match self.purges.admit(since, &entry.ctx, Provenance::Redis) {
+                        Ok(_admitted) => {
+                            self.l1.insert(k, entry);
+                        }
+                        Err(reason) => StoreRefused {
+                            tier: Tier::L1,
+                            reason,
+                        }
+                        .emit(),
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
 /// What the fill lock decided for a lookup that missed both tiers.
 enum Filled {
     /// Another instance filled the entry meanwhile (boxed: the rare case of a rare path).
@@ -516,6 +580,7 @@ fn hit(entry: &StoredEntry, tier: Tier) -> (CacheMeta, HitHandler) {
             end: len,
             done: false,
             tier,
+            soft_purged: entry.soft_purged,
         }),
     )
 }
@@ -603,8 +668,13 @@ impl Storage for TieredCache {
     ) -> Result<bool> {
         let k = key.combined_bin();
         let started = self.started(key).await;
+        // a soft-purged entry's refresh holds the fill lock until its L2 write is done
+        let fill = key
+            .extensions
+            .get::<L1Probe>()
+            .and_then(|p| fill_lock::take(&p.fill));
         if let Some(old) = self.l1.get(&k) {
-            self.store(k, old.entry.with_meta(meta), started, None);
+            self.store(k, old.entry.with_meta(meta), started, fill);
             return Ok(true);
         }
         if self.l2.is_none() {
@@ -650,12 +720,18 @@ pub struct TieredHit {
     end: usize,
     done: bool,
     tier: Tier,
+    soft_purged: bool,
 }
 
 impl TieredHit {
     /// Which tier served this hit.
     pub fn tier(&self) -> Tier {
         self.tier
+    }
+
+    /// Whether the entry was purged softly (and not refreshed since).
+    pub fn soft_purged(&self) -> bool {
+        self.soft_purged
     }
 }
 

@@ -1,6 +1,8 @@
 -- The cross-instance fill lock of one entry, read together with the entry, atomically.
 -- KEYS[1] the entry, KEYS[2] its fill lock (the same slot; the prelude's keys are not used).
--- ARGV[1] the caller's token, ARGV[2] the lock's time to live in ms.
+-- ARGV[1] the caller's token, ARGV[2] the lock's time to live in ms, ARGV[3] '1' when the
+-- caller refreshes a soft-purged entry: an entry still marked soft-purged (format 3, flag 2)
+-- then counts as absent (its refresh is what the lock is for).
 -- Returns {2, value} when the entry is there (whoever holds the lock), else {state, ''}: 1
 -- when the lock was free and is now the caller's, 3 when its holder gave up (the response
 -- was not storable: fetch without the lock), 0 when another holder has it.
@@ -8,7 +10,8 @@
 -- fetching again: a holder stores the entry before it releases the lock, so a caller that
 -- finds the lock free also finds the entry, unless no entry was made.
 local value = redis.call('GET', KEYS[1])
-if value then
+if value and not (ARGV[3] == '1' and string.byte(value, 5) == 3
+    and bit.band(string.byte(value, 6), 2) ~= 0) then
   return {2, value}
 end
 local held = redis.call('GET', KEYS[2])
