@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use pingora_cache::CacheMeta;
 use pingora_http::ResponseHeader;
-use sidecache::cache::storage::codec::StoredEntry;
+use sidecache::cache::storage::entry::StoredEntry;
 use sidecache::cache::storage::l1::{heap_cost, HIT_HEADER_LINES};
 use sidecache::cache::storage::{EntryContext, L1Store};
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use bytes::Bytes;
-use sidecache::cache::storage::codec::StoredEntry;
+use sidecache::cache::storage::entry::StoredEntry;
 use sidecache::cache::storage::{EntryContext, L1Store, PurgeKind};
 use support::storage::meta;
 

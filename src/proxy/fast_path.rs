@@ -18,7 +18,7 @@ use super::forwarded::REQUEST_ID;
 use super::response_head::{self, Verdict};
 use super::RequestCtx;
 use crate::cache::status::CacheOutcome;
-use crate::cache::storage::codec::StoredEntry;
+use crate::cache::storage::entry::StoredEntry;
 use crate::cache::storage::l1::HIT_HEADER_LINES;
 use crate::cache::storage::L1Entry;
 

@@ -31,7 +31,7 @@ use moka::Expiry;
 
 use pingora_http::ResponseHeader;
 
-use super::codec::StoredEntry;
+use super::entry::StoredEntry;
 use super::PurgeKind;
 use crate::telemetry::events::{InternalEvent, L1Eviction, L1Stored};
 use crate::telemetry::metrics::{metrics, EvictionCause};

@@ -968,7 +968,7 @@ impl L2Store {
                         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                         .unwrap_or(0);
                 let grace_ms = u64::try_from(s.grace.as_millis()).unwrap_or(u64::MAX);
-                let keep = s.grace + super::codec::SLACK;
+                let keep = s.grace + super::entry::SLACK;
                 let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
                 (at.to_be_bytes().to_vec(), keep_ms, grace_ms)
             }

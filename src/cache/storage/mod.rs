@@ -23,6 +23,7 @@ pub mod atomic_duration;
 pub mod breaker;
 pub mod coalescing_lock;
 pub mod codec;
+pub mod entry;
 pub mod fill_lock;
 pub mod l1;
 pub mod l2;

@@ -38,7 +38,8 @@ use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 
 use super::atomic_duration::AtomicDuration;
-use super::codec::{self, StoredEntry};
+use super::codec;
+use super::entry::StoredEntry;
 use super::fill_lock::{self, FillLock, FillOutcome, FillSlot, RefreshOutcome};
 use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::{EntryWrite, L2Store, PurgeDone, StoreOutcome};
