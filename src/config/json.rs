@@ -26,10 +26,7 @@ fn duration(d: std::time::Duration) -> Value {
 }
 
 fn mode(m: CacheMode) -> &'static str {
-    match m {
-        CacheMode::Override => "override",
-        CacheMode::Origin => "origin",
-    }
+    m.label()
 }
 
 fn route(r: &RouteConfig) -> Value {

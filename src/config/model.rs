@@ -369,6 +369,24 @@ pub enum CacheMode {
     Origin,
 }
 
+impl CacheMode {
+    /// Every mode, in the order the config's error messages list them.
+    pub const ALL: [CacheMode; 2] = [Self::Override, Self::Origin];
+
+    /// The config value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Override => "override",
+            Self::Origin => "origin",
+        }
+    }
+
+    /// The mode a config value names.
+    pub fn from_label(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.label() == s)
+    }
+}
+
 /// Route freshness lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
@@ -489,6 +507,14 @@ pub enum L2Mode {
 }
 
 impl L2Mode {
+    /// Every mode, in the order the config's error messages list them.
+    pub const ALL: [L2Mode; 3] = [Self::Standalone, Self::Cluster, Self::Sentinel];
+
+    /// The mode a config value names.
+    pub fn from_label(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.label() == s)
+    }
+
     /// The config value.
     pub const fn label(self) -> &'static str {
         match self {
