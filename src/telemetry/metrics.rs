@@ -9,10 +9,9 @@
 //! combination: [`RouteMetrics`] holds `OnceLock` slots for every (method, status class,
 //! outcome) combination and resolves each slot once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use once_cell::sync::Lazy;
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
     register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
@@ -430,7 +429,7 @@ pub struct Metrics {
     pub tunnel_duration: Histogram,
 }
 
-static METRICS: Lazy<Metrics> = Lazy::new(|| {
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // Registration only fails on a duplicate name, which would be a programming error caught
     // by the first test that touches metrics.
     #[allow(clippy::expect_used)]
