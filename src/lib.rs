@@ -25,5 +25,6 @@ pub mod proxy;
 pub mod purge;
 pub mod routing;
 pub mod server;
+pub mod sync;
 pub mod telemetry;
 pub mod warm;

@@ -106,9 +106,7 @@ pub async fn take_or_wait(
                     token,
                     gave_up: false,
                 };
-                *slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+                *crate::sync::lock(slot) = Some(lock);
                 return FillOutcome::Fetch { waited };
             }
             Ok(FillState::Held) => {}
@@ -126,18 +124,12 @@ pub async fn take_or_wait(
 
 /// Whether `slot` holds a fill lock: its request took it and must fetch, never wait on it.
 pub fn holds(slot: &FillSlot) -> bool {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .is_some()
+    crate::sync::lock(slot).is_some()
 }
 
 /// The answer of the request holding `slot`'s lock cannot be stored: give the lock up.
 pub fn give_up(slot: &FillSlot) {
-    if let Some(lock) = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_mut()
-    {
+    if let Some(lock) = crate::sync::lock(slot).as_mut() {
         lock.give_up();
     }
 }
@@ -145,7 +137,5 @@ pub fn give_up(slot: &FillSlot) {
 /// Take the lock out of `slot` (for the miss handler, which keeps it until its L2 write is
 /// done).
 pub fn take(slot: &FillSlot) -> Option<FillLock> {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
+    crate::sync::lock(slot).take()
 }

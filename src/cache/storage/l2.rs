@@ -86,7 +86,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use std::sync::{Arc, LazyLock, PoisonError};
+use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
 use redis::FromRedisValue;
@@ -536,7 +536,7 @@ impl L2Store {
     fn start_connect(&self, lane: Lane) -> Option<watch::Receiver<ConnectOutcome>> {
         let topology = self.topology.clone()?;
         let slot = self.slot(lane);
-        let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = crate::sync::lock(&slot.pending);
         if let Some(rx) = pending.as_ref().filter(|rx| rx.borrow().is_none()) {
             return Some(rx.clone());
         }

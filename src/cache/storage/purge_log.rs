@@ -151,11 +151,11 @@ impl PurgeLog {
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // the state is consistent after every statement; a panicking holder cannot break it
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.state)
     }
 
     /// The generation now: work that begins now is checked against the purges after it.
