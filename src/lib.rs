@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod hex;
+pub mod labels;
 pub mod live;
 pub mod pattern;
 pub mod proxy;
