@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -240,10 +240,7 @@ impl Live {
     /// change to a [restart-only](config::RESTART_ONLY) setting) the old config keeps serving.
     /// Emits `ReloadApplied` or `ReloadRejected`. Waits for a reload in progress.
     pub fn apply(&self, new: Config) -> Result<(), ConfigErrors> {
-        let _reloading = self
-            .reloading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _reloading = crate::sync::lock(&self.reloading);
         self.swap_in(new)
     }
 
@@ -270,10 +267,7 @@ impl Live {
                 message: "this process was not started from a config file".into(),
             }])));
         };
-        let _reloading = self
-            .reloading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _reloading = crate::sync::lock(&self.reloading);
         match config::load(path, env) {
             Ok(new) => self.swap_in(new),
             Err(errors) => Err(self.reload_failed(errors)),
@@ -319,7 +313,7 @@ mod tests {
     impl EnvSource for HeldEnv {
         fn var(&self, _name: &str) -> Option<String> {
             let _ = self.reached.send(());
-            let go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+            let go = crate::sync::lock(&self.go);
             let _ = go.recv();
             None
         }

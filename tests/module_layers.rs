@@ -3,7 +3,7 @@
 //! its own, so there are no cycles, and every module is in exactly one layer.
 //!
 //! The layers are read from the block between `<!-- layers -->` and `<!-- /layers -->` in
-//! `docs/design.md` (lines `N  module module ...`, layer 0 at the bottom). A failure lists
+//! `docs/design.md` (lines `N  module, module  description`, layer 0 at the bottom). A failure lists
 //! every upward or sideways import at once, with the files that make it. Run with
 //! `cargo test --test module_layers -- --nocapture` to print the graph as the code has it.
 
@@ -23,12 +23,17 @@ fn layers() -> BTreeMap<String, usize> {
         .expect("docs/design.md has a <!-- layers --> ... <!-- /layers --> block");
     let mut layers = BTreeMap::new();
     for line in block.lines() {
-        let mut words = line.split_whitespace();
-        let Some(Ok(n)) = words.next().map(str::parse::<usize>) else {
+        // `N  a, b, c    description`: the modules run up to the first gap of two spaces
+        let line = line.trim_start();
+        let Some((n, rest)) = line.split_once(char::is_whitespace) else {
             continue;
         };
-        for module in words.take_while(|w| !w.starts_with('(')) {
-            let module = module.trim_end_matches(',');
+        let Ok(n) = n.parse::<usize>() else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let modules = rest.split("  ").next().unwrap_or("");
+        for module in modules.split(',').map(str::trim).filter(|m| !m.is_empty()) {
             assert!(
                 layers.insert(module.to_owned(), n).is_none(),
                 "design.md lists `{module}` in two layers"

@@ -6,10 +6,9 @@
 //! 5 min figures come from the in-memory rings of [`window`].
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use once_cell::sync::Lazy;
 use prometheus::core::Collector;
 use serde_json::{json, Map, Value};
 
@@ -283,7 +282,7 @@ fn l2_json(live: &Live) -> Value {
 type Probes = (Instant, BTreeMap<String, bool>);
 
 /// The last probe.
-static PROBES: Lazy<Mutex<Option<Probes>>> = Lazy::new(|| Mutex::new(None));
+static PROBES: LazyLock<Mutex<Option<Probes>>> = LazyLock::new(|| Mutex::new(None));
 
 /// Whether each upstream accepts a TCP connection within its connect timeout, probed at most
 /// every [`PROBE_REUSE`] however often the stats are read.

@@ -18,109 +18,59 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::freshness::{self, Directives, Received};
 use crate::config::{CacheMode, KeyConfig, RouteCacheConfig, Ttl};
 
-/// Why a request skipped the cache (the `detail` of its `Cache-Status` and access log line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BypassReason {
-    /// Not GET or HEAD.
-    Method,
-    /// The matching route says `cache = false`.
-    RouteDisabled,
-    /// No route matched and `[cache] default_mode = "off"`.
-    DefaultOff,
-    /// `Authorization` present and not part of the route's key.
-    Authorization,
-    /// `Cookie` present and not part of the route's key.
-    Cookie,
-    /// A body on GET or HEAD (allowed by `allow_body_on_safe_methods`): the
-    /// key never holds a body.
-    RequestBody,
-    /// The request says `Cache-Control: no-store` (and the route honours request directives).
-    RequestNoStore,
-    /// An `Upgrade` request (a WebSocket): tunnelled to the upstream, never cached.
-    Upgrade,
-}
-
-impl BypassReason {
-    /// Every reason.
-    pub const ALL: [BypassReason; 8] = [
-        Self::Method,
-        Self::RouteDisabled,
-        Self::DefaultOff,
-        Self::Authorization,
-        Self::Cookie,
-        Self::RequestBody,
-        Self::RequestNoStore,
-        Self::Upgrade,
-    ];
-
-    /// Static name for `Cache-Status` and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Method => "method",
-            Self::RouteDisabled => "route-disabled",
-            Self::DefaultOff => "default-off",
-            Self::Authorization => "authorization",
-            Self::Cookie => "cookie",
-            Self::RequestBody => "request-body",
-            Self::RequestNoStore => "request-no-store",
-            Self::Upgrade => "upgrade",
-        }
+crate::labels::label_enum! {
+    /// Why a request skipped the cache (the `detail` of its `Cache-Status` and access log line).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BypassReason {
+        /// Not GET or HEAD.
+        Method => "method",
+        /// The matching route says `cache = false`.
+        RouteDisabled => "route-disabled",
+        /// No route matched and `[cache] default_mode = "off"`.
+        DefaultOff => "default-off",
+        /// `Authorization` present and not part of the route's key.
+        Authorization => "authorization",
+        /// `Cookie` present and not part of the route's key.
+        Cookie => "cookie",
+        /// A body on GET or HEAD (allowed by `allow_body_on_safe_methods`): the
+        /// key never holds a body.
+        RequestBody => "request-body",
+        /// The request says `Cache-Control: no-store` (and the route honours request directives).
+        RequestNoStore => "request-no-store",
+        /// An `Upgrade` request (a WebSocket): tunnelled to the upstream, never cached.
+        Upgrade => "upgrade",
     }
+    /// Static name for `Cache-Status` and logs.
+    fn as_str;
 }
 
-/// Why a response was not stored (the `detail` of its `Cache-Status` and access log line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoStoreReason {
-    NoStore,
-    Private,
-    SetCookie,
-    VaryStar,
-    Status,
-    /// Origin mode and the origin gave no explicit freshness.
-    NoFreshness,
-    /// The body is larger than `cache.l1.max_object_bytes`.
-    TooLarge,
-    /// This request waited longer than `cache.lock_timeout` on another's fetch of the key
-    /// and fetched (without storing) itself.
-    LockTimeout,
-    /// The storage could not take the entry.
-    StorageError,
-    /// Origin mode, a request with `Authorization` (keyed by the route), and the response
-    /// has none of `public`, `s-maxage`, `must-revalidate` (RFC 9111 §3.5).
-    Authorization,
+crate::labels::label_enum! {
+    /// Why a response was not stored (the `detail` of its `Cache-Status` and access log line).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum NoStoreReason {
+        NoStore => "no-store",
+        Private => "private",
+        SetCookie => "set-cookie",
+        VaryStar => "vary-star",
+        Status => "status",
+        /// Origin mode and the origin gave no explicit freshness.
+        NoFreshness => "no-freshness",
+        /// The body is larger than `cache.l1.max_object_bytes`.
+        TooLarge => "too-large",
+        /// This request waited longer than `cache.lock_timeout` on another's fetch of the key
+        /// and fetched (without storing) itself.
+        LockTimeout => "lock-timeout",
+        /// The storage could not take the entry.
+        StorageError => "storage-error",
+        /// Origin mode, a request with `Authorization` (keyed by the route), and the response
+        /// has none of `public`, `s-maxage`, `must-revalidate` (RFC 9111 §3.5).
+        Authorization => "authorization",
+    }
+    /// Static name for `Cache-Status`, logs and pingora's `NoCacheReason::Custom`.
+    fn as_str;
 }
 
 impl NoStoreReason {
-    /// Every reason.
-    pub const ALL: [NoStoreReason; 10] = [
-        Self::NoStore,
-        Self::Private,
-        Self::SetCookie,
-        Self::VaryStar,
-        Self::Status,
-        Self::NoFreshness,
-        Self::TooLarge,
-        Self::LockTimeout,
-        Self::StorageError,
-        Self::Authorization,
-    ];
-
-    /// Static name for `Cache-Status`, logs and pingora's `NoCacheReason::Custom`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NoStore => "no-store",
-            Self::Private => "private",
-            Self::SetCookie => "set-cookie",
-            Self::VaryStar => "vary-star",
-            Self::Status => "status",
-            Self::NoFreshness => "no-freshness",
-            Self::TooLarge => "too-large",
-            Self::LockTimeout => "lock-timeout",
-            Self::StorageError => "storage-error",
-            Self::Authorization => "authorization",
-        }
-    }
-
     /// The reason behind pingora-cache disabling the cache for a response, when it is one of
     /// ours to tell the client.
     pub fn from_pingora(reason: &NoCacheReason) -> Option<NoStoreReason> {

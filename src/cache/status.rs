@@ -25,54 +25,32 @@ impl Detail {
     }
 }
 
-/// The cache outcome of one request. Static names, bounded label set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheOutcome {
-    /// Fresh entry served from the in-process tier.
-    HitL1,
-    /// Fresh entry served from Redis (and promoted into L1).
-    HitL2,
-    /// Not in cache; fetched from the origin (and stored if allowed).
-    Miss,
-    /// A stale entry was served (stale-while-revalidate or stale-if-error).
-    Stale,
-    /// A stale entry was revalidated with the origin (304) and served.
-    Revalidated,
-    /// The request was not eligible for the cache (method, credentials, `cache = false`).
-    Bypass,
-    /// Fetched from the origin but the response may not be stored.
-    Uncacheable,
-    /// Answered by sidecache itself (health, readiness, errors it generated).
-    Local,
+crate::labels::label_enum! {
+    /// The cache outcome of one request. Static names, bounded label set.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum CacheOutcome {
+        /// Fresh entry served from the in-process tier.
+        HitL1 => "hit_l1",
+        /// Fresh entry served from Redis (and promoted into L1).
+        HitL2 => "hit_l2",
+        /// Not in cache; fetched from the origin (and stored if allowed).
+        Miss => "miss",
+        /// A stale entry was served (stale-while-revalidate or stale-if-error).
+        Stale => "stale",
+        /// A stale entry was revalidated with the origin (304) and served.
+        Revalidated => "revalidated",
+        /// The request was not eligible for the cache (method, credentials, `cache = false`).
+        Bypass => "bypass",
+        /// Fetched from the origin but the response may not be stored.
+        Uncacheable => "uncacheable",
+        /// Answered by sidecache itself (health, readiness, errors it generated).
+        Local => "local",
+    }
+    /// The metric label value.
+    fn label;
 }
 
 impl CacheOutcome {
-    /// Every outcome, in label order (used to pre-resolve metric handles).
-    pub const ALL: [CacheOutcome; 8] = [
-        Self::HitL1,
-        Self::HitL2,
-        Self::Miss,
-        Self::Stale,
-        Self::Revalidated,
-        Self::Bypass,
-        Self::Uncacheable,
-        Self::Local,
-    ];
-
-    /// The metric label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::HitL1 => "hit_l1",
-            Self::HitL2 => "hit_l2",
-            Self::Miss => "miss",
-            Self::Stale => "stale",
-            Self::Revalidated => "revalidated",
-            Self::Bypass => "bypass",
-            Self::Uncacheable => "uncacheable",
-            Self::Local => "local",
-        }
-    }
-
     /// The `X-Cache` header value; `None` for locally answered requests (they carry none).
     pub const fn x_cache(self) -> Option<&'static str> {
         match self {

@@ -27,7 +27,7 @@ pub use body::{pattern_byte, pattern_chunk, DemoBody, Fnv64, BIG_CHUNK};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +36,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::sync::lock;
 
 /// The artificial delay of the legacy API endpoints when none is given.
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(150);
@@ -324,12 +326,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the counters
-/// and handles stay meaningful either way).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn duration_micros(d: Duration) -> u64 {

@@ -52,7 +52,7 @@ impl AppliedPurges {
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         // plain data, consistent after every statement
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.seen)
     }
 
     /// Note `generation` as applied; `Err` when it already was. For purges this instance

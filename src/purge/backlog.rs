@@ -19,7 +19,7 @@
 //! [`super::PurgeService::accepts_writes`]), never merged into a bigger purge.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::{PurgeKind, PurgeRequest};
 use crate::cache::storage::PurgeTicket;
+use crate::sync::lock;
 use crate::telemetry::metrics::metrics;
 
 /// Jobs the worker runs at a time. They share one multiplexed connection, so Redis gets
@@ -89,11 +90,6 @@ pub(super) struct Backlog {
     wake: Notify,
     /// The worker task, started by the first job (and again if its runtime went away).
     worker: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // plain data: a panicking holder cannot leave it inconsistent
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Waiting {

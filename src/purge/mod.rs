@@ -47,34 +47,23 @@ use applied::AppliedPurges;
 use backlog::{Backlog, Job, Pushed};
 use broadcast::{ChannelKey, PurgeMessage};
 
-/// Where a purge came from (the `source` label of `sidecache_purges_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PurgeSource {
-    /// `POST /admin/purge` by an operator or a script.
-    Admin,
-    /// `sidecache purge` (which calls the admin API and says so).
-    Cli,
-    /// A successful write: `invalidate_on` or unsafe-method invalidation.
-    Write,
-    /// Another instance's purge (its broadcast, or the finished-purge log), applied to L1
-    /// only.
-    Remote,
-}
-
-impl PurgeSource {
-    /// Every source, in label order.
-    pub const ALL: [PurgeSource; 4] = [Self::Admin, Self::Cli, Self::Write, Self::Remote];
-
-    /// The metric label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Cli => "cli",
-            Self::Write => "write",
-            Self::Remote => "remote",
-        }
+crate::labels::label_enum! {
+    /// Where a purge came from (the `source` label of `sidecache_purges_total`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum PurgeSource {
+        /// `POST /admin/purge` by an operator or a script.
+        Admin => "admin",
+        /// `sidecache purge` (which calls the admin API and says so).
+        Cli => "cli",
+        /// A successful write: `invalidate_on` or unsafe-method invalidation.
+        Write => "write",
+        /// Another instance's purge (its broadcast, or the finished-purge log), applied to L1
+        /// only.
+        Remote => "remote",
     }
+    /// The metric label value.
+    fn label;
 }
 
 /// One purge: what it targets and where it came from.

@@ -517,29 +517,19 @@ impl InternalEvent for ReloadRejected<'_> {
     }
 }
 
-/// What started a warming pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WarmTrigger {
-    /// `[warm] on_start = true`.
-    Start,
-    /// `[warm] every`: the schedule came round.
-    Schedule,
-    /// A reload changed the warm list.
-    Reload,
-}
-
-impl WarmTrigger {
-    /// Every trigger, in label order.
-    pub const ALL: [WarmTrigger; 3] = [Self::Start, Self::Schedule, Self::Reload];
-
-    /// The metric label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Schedule => "schedule",
-            Self::Reload => "reload",
-        }
+crate::labels::label_enum! {
+    /// What started a warming pass.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WarmTrigger {
+        /// `[warm] on_start = true`.
+        Start => "start",
+        /// `[warm] every`: the schedule came round.
+        Schedule => "schedule",
+        /// A reload changed the warm list.
+        Reload => "reload",
     }
+    /// The metric label value.
+    fn label;
 }
 
 /// How many failed warming URLs the log names (the metrics count them all).

@@ -9,10 +9,9 @@
 //! combination: [`RouteMetrics`] holds `OnceLock` slots for every (method, status class,
 //! outcome) combination and resolves each slot once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use once_cell::sync::Lazy;
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
     register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
@@ -89,43 +88,22 @@ pub const fn status_class_index(status: u16) -> usize {
 }
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Redis operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum L2Op {
-    Get,
-    Set,
-    Del,
-    /// One batch of a purge (the first also records its tombstone).
-    Purge,
-    Publish,
-    /// Taking or releasing a cross-instance fill lock (`cache.l2.fill_lock`).
-    Lock,
-    /// Reading the finished-purge log (the purges other instances finished).
-    PurgeLog,
-}
-impl L2Op {
-    /// Every operation, in label order.
-    pub const ALL: [L2Op; 7] = [
-        Self::Get,
-        Self::Set,
-        Self::Del,
-        Self::Purge,
-        Self::Publish,
-        Self::Lock,
-        Self::PurgeLog,
-    ];
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Get => "get",
-            Self::Set => "set",
-            Self::Del => "del",
-            Self::Purge => "purge",
-            Self::Publish => "publish",
-            Self::Lock => "lock",
-            Self::PurgeLog => "purge_log",
-        }
+crate::labels::label_enum! {
+    /// Redis operations.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum L2Op {
+        Get => "get",
+        Set => "set",
+        Del => "del",
+        /// One batch of a purge (the first also records its tombstone).
+        Purge => "purge",
+        Publish => "publish",
+        /// Taking or releasing a cross-instance fill lock (`cache.l2.fill_lock`).
+        Lock => "lock",
+        /// Reading the finished-purge log (the purges other instances finished).
+        PurgeLog => "purge_log",
     }
+    fn label;
 }
 
 /// How a Redis operation ended. `Skipped`: the breaker was open, nothing was sent.
@@ -147,27 +125,16 @@ impl L2Result {
     }
 }
 
-/// Why an upstream request failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Timeout,
-    Reset,
-    Status5xx,
-}
-impl UpstreamErrorKind {
-    /// Every kind, in label order.
-    pub const ALL: [UpstreamErrorKind; 4] =
-        [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx];
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::Status5xx => "status_5xx",
-        }
+crate::labels::label_enum! {
+    /// Why an upstream request failed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum UpstreamErrorKind {
+        Connect => "connect",
+        Timeout => "timeout",
+        Reset => "reset",
+        Status5xx => "status_5xx",
     }
+    fn label;
 }
 
 /// Why an L1 entry left the cache.
@@ -193,112 +160,73 @@ impl EvictionCause {
     }
 }
 
-/// Whether something worked: the `result` label of reloads and purge broadcasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Success {
-    Ok,
-    Error,
-}
-impl Success {
-    pub const ALL: [Success; 2] = [Self::Ok, Self::Error];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-        }
+crate::labels::label_enum! {
+    /// Whether something worked: the `result` label of reloads and purge broadcasts.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Success {
+        Ok => "ok",
+        Error => "error",
     }
+    fn label;
 }
 
-/// What a warming request found: the `result` label of `sidecache_warm_urls_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WarmUrlResult {
-    /// The origin was called.
-    Fetched,
-    /// Already in L1 or L2.
-    AlreadyWarm,
-    /// A status outside 2xx/3xx, a timeout or a transport error.
-    Failed,
-}
-impl WarmUrlResult {
-    pub const ALL: [WarmUrlResult; 3] = [Self::Fetched, Self::AlreadyWarm, Self::Failed];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Fetched => "fetched",
-            Self::AlreadyWarm => "already_warm",
-            Self::Failed => "failed",
-        }
+crate::labels::label_enum! {
+    /// What a warming request found: the `result` label of `sidecache_warm_urls_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WarmUrlResult {
+        /// The origin was called.
+        Fetched => "fetched",
+        /// Already in L1 or L2.
+        AlreadyWarm => "already_warm",
+        /// A status outside 2xx/3xx, a timeout or a transport error.
+        Failed => "failed",
     }
+    fn label;
 }
 
-/// Why a received purge broadcast was dropped: the `reason` label of
-/// `sidecache_purge_messages_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageDrop {
-    /// Not a purge message this build reads (bad JSON, unknown version).
-    Malformed,
-    /// A secret is configured and the message carries no signature.
-    Unsigned,
-    /// A secret is configured and the signature does not match it.
-    BadSignature,
-    /// Its purge was applied already (a duplicate, or a replay within the replay window), or
-    /// it is older than the replay window.
-    Replayed,
-    /// A secret is configured and the message is of the old format, which carries no
-    /// generation, so a replay could not be told apart.
-    Replayable,
-}
-impl MessageDrop {
-    pub const ALL: [MessageDrop; 5] = [
-        Self::Malformed,
-        Self::Unsigned,
-        Self::BadSignature,
-        Self::Replayed,
-        Self::Replayable,
-    ];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::Unsigned => "unsigned",
-            Self::BadSignature => "bad_signature",
-            Self::Replayed => "replayed",
-            Self::Replayable => "replayable",
-        }
+crate::labels::label_enum! {
+    /// Why a received purge broadcast was dropped: the `reason` label of
+    /// `sidecache_purge_messages_dropped_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum MessageDrop {
+        /// Not a purge message this build reads (bad JSON, unknown version).
+        Malformed => "malformed",
+        /// A secret is configured and the message carries no signature.
+        Unsigned => "unsigned",
+        /// A secret is configured and the signature does not match it.
+        BadSignature => "bad_signature",
+        /// Its purge was applied already (a duplicate, or a replay within the replay window), or
+        /// it is older than the replay window.
+        Replayed => "replayed",
+        /// A secret is configured and the message is of the old format, which carries no
+        /// generation, so a replay could not be told apart.
+        Replayable => "replayable",
     }
+    fn label;
 }
 
-/// Why a client connection was refused before any of its bytes were read: the `reason` label
-/// of `sidecache_connections_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionRefusal {
-    /// `server.max_connections` connections were already open (answered 503).
-    MaxConnections,
-}
-impl ConnectionRefusal {
-    pub const ALL: [ConnectionRefusal; 1] = [Self::MaxConnections];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::MaxConnections => "max_connections",
-        }
+crate::labels::label_enum! {
+    /// Why a client connection was refused before any of its bytes were read: the `reason` label
+    /// of `sidecache_connections_refused_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ConnectionRefusal {
+        /// `server.max_connections` connections were already open (answered 503).
+        MaxConnections => "max_connections",
     }
+    fn label;
 }
 
-/// Which way an upgraded connection's bytes went: the `direction` label of
-/// `sidecache_tunnel_bytes_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelDirection {
-    /// From the client to the origin.
-    ToOrigin,
-    /// From the origin to the client.
-    ToClient,
-}
-impl TunnelDirection {
-    pub const ALL: [TunnelDirection; 2] = [Self::ToOrigin, Self::ToClient];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::ToOrigin => "to_origin",
-            Self::ToClient => "to_client",
-        }
+crate::labels::label_enum! {
+    /// Which way an upgraded connection's bytes went: the `direction` label of
+    /// `sidecache_tunnel_bytes_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TunnelDirection {
+        /// From the client to the origin.
+        ToOrigin => "to_origin",
+        /// From the origin to the client.
+        ToClient => "to_client",
     }
+    fn label;
 }
 
 /// Tunnel duration buckets in seconds, 1 s to 1 day.
@@ -314,78 +242,43 @@ pub const TUNNEL_BUCKETS: &[f64] = &[
     86_400.0,
 ];
 
-/// Why a request was refused before routing (or its connection closed before its head was
-/// complete): the `reason` label of `sidecache_requests_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestRefusal {
-    /// The head is over `server.max_header_bytes` (431).
-    HeaderTooLarge,
-    /// More header fields than `server.max_headers` (431).
-    TooManyHeaders,
-    /// A bad method token or an unsupported or malformed version (400).
-    MalformedRequestLine,
-    /// A request target that is neither origin-form, absolute-form nor `OPTIONS *` (400).
-    BadTarget,
-    /// A bare CR, obs-fold, an invalid name character or a control byte in a field (400).
-    MalformedHeader,
-    /// HTTP/1.1 without `Host` (400).
-    MissingHost,
-    /// More than one `Host` (400).
-    DuplicateHost,
-    /// An absolute-form target whose authority is not the `Host` sent beside it (400).
-    HostDiffersFromTarget,
-    /// More than one `Content-Length`, equal or not, in fields or in a list (400).
-    DuplicateContentLength,
-    /// A `Content-Length` that is not a decimal number (400).
-    InvalidContentLength,
-    /// `Content-Length` together with `Transfer-Encoding` (400).
-    ContentLengthWithTransferEncoding,
-    /// `Transfer-Encoding` in an HTTP/1.0 request (400).
-    TransferEncodingOnHttp10,
-    /// A `Transfer-Encoding` other than exactly `chunked` (501).
-    UnsupportedTransferEncoding,
-    /// The head did not arrive within `server.header_timeout` (408, then closed).
-    HeaderTimeout,
-    /// An admin request body did not arrive within `server.admin_body_timeout` (408).
-    AdminBodyTimeout,
-}
-impl RequestRefusal {
-    pub const ALL: [RequestRefusal; 15] = [
-        Self::HeaderTooLarge,
-        Self::TooManyHeaders,
-        Self::MalformedRequestLine,
-        Self::BadTarget,
-        Self::MalformedHeader,
-        Self::MissingHost,
-        Self::DuplicateHost,
-        Self::HostDiffersFromTarget,
-        Self::DuplicateContentLength,
-        Self::InvalidContentLength,
-        Self::ContentLengthWithTransferEncoding,
-        Self::TransferEncodingOnHttp10,
-        Self::UnsupportedTransferEncoding,
-        Self::HeaderTimeout,
-        Self::AdminBodyTimeout,
-    ];
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::HeaderTooLarge => "header_too_large",
-            Self::TooManyHeaders => "too_many_headers",
-            Self::MalformedRequestLine => "malformed_request_line",
-            Self::BadTarget => "bad_target",
-            Self::MalformedHeader => "malformed_header",
-            Self::MissingHost => "missing_host",
-            Self::DuplicateHost => "duplicate_host",
-            Self::HostDiffersFromTarget => "host_differs_from_target",
-            Self::DuplicateContentLength => "duplicate_content_length",
-            Self::InvalidContentLength => "invalid_content_length",
-            Self::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
-            Self::TransferEncodingOnHttp10 => "transfer_encoding_on_http10",
-            Self::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
-            Self::HeaderTimeout => "header_timeout",
-            Self::AdminBodyTimeout => "admin_body_timeout",
-        }
+crate::labels::label_enum! {
+    /// Why a request was refused before routing (or its connection closed before its head was
+    /// complete): the `reason` label of `sidecache_requests_refused_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RequestRefusal {
+        /// The head is over `server.max_header_bytes` (431).
+        HeaderTooLarge => "header_too_large",
+        /// More header fields than `server.max_headers` (431).
+        TooManyHeaders => "too_many_headers",
+        /// A bad method token or an unsupported or malformed version (400).
+        MalformedRequestLine => "malformed_request_line",
+        /// A request target that is neither origin-form, absolute-form nor `OPTIONS *` (400).
+        BadTarget => "bad_target",
+        /// A bare CR, obs-fold, an invalid name character or a control byte in a field (400).
+        MalformedHeader => "malformed_header",
+        /// HTTP/1.1 without `Host` (400).
+        MissingHost => "missing_host",
+        /// More than one `Host` (400).
+        DuplicateHost => "duplicate_host",
+        /// An absolute-form target whose authority is not the `Host` sent beside it (400).
+        HostDiffersFromTarget => "host_differs_from_target",
+        /// More than one `Content-Length`, equal or not, in fields or in a list (400).
+        DuplicateContentLength => "duplicate_content_length",
+        /// A `Content-Length` that is not a decimal number (400).
+        InvalidContentLength => "invalid_content_length",
+        /// `Content-Length` together with `Transfer-Encoding` (400).
+        ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+        /// `Transfer-Encoding` in an HTTP/1.0 request (400).
+        TransferEncodingOnHttp10 => "transfer_encoding_on_http10",
+        /// A `Transfer-Encoding` other than exactly `chunked` (501).
+        UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+        /// The head did not arrive within `server.header_timeout` (408, then closed).
+        HeaderTimeout => "header_timeout",
+        /// An admin request body did not arrive within `server.admin_body_timeout` (408).
+        AdminBodyTimeout => "admin_body_timeout",
     }
+    fn label;
 }
 
 /// All process-wide metric families. Get it with [`metrics()`].
@@ -432,7 +325,7 @@ pub struct Metrics {
     pub tunnel_duration: Histogram,
 }
 
-static METRICS: Lazy<Metrics> = Lazy::new(|| {
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // Registration only fails on a duplicate name, which would be a programming error caught
     // by the first test that touches metrics.
     #[allow(clippy::expect_used)]

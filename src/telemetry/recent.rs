@@ -3,10 +3,9 @@
 //! that is held only to push or to copy out (never across an await).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
-use once_cell::sync::Lazy;
 use serde::Serialize;
 
 /// Purges kept.
@@ -145,7 +144,7 @@ impl Recent {
     }
 }
 
-static RECENT: Lazy<Recent> = Lazy::new(Recent::default);
+static RECENT: LazyLock<Recent> = LazyLock::new(Recent::default);
 
 /// The process-wide rings.
 pub fn recent() -> &'static Recent {

@@ -16,10 +16,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-use once_cell::sync::Lazy;
 
 use super::metrics::LATENCY_BUCKETS;
 use crate::cache::status::CacheOutcome;
@@ -51,7 +49,7 @@ pub const LOOKUPS: [CacheOutcome; 5] = [
 ];
 
 /// The process's second counter: whole seconds since the first call.
-static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// The current second of the rings' clock.
 pub fn now_second() -> u64 {
@@ -250,8 +248,8 @@ pub fn quantile(counts: &[u64; BUCKETS], q: f64) -> Option<f64> {
 }
 
 /// The rings by route label; weak, so a label no snapshot uses any more is dropped.
-static RINGS: Lazy<Mutex<HashMap<String, Weak<RouteWindow>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+static RINGS: LazyLock<Mutex<HashMap<String, Weak<RouteWindow>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The ring of route label `route`, shared with every other holder of the label. Called when
 /// a snapshot's metric handles are built, never per request.

@@ -9,9 +9,10 @@
 //! body, the rest only once the request body is complete, then closing).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sidecache::sync::lock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -132,10 +133,6 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.accept.abort();
     }
-}
-
-fn lock(seen: &Mutex<Vec<Received>>) -> MutexGuard<'_, Vec<Received>> {
-    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// How a request body is framed.

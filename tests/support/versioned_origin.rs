@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use sidecache::sync::lock;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -70,10 +71,6 @@ pub struct VersionedOrigin {
     addrs: Vec<SocketAddr>,
     state: Arc<Mutex<State>>,
     accept: Vec<JoinHandle<()>>,
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VersionedOrigin {

@@ -84,7 +84,7 @@ impl EchoOrigin {
 
     /// Every request head received so far.
     pub fn handshakes(&self) -> Vec<Handshake> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sidecache::sync::lock(&self.seen).clone()
     }
 }
 
@@ -106,9 +106,7 @@ async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Handshake>>>) -> Resul
             }
         };
         buf.drain(..used);
-        seen.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(head.clone());
+        sidecache::sync::lock(&seen).push(head.clone());
         let upgrade = head
             .header_all("upgrade")
             .first()

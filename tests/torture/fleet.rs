@@ -3,8 +3,10 @@
 //! instances, all real processes; and the faults applied to it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use sidecache::sync::lock;
 
 use crate::support::delay_proxy::{DelayProxy, Direction};
 use crate::support::redis::RedisServer;
@@ -53,10 +55,6 @@ pub struct Fleet {
     instances: Vec<Sidecache>,
     /// Each instance's `[cache.l2]` location lines (the rest of the config is shared).
     l2_lines: Vec<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Fleet {

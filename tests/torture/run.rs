@@ -75,7 +75,7 @@ struct Ctx {
 
 impl Ctx {
     fn checker(&self) -> MutexGuard<'_, Checker> {
-        self.checker.lock().unwrap_or_else(|p| p.into_inner())
+        sidecache::sync::lock(&self.checker)
     }
 
     fn stopped(&self) -> bool {

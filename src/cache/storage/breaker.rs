@@ -78,7 +78,7 @@ impl CircuitBreaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // a panic while holding this tiny lock cannot leave the state inconsistent
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// May an operation be sent now? In the open state after the cooldown this returns true

@@ -106,9 +106,7 @@ pub async fn take_or_wait(
                     token,
                     gave_up: false,
                 };
-                *slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+                *crate::sync::lock(slot) = Some(lock);
                 return FillOutcome::Fetch { waited };
             }
             Ok(FillState::Held) => {}
@@ -148,9 +146,7 @@ pub async fn take_for_refresh(
     match l2.take_fill_lock(key, token, ttl, true).await {
         Ok(FillState::Filled(raw)) => RefreshOutcome::Refreshed(raw),
         Ok(FillState::Taken) => {
-            *slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(FillLock {
+            *crate::sync::lock(slot) = Some(FillLock {
                 l2,
                 key: *key,
                 token,
@@ -167,18 +163,12 @@ pub async fn take_for_refresh(
 
 /// Whether `slot` holds a fill lock: its request took it and must fetch, never wait on it.
 pub fn holds(slot: &FillSlot) -> bool {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .is_some()
+    crate::sync::lock(slot).is_some()
 }
 
 /// The answer of the request holding `slot`'s lock cannot be stored: give the lock up.
 pub fn give_up(slot: &FillSlot) {
-    if let Some(lock) = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_mut()
-    {
+    if let Some(lock) = crate::sync::lock(slot).as_mut() {
         lock.give_up();
     }
 }
@@ -186,7 +176,5 @@ pub fn give_up(slot: &FillSlot) {
 /// Take the lock out of `slot` (for the miss handler, which keeps it until its L2 write is
 /// done).
 pub fn take(slot: &FillSlot) -> Option<FillLock> {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
+    crate::sync::lock(slot).take()
 }

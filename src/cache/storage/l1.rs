@@ -33,6 +33,7 @@ use pingora_http::ResponseHeader;
 
 use super::entry::StoredEntry;
 use super::PurgeKind;
+use crate::sync::lock;
 use crate::telemetry::events::{InternalEvent, L1Eviction, L1Stored};
 use crate::telemetry::metrics::{metrics, EvictionCause};
 
@@ -149,10 +150,6 @@ pub struct L1Store {
     generation: AtomicU64,
     /// Inserts of keys in one stripe index and store one at a time (see the module docs).
     inserting: [Mutex<()>; INSERT_STRIPES],
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn build(max_bytes: u64) -> Inner {

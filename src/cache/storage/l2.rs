@@ -88,10 +88,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
-use once_cell::sync::Lazy;
 use redis::FromRedisValue;
 use tokio::sync::watch;
 
@@ -205,7 +204,7 @@ impl Lua {
 
 macro_rules! lua {
     ($file:literal) => {
-        Lazy::new(|| {
+        LazyLock::new(|| {
             Lua(redis::Script::new(concat!(
                 include_str!("lua/prelude.lua"),
                 include_str!(concat!("lua/", $file))
@@ -214,15 +213,15 @@ macro_rules! lua {
     };
 }
 
-static GENERATION: Lazy<Lua> = lua!("generation.lua");
-static STORE: Lazy<Lua> = lua!("store.lua");
-static PURGE: Lazy<Lua> = lua!("purge.lua");
-static ADVANCE: Lazy<Lua> = lua!("advance.lua");
-static UNLOCK: Lazy<Lua> = lua!("unlock.lua");
-static FILL: Lazy<Lua> = lua!("fill.lua");
-static FINISHED: Lazy<Lua> = lua!("finished.lua");
-static FINISHED_SINCE: Lazy<Lua> = lua!("finished_since.lua");
-static SEED: Lazy<Lua> = lua!("seed.lua");
+static GENERATION: LazyLock<Lua> = lua!("generation.lua");
+static STORE: LazyLock<Lua> = lua!("store.lua");
+static PURGE: LazyLock<Lua> = lua!("purge.lua");
+static ADVANCE: LazyLock<Lua> = lua!("advance.lua");
+static UNLOCK: LazyLock<Lua> = lua!("unlock.lua");
+static FILL: LazyLock<Lua> = lua!("fill.lua");
+static FINISHED: LazyLock<Lua> = lua!("finished.lua");
+static FINISHED_SINCE: LazyLock<Lua> = lua!("finished_since.lua");
+static SEED: LazyLock<Lua> = lua!("seed.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -577,7 +576,7 @@ impl L2Store {
     fn start_connect(&self, lane: Lane) -> Option<watch::Receiver<ConnectOutcome>> {
         let topology = self.topology.clone()?;
         let slot = self.slot(lane);
-        let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = crate::sync::lock(&slot.pending);
         if let Some(rx) = pending.as_ref().filter(|rx| rx.borrow().is_none()) {
             return Some(rx.clone());
         }

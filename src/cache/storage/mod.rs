@@ -55,30 +55,20 @@ impl Tier {
     }
 }
 
-/// What a purge targets, through the indexes both tiers keep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PurgeKind {
-    /// Every variant of exactly this url.
-    Url,
-    /// Every entry whose url starts with this.
-    Prefix,
-    /// Every entry carrying this tag.
-    Tag,
-}
-
-impl PurgeKind {
-    /// Every kind, in label order.
-    pub const ALL: [PurgeKind; 3] = [Self::Url, Self::Prefix, Self::Tag];
-
-    /// The `kind` label / JSON value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Url => "url",
-            Self::Prefix => "prefix",
-            Self::Tag => "tag",
-        }
+crate::labels::label_enum! {
+    /// What a purge targets, through the indexes both tiers keep.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum PurgeKind {
+        /// Every variant of exactly this url.
+        Url => "url",
+        /// Every entry whose url starts with this.
+        Prefix => "prefix",
+        /// Every entry carrying this tag.
+        Tag => "tag",
     }
+    /// The `kind` label / JSON value.
+    fn label;
 }
 
 /// Context the proxy attaches to the `CacheMeta` extensions in `response_cache_filter`

@@ -46,30 +46,20 @@ pub enum Provenance {
     Redis,
 }
 
-/// Why work that began before a purge may not store what it found (the `reason` label of
-/// `sidecache_stores_refused_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// A purge after the work began (or one still running) matches the entry.
-    Purged,
-    /// The record no longer reaches back to when the work began: it may have missed a purge.
-    Forgotten,
-    /// When the work began is unknown to this tier (Redis was not reached when it began).
-    Unknown,
-}
-
-impl Refusal {
-    /// Every reason, in label order.
-    pub const ALL: [Refusal; 3] = [Self::Purged, Self::Forgotten, Self::Unknown];
-
-    /// The metric label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Purged => "purged",
-            Self::Forgotten => "forgotten",
-            Self::Unknown => "unknown",
-        }
+crate::labels::label_enum! {
+    /// Why work that began before a purge may not store what it found (the `reason` label of
+    /// `sidecache_stores_refused_total`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Refusal {
+        /// A purge after the work began (or one still running) matches the entry.
+        Purged => "purged",
+        /// The record no longer reaches back to when the work began: it may have missed a purge.
+        Forgotten => "forgotten",
+        /// When the work began is unknown to this tier (Redis was not reached when it began).
+        Unknown => "unknown",
     }
+    /// The metric label value.
+    fn label;
 }
 
 /// One recorded purge.
@@ -151,11 +141,11 @@ impl PurgeLog {
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // the state is consistent after every statement; a panicking holder cannot break it
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        crate::sync::write(&self.state)
     }
 
     /// The generation now: work that begins now is checked against the purges after it.

@@ -214,7 +214,7 @@ impl SubscribeTarget {
                 })
             }
             Self::Sentinel(s) => {
-                let mut s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut s = crate::sync::lock(s);
                 s.get_client()
             }
         }

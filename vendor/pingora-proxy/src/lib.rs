@@ -1213,9 +1213,7 @@ where
             }
         }
 
-        // sidecache patch: the cache and upstream phases run in boxes of their own, so their
-        // large state machines are not part of every request's future (see SIDECACHE-PATCH.md).
-        if let Some((reuse, err)) = Box::pin(self.proxy_cache(&mut session, &mut ctx)).await {
+        if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
             // cache hit
             return self.finish(session, &mut ctx, reuse, err).await;
         }
@@ -1282,8 +1280,7 @@ where
         while retries < self.max_retries {
             retries += 1;
 
-            // sidecache patch: boxed, as `proxy_cache` above.
-            let (reuse, e) = Box::pin(self.proxy_to_upstream(&mut session, &mut ctx)).await;
+            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
             server_reuse = reuse;
 
             match e {

@@ -3082,10 +3082,13 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(Builder::new().build()));
         let expected = Duration::from_millis(29800);
 
-        http_stream.set_write_timeout(Some(Duration::from_secs(60)));
+        // sidecache patch: write_timeout is shorter than the rate's time here (it was 60 s,
+        // which now wins); a small write gets write_timeout, not the rate's 1 s.
+        http_stream.set_write_timeout(Some(Duration::from_secs(10)));
         http_stream.set_min_send_rate(Some(5000));
 
         assert_eq!(Some(expected), http_stream.write_timeout(149000));
+        assert_eq!(Some(Duration::from_secs(10)), http_stream.write_timeout(50));
     }
 
     #[test]
