@@ -23,6 +23,7 @@ pub mod hex;
 pub mod labels;
 pub mod live;
 pub mod normalize;
+pub mod outcome;
 pub mod pattern;
 pub mod proxy;
 pub mod purge;

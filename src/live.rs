@@ -23,8 +23,9 @@ use crate::config::{self, Config, ConfigErrors, EnvSource};
 use crate::normalize::{normalize_authority, normalize_path, BadPath};
 use crate::purge::PurgeService;
 use crate::routing::Router;
-use crate::telemetry::events::{InternalEvent, ReloadApplied, ReloadRejected};
-use crate::telemetry::recent::{recent, unix_now};
+use crate::telemetry::events::{InternalEvent, ReloadApplied};
+use crate::telemetry::metrics::{metrics, Success};
+use crate::telemetry::recent::{recent, unix_now, ReloadRecord};
 
 /// One immutable generation of the configuration, compiled for the hot path.
 pub struct Snapshot {
@@ -277,6 +278,31 @@ impl Live {
     fn reload_failed(&self, errors: ConfigErrors) -> ConfigErrors {
         ReloadRejected { errors: &errors }.emit();
         errors
+    }
+}
+
+/// A reload was refused; the previous config keeps serving.
+pub struct ReloadRejected<'a> {
+    pub errors: &'a ConfigErrors,
+}
+
+impl InternalEvent for ReloadRejected<'_> {
+    fn emit(self) {
+        metrics()
+            .config_reloads
+            .with_label_values(&[Success::Error.label()])
+            .inc();
+        recent().reload(ReloadRecord {
+            at: unix_now(),
+            result: Success::Error.label(),
+            errors: self.errors.0.len(),
+        });
+        tracing::error!(
+            target: "sidecache::reload",
+            result = "error",
+            errors = %self.errors.report(),
+            "config reload rejected; the previous config keeps serving"
+        );
     }
 }
 

@@ -18,7 +18,7 @@ use crate::admin;
 use crate::config::{Config, ProcessEnv};
 use crate::live::{Live, WarmState};
 use crate::proxy;
-use crate::telemetry::events::WarmTrigger;
+use crate::telemetry::metrics::WarmTrigger;
 use crate::warm;
 
 /// How the process was asked to start.

@@ -25,46 +25,9 @@ impl Detail {
     }
 }
 
-crate::labels::label_enum! {
-    /// The cache outcome of one request. Static names, bounded label set.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub enum CacheOutcome {
-        /// Fresh entry served from the in-process tier.
-        HitL1 => "hit_l1",
-        /// Fresh entry served from Redis (and promoted into L1).
-        HitL2 => "hit_l2",
-        /// Not in cache; fetched from the origin (and stored if allowed).
-        Miss => "miss",
-        /// A stale entry was served (stale-while-revalidate or stale-if-error).
-        Stale => "stale",
-        /// A stale entry was revalidated with the origin (304) and served.
-        Revalidated => "revalidated",
-        /// The request was not eligible for the cache (method, credentials, `cache = false`).
-        Bypass => "bypass",
-        /// Fetched from the origin but the response may not be stored.
-        Uncacheable => "uncacheable",
-        /// Answered by sidecache itself (health, readiness, errors it generated).
-        Local => "local",
-    }
-    /// The metric label value.
-    fn label;
-}
+pub use crate::outcome::CacheOutcome;
 
 impl CacheOutcome {
-    /// The `X-Cache` header value; `None` for locally answered requests (they carry none).
-    pub const fn x_cache(self) -> Option<&'static str> {
-        match self {
-            Self::HitL1 => Some("HIT-L1"),
-            Self::HitL2 => Some("HIT-L2"),
-            Self::Miss => Some("MISS"),
-            Self::Stale => Some("STALE"),
-            Self::Revalidated => Some("REVALIDATED"),
-            Self::Bypass => Some("BYPASS"),
-            Self::Uncacheable => Some("UNCACHEABLE"),
-            Self::Local => None,
-        }
-    }
-
     /// The RFC 9211 `Cache-Status` header value for a response that was (`stored`) or was not
     /// written to the cache, with the reason when there is one. Every value is static.
     pub const fn cache_status(self, stored: bool, detail: Option<Detail>) -> Option<&'static str> {
@@ -85,19 +48,6 @@ impl CacheOutcome {
             },
             (Self::Local, _) => return None,
         })
-    }
-
-    /// Index into [`Self::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The outcome an `X-Cache` value names (case-insensitive, surrounding blanks ignored).
-    pub fn from_x_cache(value: &str) -> Option<CacheOutcome> {
-        let value = value.trim();
-        Self::ALL
-            .into_iter()
-            .find(|o| o.x_cache().is_some_and(|x| x.eq_ignore_ascii_case(value)))
     }
 }
 

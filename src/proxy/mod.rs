@@ -8,6 +8,7 @@
 //! [`Progress`]. Both travel in [`RequestCtx`].
 
 pub mod edge;
+mod events;
 mod fast_path;
 pub mod forwarded;
 mod phases;

@@ -36,6 +36,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
+use super::events::{RequestFinished, UpstreamFailed, UpstreamResponded};
 use super::forwarded;
 use super::plan::{self, LocalAnswer, Plan};
 use super::response_head::{self, Verdict};
@@ -49,8 +50,7 @@ use crate::config::CacheMode;
 use crate::health as local;
 use crate::normalize;
 use crate::telemetry::events::{
-    InternalEvent, PurgeBacklogFull, RequestFinished, SurrogateKeysDropped, TunnelClosed,
-    TunnelOpened, UpstreamFailed, UpstreamResponded,
+    InternalEvent, PurgeBacklogFull, SurrogateKeysDropped, TunnelClosed, TunnelOpened,
 };
 use crate::telemetry::metrics::UpstreamErrorKind;
 

@@ -30,6 +30,7 @@ pub mod backlog;
 pub mod broadcast;
 pub mod catch_up;
 mod command;
+mod events;
 pub mod writes;
 
 pub use command::{command, PurgeCommand};
@@ -42,10 +43,12 @@ use crate::cache::storage::l2::{PurgeDone, SoftPurge};
 pub use crate::cache::storage::PurgeKind;
 use crate::cache::storage::TieredCache;
 use crate::config::CacheConfig;
-use crate::telemetry::events::{InternalEvent, PurgeApplied, PurgeBroadcast, PurgeDeferred};
+use crate::telemetry::events::InternalEvent;
+use crate::telemetry::metrics::{metrics, preset_pairs};
 use applied::AppliedPurges;
 use backlog::{Backlog, Job, Pushed};
 use broadcast::{ChannelKey, PurgeMessage};
+use events::{PurgeApplied, PurgeBroadcast, PurgeDeferred};
 
 crate::labels::label_enum! {
     /// Where a purge came from (the `source` label of `sidecache_purges_total`).
@@ -156,6 +159,12 @@ pub struct PurgeService {
 impl PurgeService {
     /// The purge service of `cache` (whose L2, if any, carries the broadcasts).
     pub fn new(cache: &'static TieredCache, config: &CacheConfig) -> Self {
+        let (kinds, sources) = (
+            PurgeKind::ALL.map(PurgeKind::label),
+            PurgeSource::ALL.map(PurgeSource::label),
+        );
+        preset_pairs(&metrics().purges, &kinds, &sources);
+        preset_pairs(&metrics().soft_purges, &kinds, &sources);
         let l2 = config.l2.as_ref();
         PurgeService {
             cache,

@@ -2,124 +2,31 @@
 //! together (like vector's `InternalEvent`): a call site builds the event and calls
 //! [`InternalEvent::emit`], and never writes a metric or a log line of its own.
 //!
-//! Labels come from enums with static names ([`CacheOutcome`], [`Detail`], [`L2Op`],
-//! [`PurgeKind`], ...) or from handles resolved once per config label ([`RouteMetrics`],
+//! Labels come from enums with static names (`label_enum!`) or from handles resolved once
+//! per config label ([`RouteMetrics`](super::metrics::RouteMetrics),
 //! [`UpstreamMetrics`](super::metrics::UpstreamMetrics)); no event takes a free-form label.
 //! Events on the request path allocate nothing and log at most one line per request.
+//!
+//! This module holds the trait and the events that name nothing of the domain. An event
+//! about a domain type lives beside the component that emits it (as vector keeps its
+//! internal events), so telemetry imports nothing above it: `proxy::events` (a request
+//! finished, an upstream answered), `cache::storage::events` (breakers, the Redis server,
+//! corrupt entries, refused stores), `purge::events` (purges applied, broadcast,
+//! deferred), and `live`'s `ReloadRejected`.
 
 use std::fmt::Display;
 use std::time::Duration;
 
 use super::metrics::{
-    metrics, ConnectionRefusal, EvictionCause, L2Op, L2Result, MessageDrop, MethodLabel,
-    RequestRefusal, RouteMetrics, Success, TunnelDirection, UpstreamErrorKind, WarmUrlResult,
+    metrics, ConnectionRefusal, EvictionCause, L2Op, L2Result, MessageDrop, RequestRefusal,
+    Success, TunnelDirection, WarmTrigger, WarmUrlResult,
 };
-use super::recent::{recent, unix_now, PurgeRecord, ReloadRecord, WarmRecord};
-use super::window;
-use crate::cache::status::{CacheOutcome, Detail};
-use crate::cache::storage::breaker::BreakerScope;
-use crate::cache::storage::purge_log::Refusal;
-use crate::cache::storage::server_info::ServerInfo;
-use crate::cache::storage::{PurgeKind, Tier};
-use crate::config::ConfigErrors;
-use crate::purge::{PurgeReport, PurgeRequest, PurgeSource};
-use crate::routing::Upstream;
+use super::recent::{recent, unix_now, ReloadRecord, WarmRecord};
 
 /// Something that happened, recorded as its log line and its metrics together.
 pub trait InternalEvent {
     /// Record the event.
     fn emit(self);
-}
-
-/// A client request finished (not a background refresh): request counters and latency,
-/// coalescing, and the access log line when `server.access_log` is on.
-pub struct RequestFinished<'a> {
-    pub metrics: &'a RouteMetrics,
-    pub method: &'a http::Method,
-    pub path: &'a str,
-    pub status: u16,
-    pub outcome: CacheOutcome,
-    /// Why the cache was bypassed or the response not stored.
-    pub detail: Option<Detail>,
-    pub elapsed: Duration,
-    pub request_id: &'a str,
-    pub error: Option<&'a pingora_error::Error>,
-    /// How long the request waited on another's fetch of the same key, if it did.
-    pub lock_wait: Option<Duration>,
-    /// `cache.lock_timeout`: a wait this long gave up and went to the origin.
-    pub lock_timeout: Duration,
-    pub access_log: bool,
-}
-
-impl InternalEvent for RequestFinished<'_> {
-    fn emit(self) {
-        self.metrics.record_request(
-            MethodLabel::from_method(self.method),
-            self.status,
-            self.outcome,
-            self.elapsed,
-        );
-        self.metrics.window().record(
-            window::now_second(),
-            self.outcome,
-            self.status,
-            self.elapsed,
-        );
-        if let Some(waited) = self.lock_wait {
-            self.metrics.record_coalesced();
-            if waited >= self.lock_timeout {
-                metrics().cache_lock_timeouts.inc();
-            }
-        }
-        if self.access_log {
-            tracing::info!(
-                target: "sidecache::access",
-                method = %self.method,
-                path = self.path,
-                status = self.status,
-                cache = self.outcome.label(),
-                detail = self.detail.map(Detail::as_str),
-                route = self.metrics.route(),
-                duration_ms = self.elapsed.as_secs_f64() * 1000.0,
-                request_id = self.request_id,
-                error = self.error.map(tracing::field::display),
-            );
-        }
-    }
-}
-
-/// An upstream's response header arrived.
-pub struct UpstreamResponded<'a> {
-    pub metrics: &'a RouteMetrics,
-    pub upstream: &'a Upstream,
-    /// From sending the request to the response header.
-    pub elapsed: Duration,
-    pub status: http::StatusCode,
-}
-
-impl InternalEvent for UpstreamResponded<'_> {
-    fn emit(self) {
-        self.metrics.record_upstream(
-            self.upstream.index,
-            &self.upstream.config.name,
-            self.elapsed,
-        );
-        if self.status.is_server_error() {
-            self.upstream.metrics.error(UpstreamErrorKind::Status5xx);
-        }
-    }
-}
-
-/// Proxying to an upstream failed (connect, timeout, reset).
-pub struct UpstreamFailed<'a> {
-    pub upstream: &'a Upstream,
-    pub kind: UpstreamErrorKind,
-}
-
-impl InternalEvent for UpstreamFailed<'_> {
-    fn emit(self) {
-        self.upstream.metrics.error(self.kind);
-    }
 }
 
 /// One Redis operation ended (or was skipped by the open breaker).
@@ -144,77 +51,6 @@ impl InternalEvent for L2Operation<'_> {
         if let Some(e) = self.error {
             tracing::debug!(op = self.op.label(), error = %e, "redis error");
         }
-    }
-}
-
-/// The state the Redis circuit breaker moved to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Redis is used again.
-    Closed,
-    /// Redis is skipped until the cooldown has passed.
-    Open,
-}
-
-/// A Redis circuit breaker opened or closed.
-pub struct BreakerTransition {
-    pub scope: BreakerScope,
-    pub to: BreakerState,
-}
-
-impl InternalEvent for BreakerTransition {
-    fn emit(self) {
-        let scope = self.scope.label();
-        let up = match self.to {
-            BreakerState::Closed => {
-                tracing::info!(scope, "redis circuit breaker closed");
-                1
-            }
-            BreakerState::Open => {
-                tracing::warn!(scope, "redis circuit breaker open");
-                0
-            }
-        };
-        if self.scope == BreakerScope::Entries {
-            metrics().l2_up.set(up);
-        }
-    }
-}
-
-/// An L2 connection found a server other than the one before (or the first): which, and
-/// whether it is refused (see `cache::storage::server_info`).
-pub struct L2ServerChanged {
-    /// `None`: the server would not say (`INFO` refused); it is used.
-    pub server: Option<ServerInfo>,
-}
-
-impl InternalEvent for L2ServerChanged {
-    fn emit(self) {
-        match self.server.map(ServerInfo::check) {
-            Some(Ok(server)) => tracing::info!(%server, "redis server supported"),
-            Some(Err(refused)) => tracing::error!(error = %refused, "redis server refused"),
-            None => tracing::warn!(
-                "redis server refused INFO, so its version is unknown; using it as supported"
-            ),
-        }
-    }
-}
-
-/// A stored entry failed to decode; it is treated as a miss and deleted.
-pub struct CorruptEntry<'a> {
-    pub tier: Tier,
-    pub key: &'a str,
-    pub error: &'a dyn Display,
-}
-
-impl InternalEvent for CorruptEntry<'_> {
-    fn emit(self) {
-        tracing::warn!(tier = self.tier.label(), key = self.key, error = %self.error,
-            "corrupt cache entry deleted");
-        metrics()
-            .corrupt_entries
-            .with_label_values(&[self.tier.label()])
-            .inc();
     }
 }
 
@@ -250,49 +86,6 @@ impl InternalEvent for L1Eviction {
     }
 }
 
-/// A purge was applied to this instance's tiers.
-pub struct PurgeApplied<'a> {
-    pub request: &'a PurgeRequest,
-    pub report: &'a PurgeReport,
-    /// The instance that originated it.
-    pub instance: &'a str,
-}
-
-impl InternalEvent for PurgeApplied<'_> {
-    fn emit(self) {
-        let r = self.request;
-        let counter = match r.soft_at {
-            Some(_) => &metrics().soft_purges,
-            None => &metrics().purges,
-        };
-        counter
-            .with_label_values(&[r.kind.label(), r.source.label()])
-            .inc();
-        let rep = self.report;
-        recent().purge(PurgeRecord {
-            at: unix_now(),
-            kind: r.kind.label(),
-            target: r.target.clone(),
-            source: r.source.label(),
-            mode: r.mode(),
-            instance: self.instance.to_owned(),
-            removed_l1: rep.l1_removed,
-            removed_l2: rep.l2_removed,
-        });
-        match r.source {
-            PurgeSource::Admin | PurgeSource::Cli => tracing::info!(
-                target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
-                mode = r.mode(), target = %r.target, removed_l1 = rep.l1_removed,
-                removed_l2 = rep.l2_removed, l2_ok = rep.l2_ok, broadcast = rep.broadcast,
-                "purged"),
-            PurgeSource::Write | PurgeSource::Remote => tracing::debug!(
-                target: "sidecache::purge", kind = r.kind.label(), source = r.source.label(),
-                mode = r.mode(), target = %r.target, removed_l1 = rep.l1_removed,
-                removed_l2 = rep.l2_removed, "purged"),
-        }
-    }
-}
-
 /// An origin's response declared surrogate keys past the bounds (see
 /// [`crate::cache::surrogate`]); they were dropped. Counted only: no label, no log line (it
 /// can happen per request, and key names never become labels).
@@ -303,44 +96,6 @@ pub struct SurrogateKeysDropped {
 impl InternalEvent for SurrogateKeysDropped {
     fn emit(self) {
         metrics().surrogate_keys_dropped.inc_by(self.count);
-    }
-}
-
-/// A purge was (or could not be) published to the other instances.
-pub struct PurgeBroadcast {
-    pub kind: PurgeKind,
-    pub ok: bool,
-}
-
-impl InternalEvent for PurgeBroadcast {
-    fn emit(self) {
-        let result = if self.ok { Success::Ok } else { Success::Error };
-        metrics()
-            .purge_broadcasts
-            .with_label_values(&[result.label()])
-            .inc();
-        if !self.ok {
-            tracing::warn!(target: "sidecache::purge", kind = self.kind.label(),
-                "purge not broadcast; other instances keep their L1 copy until it expires or their subscription has a gap");
-        }
-    }
-}
-
-/// An entry was not stored because a purge won over the work that fetched it. Counted, and
-/// logged at debug: it can happen per request.
-pub struct StoreRefused {
-    pub tier: Tier,
-    pub reason: Refusal,
-}
-
-impl InternalEvent for StoreRefused {
-    fn emit(self) {
-        metrics()
-            .stores_refused
-            .with_label_values(&[self.tier.label(), self.reason.label()])
-            .inc();
-        tracing::debug!(target: "sidecache::purge", tier = self.tier.label(),
-            reason = self.reason.label(), "entry not stored: a purge won");
     }
 }
 
@@ -359,29 +114,6 @@ impl InternalEvent for PurgeMessageDropped<'_> {
             .inc();
         tracing::debug!(target: "sidecache::purge", reason = self.reason.label(),
             error = %self.error, "dropped a purge message");
-    }
-}
-
-/// A purge's Redis part failed: it waits in the backlog and is retried until it lands.
-/// Logged at warn on a purge's first failure, then at debug.
-pub struct PurgeDeferred {
-    pub kind: PurgeKind,
-    /// Failed attempts so far (1 for the first).
-    pub attempt: u32,
-    pub result: L2Result,
-}
-
-impl InternalEvent for PurgeDeferred {
-    fn emit(self) {
-        metrics().purge_retries.inc();
-        if self.attempt == 1 {
-            tracing::warn!(target: "sidecache::purge", kind = self.kind.label(),
-                result = self.result.label(),
-                "purge could not reach Redis; retrying until it lands (this instance serves none of its targets from Redis meanwhile)");
-        } else {
-            tracing::debug!(target: "sidecache::purge", kind = self.kind.label(),
-                result = self.result.label(), attempt = self.attempt, "purge retry failed");
-        }
     }
 }
 
@@ -490,46 +222,6 @@ impl InternalEvent for ReloadApplied {
         });
         tracing::info!(target: "sidecache::reload", result = "ok", "config reloaded");
     }
-}
-
-/// A reload was refused; the previous config keeps serving.
-pub struct ReloadRejected<'a> {
-    pub errors: &'a ConfigErrors,
-}
-
-impl InternalEvent for ReloadRejected<'_> {
-    fn emit(self) {
-        metrics()
-            .config_reloads
-            .with_label_values(&[Success::Error.label()])
-            .inc();
-        recent().reload(ReloadRecord {
-            at: unix_now(),
-            result: Success::Error.label(),
-            errors: self.errors.0.len(),
-        });
-        tracing::error!(
-            target: "sidecache::reload",
-            result = "error",
-            errors = %self.errors.report(),
-            "config reload rejected; the previous config keeps serving"
-        );
-    }
-}
-
-crate::labels::label_enum! {
-    /// What started a warming pass.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum WarmTrigger {
-        /// `[warm] on_start = true`.
-        Start => "start",
-        /// `[warm] every`: the schedule came round.
-        Schedule => "schedule",
-        /// A reload changed the warm list.
-        Reload => "reload",
-    }
-    /// The metric label value.
-    fn label;
 }
 
 /// How many failed warming URLs the log names (the metrics count them all).

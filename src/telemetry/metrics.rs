@@ -18,22 +18,28 @@ use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec,
 };
 
-use crate::cache::status::CacheOutcome;
-use crate::cache::storage::purge_log::Refusal;
-use crate::cache::storage::{PurgeKind, Tier};
-use crate::purge::PurgeSource;
+use crate::outcome::CacheOutcome;
 
-use super::events::WarmTrigger;
+pub use super::window::LATENCY_BUCKETS;
 use super::window::{self, RouteWindow};
 
 /// Warming pass duration buckets in seconds, 100 ms to 30 min.
 pub const WARM_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0];
 
-/// Histogram buckets in seconds, 100 µs to 10 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
-];
+crate::labels::label_enum! {
+    /// What started a warming pass.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WarmTrigger {
+        /// `[warm] on_start = true`.
+        Start => "start",
+        /// `[warm] every`: the schedule came round.
+        Schedule => "schedule",
+        /// A reload changed the warm list.
+        Reload => "reload",
+    }
+    /// The metric label value.
+    fn label;
+}
 
 /// Request methods as a bounded label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,21 +579,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for d in TunnelDirection::ALL {
         m.tunnel_bytes.with_label_values(&[d.label()]);
     }
-    for t in [Tier::L1, Tier::L2] {
-        m.corrupt_entries.with_label_values(&[t.label()]);
-        for r in Refusal::ALL {
-            m.stores_refused.with_label_values(&[t.label(), r.label()]);
-        }
-    }
     for r in MessageDrop::ALL {
         m.purge_messages_dropped.with_label_values(&[r.label()]);
-    }
-    for kind in PurgeKind::ALL {
-        for source in PurgeSource::ALL {
-            m.purges.with_label_values(&[kind.label(), source.label()]);
-            m.soft_purges
-                .with_label_values(&[kind.label(), source.label()]);
-        }
     }
     for r in WarmUrlResult::ALL {
         m.warm_urls.with_label_values(&[r.label()]);
@@ -605,6 +598,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     m
 });
+
+/// Create the series of `vec` for every pair of label values from `first` and `second`, so
+/// each is exported (at 0) before it first counts. The label enums belong to the domain, so
+/// the component that owns them calls this with their `ALL` lists when it is built.
+pub fn preset_pairs(vec: &IntCounterVec, first: &[&str], second: &[&str]) {
+    for a in first {
+        for b in second {
+            vec.with_label_values(&[a, b]);
+        }
+    }
+}
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {

@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::metrics::LATENCY_BUCKETS;
-use crate::cache::status::CacheOutcome;
+use crate::outcome::CacheOutcome;
 
 /// How far back the rings reach, in seconds (one slot per second).
 pub const WINDOW_SECONDS: u64 = 300;
@@ -28,6 +27,13 @@ pub const WINDOW_SECONDS: u64 = 300;
 const SLOTS: usize = WINDOW_SECONDS as usize;
 const OUTCOMES: usize = CacheOutcome::ALL.len();
 /// The finite latency buckets and `+Inf`.
+/// Histogram buckets in seconds, 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Latency buckets of a window: [`LATENCY_BUCKETS`] and `+Inf`.
 pub const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
 
 /// The outcomes that are cache lookups served from cache (the hit-ratio numerator, as in

@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, WarmConfig};
-use crate::telemetry::events::{InternalEvent, WarmFinished, WarmTrigger};
+use crate::telemetry::events::{InternalEvent, WarmFinished};
+use crate::telemetry::metrics::WarmTrigger;
 
 use super::{expand, local_target, run, ProgressGate, WarmOptions};
 

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::atomic_duration::AtomicDuration;
-use crate::telemetry::events::{BreakerState, BreakerTransition, InternalEvent};
+use super::events::{BreakerState, BreakerTransition};
+use crate::telemetry::events::InternalEvent;
 use crate::telemetry::metrics::metrics;
 
 /// Which Redis operations a breaker guards.

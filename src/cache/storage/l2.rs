@@ -96,13 +96,14 @@ use tokio::sync::watch;
 
 use super::atomic_duration::AtomicDuration;
 use super::breaker::{BreakerScope, CircuitBreaker};
+use super::events::L2ServerChanged;
 use super::purge_log::Refusal;
 use super::server_info::{self, ServerInfo};
 use super::topology::{L2Connection, SubscribeTarget, Topology};
 use super::PurgeKind;
 use crate::config::L2Config;
 use crate::hex::hex;
-use crate::telemetry::events::{InternalEvent, L2Operation, L2ServerChanged};
+use crate::telemetry::events::{InternalEvent, L2Operation};
 use crate::telemetry::metrics::{L2Op, L2Result};
 
 /// Layout version segment of every key this build writes.

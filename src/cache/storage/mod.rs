@@ -24,6 +24,7 @@ pub mod breaker;
 pub mod coalescing_lock;
 pub mod codec;
 pub mod entry;
+pub mod events;
 pub mod fill_lock;
 pub mod l1;
 pub mod l2;

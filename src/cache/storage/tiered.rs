@@ -40,14 +40,15 @@ use pingora_error::{Error, ErrorType, Result};
 use super::atomic_duration::AtomicDuration;
 use super::codec;
 use super::entry::StoredEntry;
+use super::events::{CorruptEntry, StoreRefused};
 use super::fill_lock::{self, FillLock, FillOutcome, FillSlot, RefreshOutcome};
 use super::l1::{EntryKey, L1Entry, L1Store};
 use super::l2::{EntryWrite, L2Store, PurgeDone, StoreOutcome};
 use super::purge_log::{Provenance, PurgeLog, PurgeTicket, Refusal};
 use super::{EntryContext, PurgeKind, Tier};
 use crate::config::CacheConfig;
-use crate::telemetry::events::{CorruptEntry, InternalEvent, StoreRefused};
-use crate::telemetry::metrics::L2Result;
+use crate::telemetry::events::InternalEvent;
+use crate::telemetry::metrics::{metrics, preset_pairs, L2Result};
 
 /// The two-tier cache storage handed to `session.cache.enable(..)` (as a `&'static`).
 pub struct TieredCache {
@@ -164,6 +165,12 @@ impl TieredCache {
     /// Build from config; L2 present iff `cfg.l2.is_some()`. No I/O: Redis is connected lazily
     /// by the runtime that first uses it. `l1.max_bytes == 0` disables L1.
     pub fn new(cfg: &CacheConfig) -> TieredCache {
+        let tiers = [Tier::L1.label(), Tier::L2.label()];
+        let m = metrics();
+        for t in tiers {
+            m.corrupt_entries.with_label_values(&[t]);
+        }
+        preset_pairs(&m.stores_refused, &tiers, &Refusal::ALL.map(Refusal::label));
         TieredCache {
             l1: L1Store::new(cfg.l1.max_bytes),
             l2: cfg.l2.as_ref().map(L2Store::new),
