@@ -106,123 +106,20 @@ use crate::hex::hex;
 use crate::telemetry::events::{InternalEvent, L2Operation};
 use crate::telemetry::metrics::{L2Op, L2Result};
 
-/// Layout version segment of every key this build writes.
-pub const KEY_VERSION: &str = "v2:";
+mod connection;
+mod layout;
+mod scripts;
+
+use connection::{ConnectionSlot, Lane};
+use layout::Layout;
+pub use layout::{key_slot, CLUSTER_PARTITIONS, KEY_VERSION};
+use scripts::{ADVANCE, FILL, FINISHED, FINISHED_SINCE, GENERATION, PURGE, SEED, STORE, UNLOCK};
 
 /// Urls a prefix purge takes per script call.
 pub const PURGE_URLS_PER_BATCH: usize = 256;
 
 /// Entries a tag purge takes per script call.
 pub const PURGE_ENTRIES_PER_BATCH: usize = 512;
-
-/// Hash-tagged partitions the keys are spread over on a Redis Cluster: enough to spread
-/// over a dozen masters or so, few enough that a purge's one call per partition stays cheap.
-pub const CLUSTER_PARTITIONS: usize = 16;
-
-/// Redis Cluster's key slot of a hash tag (CRC16/XMODEM mod 16384, as `CLUSTER KEYSLOT`).
-pub fn key_slot(tag: &str) -> u16 {
-    let mut crc: u16 = 0;
-    for b in tag.bytes() {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
-/// The hash tag of partition `i`: the first `p{i}.{j}` whose slot lies in the `i`-th of
-/// [`CLUSTER_PARTITIONS`] equal slot ranges, so evenly split clusters get even partitions.
-fn partition_tag(i: usize) -> String {
-    let range = 16384 / CLUSTER_PARTITIONS;
-    (0u32..)
-        .map(|j| format!("p{i:02}.{j}"))
-        .find(|t| usize::from(key_slot(t)) / range == i)
-        .unwrap_or_else(|| format!("p{i:02}"))
-}
-
-/// Where the keys live: the home of the purge generation and the partitions of entries and
-/// their indexes (standalone: one prefix for all).
-struct Layout {
-    home: String,
-    parts: Vec<String>,
-}
-
-impl Layout {
-    fn new(prefix: &str, cluster: bool) -> Self {
-        let base = format!("{prefix}{KEY_VERSION}");
-        if !cluster {
-            return Layout {
-                home: base.clone(),
-                parts: vec![base],
-            };
-        }
-        Layout {
-            home: format!("{base}{{home}}:"),
-            parts: (0..CLUSTER_PARTITIONS)
-                .map(|i| format!("{base}{{{}}}:", partition_tag(i)))
-                .collect(),
-        }
-    }
-
-    /// The partition prefix of an entry key.
-    fn part(&self, key: &[u8; 16]) -> &str {
-        &self.parts[usize::from(key[0]) % self.parts.len()]
-    }
-}
-
-/// A Lua script called by `EVALSHA`, loaded on first use and again whenever Redis has
-/// forgotten it (restart, `SCRIPT FLUSH`).
-struct Lua(redis::Script);
-
-impl Lua {
-    /// The `EVALSHA` command with `keys`; append the arguments.
-    fn command(&self, keys: &[&str]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.0.get_hash()).arg(keys.len()).arg(keys);
-        cmd
-    }
-
-    /// Run `cmd` (built by [`Lua::command`]), loading the script if Redis does not have it.
-    async fn run<T: FromRedisValue>(
-        &self,
-        c: &mut L2Connection,
-        cmd: &redis::Cmd,
-    ) -> redis::RedisResult<T> {
-        match cmd.query_async(c).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {
-                self.0.prepare_invoke().load_async(c).await?;
-                cmd.query_async(c).await
-            }
-            other => other,
-        }
-    }
-}
-
-macro_rules! lua {
-    ($file:literal) => {
-        LazyLock::new(|| {
-            Lua(redis::Script::new(concat!(
-                include_str!("lua/prelude.lua"),
-                include_str!(concat!("lua/", $file))
-            )))
-        })
-    };
-}
-
-static GENERATION: LazyLock<Lua> = lua!("generation.lua");
-static STORE: LazyLock<Lua> = lua!("store.lua");
-static PURGE: LazyLock<Lua> = lua!("purge.lua");
-static ADVANCE: LazyLock<Lua> = lua!("advance.lua");
-static UNLOCK: LazyLock<Lua> = lua!("unlock.lua");
-static FILL: LazyLock<Lua> = lua!("fill.lua");
-static FINISHED: LazyLock<Lua> = lua!("finished.lua");
-static FINISHED_SINCE: LazyLock<Lua> = lua!("finished_since.lua");
-static SEED: LazyLock<Lua> = lua!("seed.lua");
 
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
@@ -296,94 +193,12 @@ pub enum StoreOutcome {
     Refused(Refusal),
 }
 
-/// Which connection and breaker an operation uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lane {
-    Entries,
-    Purges,
-}
-
 const fn kind_letter(kind: PurgeKind) -> &'static str {
     match kind {
         PurgeKind::Url => "u",
         PurgeKind::Prefix => "p",
         PurgeKind::Tag => "t",
     }
-}
-
-/// How a connect in flight ended (`None` while it runs).
-type ConnectOutcome = Option<Result<L2Connection, Arc<redis::RedisError>>>;
-
-/// The shortest deadline a connect gets, whatever the write timeout: a TLS handshake on a
-/// loaded host can take longer than one read timeout, and nothing waits on it but the
-/// operations, each under its own timeout.
-const CONNECT_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);
-
-/// Ask a new connection's server what it is (under `timeout`), note it in `known`, and
-/// refuse a server sidecache does not support. A server that will not say is used.
-async fn vet(
-    conn: &mut L2Connection,
-    known: &ArcSwapOption<ServerInfo>,
-    timeout: Duration,
-) -> redis::RedisResult<()> {
-    let found = tokio::time::timeout(timeout, server_info::probe(conn))
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "redis INFO timed out")))??;
-    let before = known.swap(found.map(Arc::new));
-    if before.as_deref() != found.as_ref() || before.is_none() {
-        L2ServerChanged { server: found }.emit();
-    }
-    match found.map(ServerInfo::check) {
-        Some(Err(refused)) => Err(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "unsupported server",
-            refused.to_string(),
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Cluster only: give every partition without state the home slot's generation, before the
-/// connection serves any operation (see `lua/seed.lua`). A partition it cannot reach is left
-/// to the store's own seeding (`-2`), which refuses that one write.
-async fn seed_partitions(conn: &mut L2Connection, layout: &Layout, timeout: Duration) {
-    let home = [
-        format!("{}purge", layout.home),
-        format!("{}tombs", layout.home),
-    ];
-    let seeding = async {
-        let generation: u64 = GENERATION
-            .run(conn, &GENERATION.command(&[&home[0], &home[1]]))
-            .await?;
-        let mut seeded = 0u32;
-        for part in &layout.parts {
-            let mut cmd = SEED.command(&[&format!("{part}purge"), &format!("{part}tombs")]);
-            cmd.arg(generation);
-            let fresh: i64 = SEED.run(conn, &cmd).await?;
-            seeded += u32::from(fresh == 1);
-        }
-        Ok::<_, redis::RedisError>(seeded)
-    };
-    match tokio::time::timeout(timeout, seeding).await {
-        Ok(Ok(seeded)) if seeded > 0 => tracing::debug!(seeded, "redis cluster partitions seeded"),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster partitions not seeded"),
-        Err(_) => tracing::debug!("redis cluster partition seeding timed out"),
-    }
-}
-
-/// One lane's connection, opened at start and on first use, and dropped when it must be
-/// found again.
-///
-/// A connect runs in a task of its own that every operation needing it waits on, each for
-/// no longer than its own timeout. Running it inside the first operation instead would let
-/// that operation's deadline (50 ms by default) abort a slower handshake again and again, so
-/// a `rediss://` store behind a slow link would never connect at all.
-#[derive(Default)]
-struct ConnectionSlot {
-    current: ArcSwapOption<L2Connection>,
-    /// The connect in flight or the last one's outcome, so concurrent first uses share one.
-    pending: std::sync::Mutex<Option<watch::Receiver<ConnectOutcome>>>,
 }
 
 /// The Redis tier: connections, breakers, timeouts and key layout.
@@ -502,215 +317,6 @@ impl L2Store {
 
     fn saw(&self, generation: u64) {
         self.seen.fetch_max(generation, Ordering::SeqCst);
-    }
-
-    /// Whether the keys are spread over cluster partitions.
-    fn partitioned(&self) -> bool {
-        self.layout.parts.len() > 1
-    }
-
-    /// `{prefix}v2:e:{hex}` for an entry key (on a cluster, in its partition).
-    pub fn entry_key(&self, key: &[u8; 16]) -> String {
-        format!("{}e:{}", self.layout.part(key), hex(key))
-    }
-
-    /// `{prefix}v2:url:{url}` (on a cluster, partition 0's).
-    pub fn url_key(&self, url: &str) -> String {
-        format!("{}url:{}", self.layout.parts[0], url)
-    }
-
-    /// `{prefix}v2:tag:{tag}` (on a cluster, partition 0's).
-    pub fn tag_key(&self, tag: &str) -> String {
-        format!("{}tag:{}", self.layout.parts[0], tag)
-    }
-
-    /// `{prefix}v2:urls` (on a cluster, partition 0's).
-    pub fn urls_key(&self) -> String {
-        format!("{}urls", self.layout.parts[0])
-    }
-
-    /// `{prefix}v2:urls:expiry` (on a cluster, partition 0's).
-    pub fn url_expiry_key(&self) -> String {
-        format!("{}urls:expiry", self.layout.parts[0])
-    }
-
-    /// `{prefix}v2:purge`, the purge generation's hash (on a cluster, the home slot's).
-    pub fn purge_state_key(&self) -> String {
-        format!("{}purge", self.layout.home)
-    }
-
-    /// `{prefix}v2:tombs` (on a cluster, the home slot's, which stays empty).
-    pub fn tombstones_key(&self) -> String {
-        format!("{}tombs", self.layout.home)
-    }
-
-    /// `{prefix}v2:lock:{hex}`: the cross-instance fill lock of an entry key, beside the
-    /// entry (the same partition on a cluster).
-    pub fn fill_lock_key(&self, key: &[u8; 16]) -> String {
-        format!("{}lock:{}", self.layout.part(key), hex(key))
-    }
-
-    /// Every partition's key prefix (standalone: the one prefix).
-    pub fn partition_prefixes(&self) -> &[String] {
-        &self.layout.parts
-    }
-
-    fn slot(&self, lane: Lane) -> &Arc<ConnectionSlot> {
-        match lane {
-            Lane::Entries => &self.conn,
-            Lane::Purges => &self.purge_conn,
-        }
-    }
-
-    /// Start opening both connections now, so the first requests find them open (a TLS
-    /// handshake is slower than one read timeout). Returns at once; needs a Tokio runtime.
-    pub fn connect_in_background(&self) {
-        for lane in [Lane::Entries, Lane::Purges] {
-            if self.slot(lane).current.load().is_none() {
-                // Dropping the receiver leaves the connect running in its task.
-                drop(self.start_connect(lane));
-            }
-        }
-    }
-
-    /// The lane's connect in flight, or a new one if none is.
-    fn start_connect(&self, lane: Lane) -> Option<watch::Receiver<ConnectOutcome>> {
-        let topology = self.topology.clone()?;
-        let slot = self.slot(lane);
-        let mut pending = crate::sync::lock(&slot.pending);
-        if let Some(rx) = pending.as_ref().filter(|rx| rx.borrow().is_none()) {
-            return Some(rx.clone());
-        }
-        let (tx, rx) = watch::channel(None);
-        *pending = Some(rx.clone());
-        drop(pending);
-        let timeout = self.write_timeout().max(CONNECT_TIMEOUT_FLOOR);
-        let slot = Arc::clone(slot);
-        let server = Arc::clone(&self.server);
-        let seed = (lane == Lane::Entries && self.partitioned()).then(|| Arc::clone(&self.layout));
-        tokio::spawn(async move {
-            let outcome = match topology.connect(timeout).await {
-                Ok(mut conn) => match vet(&mut conn, &server, timeout).await {
-                    Ok(()) => {
-                        if let Some(layout) = seed {
-                            seed_partitions(&mut conn, &layout, timeout).await;
-                        }
-                        Ok(conn)
-                    }
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            match &outcome {
-                Ok(conn) => slot.current.store(Some(Arc::new(conn.clone()))),
-                Err(e) => tracing::debug!(error = %e, "redis connect failed"),
-            }
-            tx.send_replace(Some(outcome.map_err(Arc::new)));
-        });
-        Some(rx)
-    }
-
-    async fn connection(&self, lane: Lane) -> redis::RedisResult<L2Connection> {
-        if let Some(c) = self.slot(lane).current.load_full() {
-            return Ok((*c).clone());
-        }
-        let invalid = || {
-            redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "invalid redis settings",
-            ))
-        };
-        let mut rx = self.start_connect(lane).ok_or_else(invalid)?;
-        let outcome = rx.wait_for(Option::is_some).await.map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Io, "redis connect abandoned"))
-        })?;
-        match outcome.as_ref() {
-            Some(Ok(conn)) => Ok(conn.clone()),
-            Some(Err(e)) => Err(redis::RedisError::from((
-                e.kind(),
-                "redis connect failed",
-                e.to_string(),
-            ))),
-            None => Err(invalid()),
-        }
-    }
-
-    /// After a failure: under Sentinel, forget the connection so the next operation asks the
-    /// sentinels where the master is now.
-    fn failed(&self, lane: Lane) {
-        if self
-            .topology
-            .as_deref()
-            .is_some_and(Topology::follows_failover)
-        {
-            self.slot(lane).current.store(None);
-        }
-    }
-
-    /// Run one logical entry operation (may be several commands) through the entry breaker,
-    /// `timeout` and metrics. `Err` carries how it ended (`Skipped`, `Timeout`, `Error`).
-    pub async fn run<T, F, Fut>(&self, op: L2Op, timeout: Duration, f: F) -> Result<T, L2Result>
-    where
-        F: FnOnce(L2Connection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        self.run_in(Lane::Entries, op, timeout, f).await
-    }
-
-    async fn run_in<T, F, Fut>(
-        &self,
-        lane: Lane,
-        op: L2Op,
-        timeout: Duration,
-        f: F,
-    ) -> Result<T, L2Result>
-    where
-        F: FnOnce(L2Connection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let breaker = match lane {
-            Lane::Entries => &self.breaker,
-            Lane::Purges => &self.purge_breaker,
-        };
-        if !breaker.allow() {
-            L2Operation {
-                op,
-                result: L2Result::Skipped,
-                elapsed: Duration::ZERO,
-                error: None,
-            }
-            .emit();
-            return Err(L2Result::Skipped);
-        }
-        let start = Instant::now();
-        let res = tokio::time::timeout(timeout, async {
-            let conn = self.connection(lane).await?;
-            f(conn).await
-        })
-        .await;
-        let elapsed = start.elapsed();
-        let (result, error) = match &res {
-            Ok(Ok(_)) => (L2Result::Ok, None),
-            Ok(Err(e)) => (L2Result::Error, Some(e)),
-            Err(_) => (L2Result::Timeout, None),
-        };
-        if result == L2Result::Ok {
-            breaker.on_success();
-        } else {
-            breaker.on_failure();
-            self.failed(lane);
-        }
-        L2Operation {
-            op,
-            result,
-            elapsed,
-            error,
-        }
-        .emit();
-        match res {
-            Ok(Ok(v)) => Ok(v),
-            _ => Err(result),
-        }
     }
 
     /// GET an entry's raw bytes and the purge generation in one round trip, under the read
@@ -886,11 +492,6 @@ impl L2Store {
             generation,
             deleted,
         })
-    }
-
-    /// `{prefix}v2:purges:finished` (on a cluster, the home slot's): the finished-purge log.
-    pub fn finished_log_key(&self) -> String {
-        format!("{}purges:finished", self.layout.home)
     }
 
     /// Log `entry` (a finished purge, as the purge service writes it: unique per purge) in
@@ -1116,38 +717,5 @@ impl L2Store {
                 self.read_timeout()
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_slot_matches_redis() {
-        // CLUSTER KEYSLOT values from Redis
-        assert_eq!(key_slot("123456789"), 0x31C3);
-        assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot(""), 0);
-    }
-
-    #[test]
-    fn cluster_partitions_spread_over_the_slot_range() {
-        let layout = Layout::new("sc:", true);
-        assert_eq!(layout.parts.len(), CLUSTER_PARTITIONS);
-        let range = 16384 / CLUSTER_PARTITIONS;
-        for (i, part) in layout.parts.iter().enumerate() {
-            let tag = part
-                .split_once('{')
-                .and_then(|(_, rest)| rest.split_once('}'))
-                .map(|(tag, _)| tag)
-                .expect("hash tag");
-            assert_eq!(usize::from(key_slot(tag)) / range, i, "{part}");
-            assert!(part.starts_with("sc:v2:{"), "{part}");
-        }
-        assert_eq!(layout.home, "sc:v2:{home}:");
-        let standalone = Layout::new("sc:", false);
-        assert_eq!(standalone.parts, ["sc:v2:"]);
-        assert_eq!(standalone.home, "sc:v2:");
     }
 }
