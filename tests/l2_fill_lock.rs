@@ -203,3 +203,42 @@ flavour_tests!(l2_end_to_end_on:
     l2_end_to_end_on_redis_7,
     l2_end_to_end_on_redis_6_2,
     l2_end_to_end_on_valkey);
+
+/// An entry both instances hold in L1 expires on both at the same moment; the next requests
+/// on each must cost the origin one fetch for the fleet, as a miss does, not one per
+/// instance: the instance that refetches holds the fill lock, and the other is served the
+/// entry it stored. (The torture test found two fetches 143 ms apart on two instances of an
+/// origin-mode route whose copies expired together.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_expiring_on_two_instances_is_fetched_once_for_the_fleet() {
+    let redis = RedisServer::start();
+    let l2 = format!("url = {:?}\nprefix = \"fx:\"", redis.url());
+    let backend = start_backend(Duration::from_millis(300)).await;
+    let opts = |b: &Backend| {
+        let mut o = options(&l2, true, "5s", b);
+        o.config = o.config.replace("ttl = \"5m\"", "ttl = \"1s\"");
+        o
+    };
+    let a = Sidecache::start(opts(&backend)).await;
+    let b = Sidecache::start(opts(&backend)).await;
+    let path = bundle(6);
+    for round in 0..3 {
+        // both hold the entry in L1 ...
+        assert_eq!(get(&a.url(&path), &[]).await.status, 200);
+        until_x_cache(&b, &path, "HIT-L1").await;
+        let before = backend.stats().hits(&path);
+        // ... until it expires on both
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let (ua, ub) = (a.url(&path), b.url(&path));
+        let (ra, rb) = tokio::join!(get(&ua, &[]), get(&ub, &[]));
+        assert_eq!((ra.status, rb.status), (200, 200));
+        let fetched = backend.stats().hits(&path) - before;
+        assert_eq!(
+            fetched,
+            1,
+            "round {round}: {} on A, {} on B",
+            ra.x_cache(),
+            rb.x_cache()
+        );
+    }
+}

@@ -21,6 +21,12 @@
 //! - **Redis unreachable** (error, timeout, breaker open): the lookup misses at once, as
 //!   today.
 //!
+//! An entry this instance holds in L1 that expired past its stale window is refetched the
+//! same way, one request per fleet: its lookup reads Redis first (another instance's
+//! refreshed copy is served), then takes the lock with the entry counting as absent while it
+//! has not been refreshed ([`super::l2::Absent::ExpiredAt`]); the holder fetches from its
+//! stale copy (so a revalidation or stale-if-error still applies), the others wait for it.
+//!
 //! The entry is read and the lock taken in one step because a holder writes the entry
 //! before it releases the lock: whoever finds the lock free also finds the entry, unless the
 //! holder made none. Two separate steps let a late request (its read before the store, its
@@ -32,7 +38,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::l2::{FillState, L2Store};
+use super::l2::{Absent, FillState, L2Store};
 use super::EntryKey;
 
 /// First poll delay of a waiter.
@@ -91,13 +97,19 @@ pub async fn take_or_wait(
     key: &EntryKey,
     slot: &FillSlot,
     timeout: Duration,
+    refetch: bool,
 ) -> FillOutcome {
     let deadline = Instant::now() + timeout;
     let mut delay = POLL_MIN;
     let mut waited = false;
     loop {
         let token = fastrand::u64(1..);
-        match l2.take_fill_lock(key, token, timeout, false).await {
+        let absent = if refetch {
+            Absent::ExpiredAt(std::time::SystemTime::now())
+        } else {
+            Absent::Missing
+        };
+        match l2.take_fill_lock(key, token, timeout, absent).await {
             Ok(FillState::Filled(raw)) => return FillOutcome::Filled(raw),
             Ok(FillState::Taken) => {
                 let lock = FillLock {
@@ -143,7 +155,7 @@ pub async fn take_for_refresh(
     ttl: Duration,
 ) -> RefreshOutcome {
     let token = fastrand::u64(1..);
-    match l2.take_fill_lock(key, token, ttl, true).await {
+    match l2.take_fill_lock(key, token, ttl, Absent::SoftPurged).await {
         Ok(FillState::Filled(raw)) => RefreshOutcome::Refreshed(raw),
         Ok(FillState::Taken) => {
             *crate::sync::lock(slot) = Some(FillLock {

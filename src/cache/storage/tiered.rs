@@ -403,7 +403,7 @@ impl TieredCache {
 
     /// After an L1 and L2 miss with Redis reachable: the cross-instance fill lock (see
     /// [`super::fill_lock`]), when on. `Some`: another instance filled the entry meanwhile.
-    async fn fill(&'static self, probe: Option<&L1Probe>, key: &EntryKey) -> Filled {
+    async fn fill(&'static self, probe: Option<&L1Probe>, key: &EntryKey, refetch: bool) -> Filled {
         let fetch_now = Filled::Fetch { waited: false };
         let (Some(l2), Some(p)) = (self.l2.as_ref(), probe) else {
             return fetch_now;
@@ -414,7 +414,7 @@ impl TieredCache {
         if !self.fill_lock.load(Ordering::Relaxed) || fill_lock::holds(&p.fill) {
             return fetch_now;
         }
-        match fill_lock::take_or_wait(l2, key, &p.fill, self.lock_timeout).await {
+        match fill_lock::take_or_wait(l2, key, &p.fill, self.lock_timeout, refetch).await {
             FillOutcome::Fetch { waited } => Filled::Fetch { waited },
             FillOutcome::Filled(raw) => {
                 match decode_l2(l2, key, Some(raw), self.max_object_bytes()) {
@@ -447,12 +447,67 @@ impl TieredCache {
         None
     }
 
+    /// An L1 entry past its stale window is about to be fetched again, and every instance
+    /// holding a copy would do so at about the same moment: with the fill lock on, the
+    /// refetch is one per fleet like a miss's. Redis is read first (another instance may have
+    /// refreshed the entry already: its copy is promoted and served); else the fill lock is
+    /// taken, or waited on for the holder's entry. `None`: this request fetches (holding the
+    /// lock if it took it), from the stale entry as before, so a revalidation or
+    /// stale-if-error still applies to it.
+    async fn refreshed_elsewhere(
+        &'static self,
+        probe: Option<&L1Probe>,
+        k: &EntryKey,
+    ) -> Option<(CacheMeta, HitHandler)> {
+        let p = probe?;
+        if self.l2.is_none() || !self.fill_lock.load(Ordering::Relaxed) || fill_lock::holds(&p.fill)
+        {
+            return None;
+        }
+        let since = self.purges.generation();
+        p.since_l1.store(since, Ordering::Relaxed);
+        let (entry, generation) = self.l2_lookup(k).await;
+        if let Some(g) = generation {
+            p.since_l2.store(g, Ordering::Relaxed);
+        }
+        let now = SystemTime::now();
+        let entry = match (entry, generation) {
+            (Some(e), _) if e.fresh_until > now => e,
+            (_, Some(_)) => match self.fill(probe, k, true).await {
+                Filled::Entry(e) if e.fresh_until > now => *e,
+                Filled::Entry(_) => return None,
+                Filled::Fetch { waited } => return self.fetch_begins(probe, waited).await,
+            },
+            (_, None) => return None,
+        };
+        match self.purges.admit(since, &entry.ctx, Provenance::Redis) {
+            Ok(_admitted) => {
+                let h = hit(&entry, Tier::L2);
+                self.l1.insert(*k, entry);
+                Some(h)
+            }
+            Err(reason) => {
+                StoreRefused {
+                    tier: Tier::L1,
+                    reason,
+                }
+                .emit();
+                None
+            }
+        }
+    }
+
     /// The lookup itself: L1 (the probe's result, once), then L2, then the fill lock.
     async fn lookup_tiers(&'static self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
         let k = key.combined_bin();
         let probe = key.extensions.get::<L1Probe>();
         let probed = probe.and_then(|p| p.take_for(&k));
         if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
+            if past_stale_window(&e.entry, SystemTime::now()) {
+                if let Some(fresh) = self.refreshed_elsewhere(probe, &k).await {
+                    return Some(fresh);
+                }
+            }
             return Some(hit(&e.entry, Tier::L1));
         }
         // the work this lookup starts (an L2 read to promote, then maybe an origin fetch)
@@ -467,7 +522,7 @@ impl TieredCache {
         }
         let entry = match (entry, generation) {
             (Some(e), _) => e,
-            (None, Some(_)) => match self.fill(probe, &k).await {
+            (None, Some(_)) => match self.fill(probe, &k, false).await {
                 Filled::Entry(e) => *e,
                 Filled::Fetch { waited } => return self.fetch_begins(probe, waited).await,
             },
@@ -576,6 +631,13 @@ fn decode_l2(
             }
         }
     }
+}
+
+/// Whether `entry` is expired and past its stale-while-revalidate window at `now`: a
+/// request for it waits on a fetch (within the window, pingora serves it stale and refreshes
+/// in the background, and nobody waits).
+fn past_stale_window(entry: &StoredEntry, now: SystemTime) -> bool {
+    entry.fresh_until + Duration::from_secs(u64::from(entry.swr)) <= now
 }
 
 fn hit(entry: &StoredEntry, tier: Tier) -> (CacheMeta, HitHandler) {

@@ -121,6 +121,17 @@ pub const PURGE_URLS_PER_BATCH: usize = 256;
 /// Entries a tag purge takes per script call.
 pub const PURGE_ENTRIES_PER_BATCH: usize = 512;
 
+/// Which entry the fill lock's read treats as missing, so that the lock is taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absent {
+    /// Only no entry at all (a miss).
+    Missing,
+    /// Also an entry still marked soft-purged (its refresh).
+    SoftPurged,
+    /// Also an entry expired at this moment (the refetch of an expired entry).
+    ExpiredAt(std::time::SystemTime),
+}
+
 /// What an L1 miss read from Redis: the entry, if any, and the purge generation at that
 /// moment.
 #[derive(Debug)]
@@ -631,13 +642,21 @@ impl L2Store {
         key: &[u8; 16],
         token: u64,
         ttl: Duration,
-        refresh: bool,
+        absent: Absent,
     ) -> Result<FillState, L2Result> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = FILL.command(&[&self.entry_key(key), &self.fill_lock_key(key)]);
-        cmd.arg(token)
-            .arg(ttl_ms)
-            .arg(if refresh { "1" } else { "0" });
+        cmd.arg(token).arg(ttl_ms);
+        match absent {
+            Absent::Missing => cmd.arg("0"),
+            Absent::SoftPurged => cmd.arg("1"),
+            Absent::ExpiredAt(at) => {
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                cmd.arg("2").arg(ms)
+            }
+        };
         self.run(L2Op::Lock, self.read_timeout(), |mut c| async move {
             let (state, value): (i64, Vec<u8>) = FILL.run(&mut c, &cmd).await?;
             Ok(match state {
