@@ -1,11 +1,11 @@
 //! Headless Chromium for the status page's tests: load a page, let its scripts run for a
-//! while, and read back the rendered DOM (or a screenshot).
+//! while, and read back the rendered DOM.
 //!
 //! The binary is `$SIDECACHE_CHROMIUM`, else the first of `chromium`, `chromium-browser` and
 //! `google-chrome` on `PATH` (`./dev test` installs Debian's `chromium`). It runs with a temp
 //! profile and `--no-sandbox`, so it works as root in CI.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -80,17 +80,6 @@ pub async fn dump_dom_async(url: String, run_for: Duration) -> String {
 /// The status page's refresh counter in `dom` (how many polls its script completed).
 pub fn refreshes(dom: &str) -> Option<u32> {
     text_of_id(dom, "refreshes").and_then(|t| t.parse().ok())
-}
-
-/// A PNG of `url` at `width` x `height` after `run_for` of virtual time, written to `png`.
-pub fn screenshot(url: &str, png: &Path, (width, height): (u32, u32), run_for: Duration) {
-    run(&[
-        format!("--virtual-time-budget={}", run_for.as_millis()),
-        format!("--window-size={width},{height}"),
-        format!("--screenshot={}", png.display()),
-        url.into(),
-    ]);
-    assert!(png.is_file(), "no screenshot at {}", png.display());
 }
 
 /// The text of the first element after `from` in `html` that carries `attr="value"`:

@@ -88,11 +88,6 @@ impl DelayProxy {
         }
     }
 
-    /// The address clients connect to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `redis://ADDR/`, for a Redis behind the proxy.
     pub fn redis_url(&self) -> String {
         format!("redis://{}/", self.addr)

@@ -80,7 +80,8 @@ struct Node {
     child: Option<Child>,
     binary: PathBuf,
     port: u16,
-    dir: tempfile::TempDir,
+    /// Its data dir, removed when the node is dropped.
+    _dir: tempfile::TempDir,
     args: Vec<String>,
 }
 
@@ -112,7 +113,7 @@ impl Node {
             child: None,
             binary: flavour.binary(),
             port,
-            dir,
+            _dir: dir,
             args,
         };
         n.spawn();
@@ -208,10 +209,6 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
             .collect()
-    }
-
-    pub fn port(&self, i: usize) -> u16 {
-        self.nodes[i].port
     }
 
     /// A synchronous connection to node `i`.
@@ -385,7 +382,7 @@ impl SentinelSet {
                     binary: Flavour::System.binary(),
                     port,
                     args: vec![conf.display().to_string(), "--sentinel".to_string()],
-                    dir,
+                    _dir: dir,
                 };
                 n.spawn();
                 n
@@ -438,14 +435,6 @@ impl SentinelSet {
                 .ok()?;
             Some(port)
         })
-    }
-
-    pub fn original_master_port(&self) -> u16 {
-        self.master.port
-    }
-
-    pub fn replica_port(&self) -> u16 {
-        self.replica.port
     }
 
     /// Wait until the replica has caught up with the master (`master_link_status:up`).

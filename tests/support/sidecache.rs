@@ -338,11 +338,6 @@ impl Sidecache {
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
-
-    /// Everything the process wrote to stdout so far.
-    pub fn stdout_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for Sidecache {

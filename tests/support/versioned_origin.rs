@@ -42,10 +42,7 @@ pub struct Fetch {
     pub listener: usize,
     /// Path and query as received.
     pub url: String,
-    /// The version it carried (read on arrival).
-    pub version: u64,
     pub arrived: Instant,
-    pub answered: Instant,
 }
 
 /// How the origin answers.
@@ -108,11 +105,6 @@ impl VersionedOrigin {
     /// The address of listener `index`.
     pub fn addr(&self, index: usize) -> SocketAddr {
         self.addrs[index]
-    }
-
-    /// The current version of `path`.
-    pub fn version(&self, path: &str) -> u64 {
-        lock(&self.state).versions.get(path).copied().unwrap_or(1)
     }
 
     /// Bump `paths` behind every cache's back; returns their new versions.
@@ -185,9 +177,7 @@ async fn answer(
         lock(&state).fetches.push(Fetch {
             listener,
             url: url.clone(),
-            version,
             arrived,
-            answered: Instant::now(),
         });
         let body = json!({
             "resource": path, "url": url, "version": version,

@@ -751,9 +751,7 @@ mod tests {
         Fetch {
             listener,
             url: url.to_owned(),
-            version: 1,
             arrived,
-            answered: arrived,
         }
     }
 
