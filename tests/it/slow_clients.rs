@@ -216,6 +216,47 @@ async fn an_http1_client_that_stops_reading_is_cut_and_its_slot_freed() {
     );
 }
 
+/// A client that pauses reading for longer than a small write takes at `server.min_send_rate`
+/// (1 s for 16 KiB) but well within `server.send_timeout` keeps its connection: a write may
+/// take the longer of the two (vendor/patches/pingora-core/0003; pingora alone gave the
+/// rate's 1 s and cut the client).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_within_send_timeout_is_not_cut_by_min_send_rate() {
+    let config = CONFIG
+        .replace("send_timeout = \"3s\"", "send_timeout = \"20s\"")
+        .replace("min_send_rate = \"off\"", "min_send_rate = \"16KiB\"");
+    let (_backend, endless, sc) = start_with(&config).await;
+    let mut stream = non_reader(&sc).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < 256 * 1024 {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed after {read} bytes");
+        read += n;
+    }
+    // The origin's 16 KiB chunks fill every buffer (a few MB: seconds on a busy machine);
+    // the write after them then waits out the rest of the pause.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Then far more than the socket buffers hold (4 MiB each way at most here) must follow.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut more = 0;
+    while more < 32 << 20 {
+        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
+            .await
+            .expect("32 MiB within 30 s")
+            .expect("read");
+        assert!(n > 0, "cut after the pause: {more} more bytes, then closed");
+        more += n;
+    }
+    drop(stream);
+    until(
+        "the upstream connection closed",
+        Duration::from_secs(20),
+        || endless.open() == 0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_with_a_zero_window_over_100_streams_is_cut_and_its_slot_freed() {
     // room for the ordinary traffic's fresh connections, whose slots come back only when the
