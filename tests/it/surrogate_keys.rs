@@ -4,7 +4,7 @@
 //! instance reaches them in L1 and L2 of every instance, keys past the bounds are dropped
 //! and counted, and the header never reaches a client (MISS, HIT-L1, HIT-L2, uncacheable).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! The layers are read from the block between `<!-- layers -->` and `<!-- /layers -->` in
 //! `docs/design.md` (lines `N  module, module  description`, layer 0 at the bottom). A failure lists
 //! every upward or sideways import at once, with the files that make it. Run with
-//! `cargo test --test module_layers -- --nocapture` to print the graph as the code has it.
+//! `cargo test --test it module_layers -- --nocapture` to print the graph as the code has it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

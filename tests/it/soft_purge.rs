@@ -9,7 +9,7 @@
 //! requests a soft purge of a 1,000-entry tag causes under load on two instances, next to a
 //! hard purge of the same tag.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
