@@ -339,7 +339,12 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");
-                ShutdownSignal::FastShutdown
+                // Not pingora's fast shutdown: it stops the runtimes without first stopping
+                // the accept loops, and a no-steal runtime's loop then spins on "Accept()
+                // failed" (about 100,000 log lines a second) while the shutdown waits for it,
+                // seconds or for ever. Nothing needs flushing (logs go unbuffered to stderr;
+                // L1 is memory; Redis writes are acknowledged or lost either way).
+                std::process::exit(0)
             }
             _ = quit.recv() => {
                 tracing::info!("SIGQUIT: handing listeners to the new process");
