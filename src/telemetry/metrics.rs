@@ -12,10 +12,11 @@
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use crate::outcome::CacheOutcome;
@@ -81,234 +82,195 @@ pub struct Metrics {
     pub tunnels: IntCounter,
     pub tunnel_bytes: IntCounterVec,
     pub tunnel_duration: Histogram,
+    /// Every family above, as registered (see [`families`]).
+    families: Vec<Family>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    // Registration only fails on a duplicate name, which would be a programming error caught
-    // by the first test that touches metrics.
-    #[allow(clippy::expect_used)]
+    let mut declared = Vec::new();
     let m = Metrics {
-        requests_total: register_int_counter_vec!(
+        requests_total: noted(&mut declared, register_int_counter_vec!(
             "sidecache_requests_total",
             "Downstream requests by route, method, status class and cache outcome.",
             &["route", "method", "status_class", "cache"]
-        )
-        .expect("register sidecache_requests_total"),
-        request_duration: register_histogram_vec!(
+        )),
+        request_duration: noted(&mut declared, register_histogram_vec!(
             "sidecache_request_duration_seconds",
             "Downstream request duration, full response, by route and cache outcome.",
             &["route", "cache"],
             LATENCY_BUCKETS.to_vec()
-        )
-        .expect("register sidecache_request_duration_seconds"),
-        upstream_duration: register_histogram_vec!(
+        )),
+        upstream_duration: noted(&mut declared, register_histogram_vec!(
             "sidecache_upstream_duration_seconds",
             "Time from sending the upstream request to its response header.",
             &["upstream", "route"],
             LATENCY_BUCKETS.to_vec()
-        )
-        .expect("register sidecache_upstream_duration_seconds"),
-        upstream_errors: register_int_counter_vec!(
+        )),
+        upstream_errors: noted(&mut declared, register_int_counter_vec!(
             "sidecache_upstream_errors_total",
             "Upstream failures by upstream and kind (connect, timeout, reset, status_5xx).",
             &["upstream", "kind"]
-        )
-        .expect("register sidecache_upstream_errors_total"),
-        l2_operations: register_int_counter_vec!(
+        )),
+        l2_operations: noted(&mut declared, register_int_counter_vec!(
             "sidecache_l2_operations_total",
             "Redis operations by op and result.",
             &["op", "result"]
-        )
-        .expect("register sidecache_l2_operations_total"),
-        l2_duration: register_histogram_vec!(
+        )),
+        l2_duration: noted(&mut declared, register_histogram_vec!(
             "sidecache_l2_duration_seconds",
             "Redis operation duration by op.",
             &["op"],
             LATENCY_BUCKETS.to_vec()
-        )
-        .expect("register sidecache_l2_duration_seconds"),
-        l2_up: register_int_gauge!(
+        )),
+        l2_up: noted(&mut declared, register_int_gauge!(
             "sidecache_l2_up",
             "1 when Redis is usable (circuit breaker closed), else 0."
-        )
-        .expect("register sidecache_l2_up"),
-        l1_entries: register_int_gauge!("sidecache_l1_entries", "Entries in the L1 cache.")
-            .expect("register sidecache_l1_entries"),
-        l1_bytes: register_int_gauge!("sidecache_l1_bytes", "Bytes held by the L1 cache.")
-            .expect("register sidecache_l1_bytes"),
-        l1_capacity_bytes: register_int_gauge!(
+        )),
+        l1_entries: noted(&mut declared, register_int_gauge!("sidecache_l1_entries", "Entries in the L1 cache.")),
+        l1_bytes: noted(&mut declared, register_int_gauge!("sidecache_l1_bytes", "Bytes held by the L1 cache.")),
+        l1_capacity_bytes: noted(&mut declared, register_int_gauge!(
             "sidecache_l1_capacity_bytes",
             "Configured byte budget of the L1 cache."
-        )
-        .expect("register sidecache_l1_capacity_bytes"),
-        l1_evictions: register_int_counter_vec!(
+        )),
+        l1_evictions: noted(&mut declared, register_int_counter_vec!(
             "sidecache_l1_evictions_total",
             "Entries removed from L1 by cause.",
             &["cause"]
-        )
-        .expect("register sidecache_l1_evictions_total"),
-        coalesced_requests: register_int_counter_vec!(
+        )),
+        coalesced_requests: noted(&mut declared, register_int_counter_vec!(
             "sidecache_coalesced_requests_total",
             "Requests that waited on another request's fetch of the same key.",
             &["route"]
-        )
-        .expect("register sidecache_coalesced_requests_total"),
-        cache_lock_timeouts: register_int_counter!(
+        )),
+        cache_lock_timeouts: noted(&mut declared, register_int_counter!(
             "sidecache_cache_lock_timeouts_total",
             "Requests that gave up waiting on another's fetch and went to the origin."
-        )
-        .expect("register sidecache_cache_lock_timeouts_total"),
-        corrupt_entries: register_int_counter_vec!(
+        )),
+        corrupt_entries: noted(&mut declared, register_int_counter_vec!(
             "sidecache_corrupt_entries_total",
             "Stored entries that failed to decode and were treated as misses.",
             &["tier"]
-        )
-        .expect("register sidecache_corrupt_entries_total"),
-        config_reloads: register_int_counter_vec!(
+        )),
+        config_reloads: noted(&mut declared, register_int_counter_vec!(
             "sidecache_config_reloads_total",
             "Config reloads by result.",
             &["result"]
-        )
-        .expect("register sidecache_config_reloads_total"),
-        build_info: register_int_gauge_vec!(
+        )),
+        build_info: noted(&mut declared, register_int_gauge_vec!(
             "sidecache_build_info",
             "Always 1; the version label says which build runs.",
             &["version"]
-        )
-        .expect("register sidecache_build_info"),
-        purges: register_int_counter_vec!(
+        )),
+        purges: noted(&mut declared, register_int_counter_vec!(
             "sidecache_purges_total",
             "Purges applied by kind (url, prefix, tag) and source (admin, cli, write = invalidation after a write, remote = received from another instance).",
             &["kind", "source"]
-        )
-        .expect("register sidecache_purges_total"),
-        soft_purges: register_int_counter_vec!(
+        )),
+        soft_purges: noted(&mut declared, register_int_counter_vec!(
             "sidecache_soft_purges_total",
             "Soft purges applied (entries marked stale and refreshed in the background, not removed), by kind and source; sidecache_purges_total counts the hard ones.",
             &["kind", "source"]
-        )
-        .expect("register sidecache_soft_purges_total"),
-        surrogate_keys_dropped: register_int_counter!(
+        )),
+        surrogate_keys_dropped: noted(&mut declared, register_int_counter!(
             "sidecache_surrogate_keys_dropped_total",
             "Surrogate keys an origin sent that did not tag the entry: past 64 per response, longer than 128 bytes, or not visible ASCII."
-        )
-        .expect("register sidecache_surrogate_keys_dropped_total"),
-        purge_broadcasts: register_int_counter_vec!(
+        )),
+        purge_broadcasts: noted(&mut declared, register_int_counter_vec!(
             "sidecache_purge_broadcasts_total",
             "Purges published to the other instances, by result.",
             &["result"]
-        )
-        .expect("register sidecache_purge_broadcasts_total"),
-        pubsub_gaps: register_int_counter!(
+        )),
+        pubsub_gaps: noted(&mut declared, register_int_counter!(
             "sidecache_pubsub_gaps_total",
             "Purge subscriptions re-established after a period without one (each clears L1)."
-        )
-        .expect("register sidecache_pubsub_gaps_total"),
-        purge_messages_dropped: register_int_counter_vec!(
+        )),
+        purge_messages_dropped: noted(&mut declared, register_int_counter_vec!(
             "sidecache_purge_messages_dropped_total",
             "Received purge broadcasts dropped by reason (malformed; unsigned or bad_signature when cache.l2.channel_secret is set).",
             &["reason"]
-        )
-        .expect("register sidecache_purge_messages_dropped_total"),
-        purge_backlog: register_int_gauge!(
+        )),
+        purge_backlog: noted(&mut declared, register_int_gauge!(
             "sidecache_purge_backlog",
             "Purges whose Redis part is waiting (Redis slow or unreachable), retried until they land; their targets are not served from Redis meanwhile."
-        )
-        .expect("register sidecache_purge_backlog"),
-        purge_retries: register_int_counter!(
+        )),
+        purge_retries: noted(&mut declared, register_int_counter!(
             "sidecache_purge_retries_total",
             "Failed attempts at a purge's Redis part (each is retried until it lands)."
-        )
-        .expect("register sidecache_purge_retries_total"),
-        purges_coalesced: register_int_counter!(
+        )),
+        purges_coalesced: noted(&mut declared, register_int_counter!(
             "sidecache_purges_coalesced_total",
             "Write purges that took the place of a waiting purge of the same target."
-        )
-        .expect("register sidecache_purges_coalesced_total"),
-        purge_backlog_refusals: register_int_counter!(
+        )),
+        purge_backlog_refusals: noted(&mut declared, register_int_counter!(
             "sidecache_purge_backlog_refusals_total",
             "Writes to cacheable paths refused (503) because the purge backlog was full."
-        )
-        .expect("register sidecache_purge_backlog_refusals_total"),
-        purges_caught_up: register_int_counter!(
+        )),
+        purges_caught_up: noted(&mut declared, register_int_counter!(
             "sidecache_purges_caught_up_total",
             "Purges of other instances applied from the finished-purge log because their broadcast never arrived."
-        )
-        .expect("register sidecache_purges_caught_up_total"),
-        purge_log_gaps: register_int_counter!(
+        )),
+        purge_log_gaps: noted(&mut declared, register_int_counter!(
             "sidecache_purge_log_gaps_total",
             "Readings of the finished-purge log that found it restarted or trimmed past this instance (each clears L1)."
-        )
-        .expect("register sidecache_purge_log_gaps_total"),
-        stores_refused: register_int_counter_vec!(
+        )),
+        stores_refused: noted(&mut declared, register_int_counter_vec!(
             "sidecache_stores_refused_total",
             "Entries not stored because a purge won over the work that fetched them, by tier and reason (purged, forgotten = the purge record no longer reached back, unknown = no start generation).",
             &["tier", "reason"]
-        )
-        .expect("register sidecache_stores_refused_total"),
-        warm_urls: register_int_counter_vec!(
+        )),
+        warm_urls: noted(&mut declared, register_int_counter_vec!(
             "sidecache_warm_urls_total",
             "URLs requested by warming passes inside this process, by result (fetched, already_warm, failed).",
             &["result"]
-        )
-        .expect("register sidecache_warm_urls_total"),
-        warm_duration: register_histogram_vec!(
+        )),
+        warm_duration: noted(&mut declared, register_histogram_vec!(
             "sidecache_warm_duration_seconds",
             "Duration of warming passes inside this process, by trigger.",
             &["trigger"],
             WARM_BUCKETS.to_vec()
-        )
-        .expect("register sidecache_warm_duration_seconds"),
-        warm_last_success: register_gauge!(
+        )),
+        warm_last_success: noted(&mut declared, register_gauge!(
             "sidecache_warm_last_success_timestamp_seconds",
             "Unix time of the last warming pass with no failed URL (0: none yet)."
-        )
-        .expect("register sidecache_warm_last_success_timestamp_seconds"),
-        warm_runs: register_int_counter_vec!(
+        )),
+        warm_runs: noted(&mut declared, register_int_counter_vec!(
             "sidecache_warm_runs_total",
             "Warming passes inside this process, by trigger (start, schedule, reload) and result (ok = no failed URL, error).",
             &["trigger", "result"]
-        )
-        .expect("register sidecache_warm_runs_total"),
-        connections_open: register_int_gauge!(
+        )),
+        connections_open: noted(&mut declared, register_int_gauge!(
             "sidecache_connections_open",
             "Client connections open on the data plane (HTTP/1 and h2c alike)."
-        )
-        .expect("register sidecache_connections_open"),
-        connections_refused: register_int_counter_vec!(
+        )),
+        connections_refused: noted(&mut declared, register_int_counter_vec!(
             "sidecache_connections_refused_total",
             "Client connections refused before a request was read, by reason (max_connections: answered 503 and closed).",
             &["reason"]
-        )
-        .expect("register sidecache_connections_refused_total"),
-        requests_refused: register_int_counter_vec!(
+        )),
+        requests_refused: noted(&mut declared, register_int_counter_vec!(
             "sidecache_requests_refused_total",
             "Requests refused before routing (never forwarded), or closed for a late head, by reason.",
             &["reason"]
-        )
-        .expect("register sidecache_requests_refused_total"),
-        tunnels_open: register_int_gauge!(
+        )),
+        tunnels_open: noted(&mut declared, register_int_gauge!(
             "sidecache_tunnels_open",
             "Upgraded connections (WebSockets) open: the origin answered 101 and bytes pass both ways."
-        )
-        .expect("register sidecache_tunnels_open"),
-        tunnels: register_int_counter!(
+        )),
+        tunnels: noted(&mut declared, register_int_counter!(
             "sidecache_tunnels_total",
             "Upgraded connections (WebSockets) opened since start."
-        )
-        .expect("register sidecache_tunnels_total"),
-        tunnel_bytes: register_int_counter_vec!(
+        )),
+        tunnel_bytes: noted(&mut declared, register_int_counter_vec!(
             "sidecache_tunnel_bytes_total",
             "Bytes through closed upgraded connections, by direction (to_origin, to_client).",
             &["direction"]
-        )
-        .expect("register sidecache_tunnel_bytes_total"),
-        tunnel_duration: prometheus::register_histogram!(
+        )),
+        tunnel_duration: noted(&mut declared, register_histogram!(
             "sidecache_tunnel_duration_seconds",
             "How long upgraded connections stayed open.",
             TUNNEL_BUCKETS.to_vec()
-        )
-        .expect("register sidecache_tunnel_duration_seconds"),
+        )),
+        families: declared,
     };
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -365,6 +327,63 @@ pub fn preset_pairs(vec: &IntCounterVec, first: &[&str], second: &[&str]) {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// One metric family sidecache exports: its name and type. The registry's `gather()` omits
+/// a labelled family until it has a series, so this list is what names every family, for
+/// the checks that dashboards and alert rules use only what is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub kind: FamilyKind,
+}
+
+/// The Prometheus type of a [`Family`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every family sidecache registers, in declaration order.
+pub fn families() -> &'static [Family] {
+    &metrics().families
+}
+
+/// The [`FamilyKind`] of each collector type the registry holds.
+trait Kind {
+    const KIND: FamilyKind;
+}
+
+macro_rules! kind {
+    ($($collector:ty => $kind:ident),* $(,)?) => {
+        $(impl Kind for $collector {
+            const KIND: FamilyKind = FamilyKind::$kind;
+        })*
+    };
+}
+
+kind! {
+    IntCounter => Counter,
+    IntCounterVec => Counter,
+    IntGauge => Gauge,
+    IntGaugeVec => Gauge,
+    Gauge => Gauge,
+    Histogram => Histogram,
+    HistogramVec => Histogram,
+}
+
+/// A collector just registered, its families noted in `declared`. Registration only fails
+/// on a duplicate name, a programming error the first test that touches metrics catches.
+#[allow(clippy::expect_used)]
+fn noted<C: Collector + Kind>(declared: &mut Vec<Family>, made: prometheus::Result<C>) -> C {
+    let collector = made.expect("each metric family registers once, under its own name");
+    declared.extend(collector.desc().into_iter().map(|d| Family {
+        name: d.fq_name.clone(),
+        kind: C::KIND,
+    }));
+    collector
 }
 
 const SLOTS: usize = MethodLabel::COUNT * 5 * CacheOutcome::ALL.len();
@@ -487,6 +506,24 @@ impl RouteMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_name_the_labelled_families_gather_omits() {
+        let listed = |name: &str| families().iter().find(|f| f.name == name).map(|f| f.kind);
+        let gathered = |name: &str| prometheus::gather().iter().any(|f| f.name() == name);
+        // no test here records a coalesced request: the family has no series yet
+        assert!(!gathered("sidecache_coalesced_requests_total"));
+        assert_eq!(
+            listed("sidecache_coalesced_requests_total"),
+            Some(FamilyKind::Counter)
+        );
+        assert_eq!(
+            listed("sidecache_request_duration_seconds"),
+            Some(FamilyKind::Histogram)
+        );
+        assert_eq!(listed("sidecache_l1_bytes"), Some(FamilyKind::Gauge));
+        assert_eq!(families().len(), 40);
+    }
 
     #[test]
     fn route_metrics_count_into_the_right_series() {
