@@ -9,8 +9,16 @@
 //! here however long Redis takes. Other instances learn of it when it lands (see
 //! [`super::catch_up`]).
 //!
-//! One worker task runs up to [`WORKERS`] jobs at a time, oldest first. A job that fails goes
-//! back to the front and the worker backs off ([`RETRY_MIN`] doubling to [`RETRY_MAX`]); a
+//! One worker task runs up to [`WORKERS`] jobs at a time, oldest first within two lanes, the
+//! first ahead of the second (which keeps a quarter of the slots, so it cannot starve): **known** purges (of something this instance held, or not a
+//! write's: an admin purge whose Redis part failed) and **speculative** ones (a write's purge
+//! of a target this instance held nothing of, such as the url every write to a default
+//! origin-mode path purges). So a flood of anonymous writes to paths nothing cached, however
+//! deep it makes the backlog, does not delay the purge of an entry this instance held, nor
+//! its broadcast to the others. The known lane is bounded by what was cached: its jobs each
+//! removed an entry, and an entry comes back only through an origin fetch. A speculative purge
+//! of an entry only another instance held still waits its turn (see `docs/design.md`).
+//! A job that fails goes back to the front of its lane and the worker backs off ([`RETRY_MIN`] doubling to [`RETRY_MAX`]); a
 //! success resets the backoff. A purge of a target that is already waiting takes its place
 //! (its newer record replaces the older one), so a flood of writes to one target costs Redis
 //! one purge, and the backlog holds at most one job per target. Nothing ever widens a purge:
@@ -25,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{PurgeKind, PurgeRequest};
+use super::{PurgeKind, PurgeRequest, PurgeSource};
 use crate::cache::storage::PurgeTicket;
 use crate::sync::lock;
 use crate::telemetry::metrics::metrics;
@@ -64,6 +72,22 @@ fn target(job: &Job) -> Target {
     )
 }
 
+/// The lane of `job`: [`KNOWN`] or [`SPECULATIVE`] (see the module docs).
+fn lane(job: &Job) -> usize {
+    if job.l1_removed > 0 || job.request.source != PurgeSource::Write {
+        KNOWN
+    } else {
+        SPECULATIVE
+    }
+}
+
+/// The lane taken first: purges of what this instance held, and those not from writes.
+const KNOWN: usize = 0;
+
+/// The lane with a quarter of the slots (all when the other is empty): writes' purges of
+/// what this instance did not hold.
+const SPECULATIVE: usize = 1;
+
 /// What became of a pushed job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -76,8 +100,9 @@ pub enum Pushed {
 #[derive(Default)]
 struct Waiting {
     jobs: HashMap<Target, Job>,
-    /// Targets oldest first.
-    order: VecDeque<Target>,
+    /// Targets oldest first, per lane. A target may also stand in the speculative lane after
+    /// a coalesced job moved it to the known one; taking skips targets with no job waiting.
+    order: [VecDeque<Target>; 2],
     /// Jobs taken by the worker and not yet landed or put back.
     running: usize,
 }
@@ -104,33 +129,37 @@ impl Waiting {
             .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
     }
 
-    /// Put `job` in, behind the others (`front`: ahead of them). A job already waiting for
-    /// the same target keeps its place and takes the newer record.
+    /// Put `job` in, behind the others of its lane (`front`: ahead of them). A job already
+    /// waiting for the same target keeps its place and takes the newer record; if the two
+    /// together are known, the target also joins the known lane.
     fn put(&mut self, job: Job, front: bool) -> Pushed {
         let t = target(&job);
         let pushed = match self.jobs.remove(&t) {
             Some(waiting) => {
+                let stood = lane(&waiting);
                 let (newer, older) = if front {
                     (waiting, job)
                 } else {
                     (job, waiting)
                 };
-                self.jobs.insert(
-                    t,
-                    Job {
-                        l1_removed: newer.l1_removed + older.l1_removed,
-                        attempts: older.attempts,
-                        ..newer
-                    },
-                );
+                let merged = Job {
+                    l1_removed: newer.l1_removed + older.l1_removed,
+                    attempts: older.attempts,
+                    ..newer
+                };
+                if lane(&merged) == KNOWN && stood == SPECULATIVE {
+                    self.order[KNOWN].push_back(t.clone());
+                }
+                self.jobs.insert(t, merged);
                 // the older record settles as it drops; the newer one covers the target
                 Pushed::Coalesced
             }
             None => {
+                let order = &mut self.order[lane(&job)];
                 if front {
-                    self.order.push_front(t.clone());
+                    order.push_front(t.clone());
                 } else {
-                    self.order.push_back(t.clone());
+                    order.push_back(t.clone());
                 }
                 self.jobs.insert(t, job);
                 Pushed::Queued
@@ -140,19 +169,28 @@ impl Waiting {
         pushed
     }
 
+    /// Up to `n` jobs: the known lane's first, but with a quarter of the slots kept for the
+    /// speculative lane while it has jobs, so neither lane can starve the other.
     fn take(&mut self, n: usize) -> Vec<Job> {
         let mut taken = Vec::new();
-        while taken.len() < n {
-            let Some(t) = self.order.pop_front() else {
+        self.take_from(KNOWN, n - n / 4, &mut taken);
+        self.take_from(SPECULATIVE, n, &mut taken);
+        self.take_from(KNOWN, n, &mut taken);
+        self.running += taken.len();
+        self.publish_len();
+        taken
+    }
+
+    /// Jobs of `lane`, oldest first, into `taken` until it holds `up_to`.
+    fn take_from(&mut self, lane: usize, up_to: usize, taken: &mut Vec<Job>) {
+        while taken.len() < up_to {
+            let Some(t) = self.order[lane].pop_front() else {
                 break;
             };
             if let Some(job) = self.jobs.remove(&t) {
                 taken.push(job);
             }
         }
-        self.running += taken.len();
-        self.publish_len();
-        taken
     }
 }
 
@@ -183,7 +221,7 @@ impl Backlog {
         waiting.publish_len();
     }
 
-    /// Up to `n` jobs, oldest first; each must come back through [`Backlog::retry`] or
+    /// Up to `n` jobs (see [`Waiting::take`]); each must come back through [`Backlog::retry`] or
     /// [`Backlog::landed`].
     pub fn take(&self, n: usize) -> Vec<Job> {
         lock(&self.waiting).take(n)
@@ -208,5 +246,74 @@ impl Backlog {
         };
         *running = Some(runtime.spawn(worker()));
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::storage::purge_log::PurgeLog;
+
+    fn job(source: PurgeSource, target: &str, l1_removed: u64) -> Job {
+        let log: &'static PurgeLog = Box::leak(Box::new(PurgeLog::new()));
+        Job {
+            request: PurgeRequest::new(PurgeKind::Url, target.to_owned(), source),
+            ticket: log.record(PurgeKind::Url, target, true),
+            l1_removed,
+            attempts: 0,
+        }
+    }
+
+    fn targets(jobs: &[Job]) -> Vec<&str> {
+        jobs.iter().map(|j| j.request.target.as_str()).collect()
+    }
+
+    #[test]
+    fn a_purge_of_what_was_held_goes_ahead_of_a_flood_of_speculative_ones() {
+        let mut w = Waiting::default();
+        for i in 0..1_000 {
+            w.put(job(PurgeSource::Write, &format!("/other/{i}"), 0), false);
+        }
+        w.put(job(PurgeSource::Write, "/held", 1), false);
+        w.put(job(PurgeSource::Admin, "/admin", 0), false);
+        let first = w.take(4);
+        assert_eq!(targets(&first), ["/held", "/admin", "/other/0", "/other/1"]);
+        // the four taken still count until they land
+        assert_eq!(w.len(), 1_002);
+    }
+
+    #[test]
+    fn the_speculative_lane_keeps_a_quarter_of_the_slots() {
+        let mut w = Waiting::default();
+        for i in 0..100 {
+            w.put(job(PurgeSource::Write, &format!("/held/{i}"), 1), false);
+            w.put(job(PurgeSource::Write, &format!("/other/{i}"), 0), false);
+        }
+        let taken = w.take(64);
+        let speculative = targets(&taken)
+            .iter()
+            .filter(|t| t.starts_with("/other/"))
+            .count();
+        assert_eq!(speculative, 16);
+    }
+
+    #[test]
+    fn a_held_purge_coalesced_into_a_speculative_one_moves_it_ahead() {
+        let mut w = Waiting::default();
+        w.put(job(PurgeSource::Write, "/a", 0), false);
+        w.put(job(PurgeSource::Write, "/b", 0), false);
+        assert_eq!(
+            w.put(job(PurgeSource::Write, "/b", 2), false),
+            Pushed::Coalesced
+        );
+        let taken = w.take(1);
+        assert_eq!(targets(&taken), ["/b"]);
+        assert_eq!(taken[0].l1_removed, 2);
+        // its old place in the speculative lane is skipped, not taken twice
+        let rest = w.take(8);
+        assert_eq!(targets(&rest), ["/a"]);
+        // both are running (taken, not landed), nothing waits
+        assert_eq!(w.len(), 2);
+        assert!(w.jobs.is_empty());
     }
 }

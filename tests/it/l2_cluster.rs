@@ -319,7 +319,8 @@ async fn a_purge_on_a_new_cluster_refuses_no_unrelated_work() {
 /// running at once improve (sequentially, a url purge cost 17 round trips).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_flood_drains_and_leaves_every_other_entry_alone() {
-    use support::http::{metric, try_request};
+    use support::http::metric;
+    use support::traffic::write_flood;
 
     let cluster = RedisCluster::start(3);
     let backend = start_backend(Duration::ZERO).await;
@@ -348,30 +349,14 @@ async fn a_write_flood_drains_and_leaves_every_other_entry_alone() {
 
     let started = std::time::Instant::now();
     let until = started + Duration::from_secs(3);
-    let flooders: Vec<_> = (0..16)
-        .map(|w| {
-            let base = a.url("");
-            tokio::spawn(async move {
-                let mut sent = 0u64;
-                while std::time::Instant::now() < until {
-                    let url = format!("{base}/test/echo?w={w}&n={sent}");
-                    let r = try_request("POST", &url, &[], bytes::Bytes::from_static(b"{}")).await;
-                    assert_eq!(r.map(|r| r.status).unwrap_or(0), 200, "{url}");
-                    sent += 1;
-                }
-                sent
-            })
-        })
-        .collect();
+    let base = a.url("");
+    let flood = tokio::spawn(async move { write_flood(&base, 16, until).await });
     let mut most = 0.0f64;
     while std::time::Instant::now() < until {
         most = most.max(backlog(&a).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut sent = 0;
-    for f in flooders {
-        sent += f.await.expect("flooder");
-    }
+    let sent = flood.await.expect("flood");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let waiting = backlog(&a).await;

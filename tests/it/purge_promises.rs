@@ -6,7 +6,8 @@
 //! - a purge whose broadcast is lost still reaches the other instance, within
 //!   `cache.l2.purge_poll` (the finished-purge log);
 //! - a purge that could not reach Redis is retried until it lands, and then reaches the
-//!   other instance;
+//!   other instance; the purge of an entry this instance held is not queued behind a flood
+//!   of writes' purges of paths nothing cached;
 //! - while the purge backlog is full, writes to cacheable paths are refused before the
 //!   origin, and writes elsewhere pass;
 //! - a captured signed broadcast replayed later is dropped.
@@ -19,9 +20,10 @@ use bytes::Bytes;
 use serde_json::json;
 use support::backend::start_backend;
 use support::delay_proxy::{DelayProxy, Direction};
-use support::http::{get, metric, request, try_request};
+use support::http::{get, metric, request};
 use support::redis::RedisServer;
 use support::sidecache::{admin_purge, config_opening, Sidecache, SidecacheOptions};
+use support::traffic::write_flood;
 
 /// How long a purge may take to reach the other instance before a test fails: the bound is
 /// `purge_poll` (200 ms here) plus a Redis round trip; this is a shared, noisy box.
@@ -90,6 +92,37 @@ fn options_with_routes(
     SidecacheOptions::new(config).backend(backend)
 }
 
+/// One Redis and the stand-in backend, with A reaching Redis through a [`DelayProxy`] (to
+/// delay or cut) and B directly, both on the channel `promise:purge`.
+struct Proxied {
+    redis: RedisServer,
+    proxy: DelayProxy,
+    _backend: support::backend::Backend,
+    a: Sidecache,
+    b: Sidecache,
+}
+
+async fn proxied() -> Proxied {
+    let redis = RedisServer::start();
+    let proxy = DelayProxy::start(redis.addr()).await;
+    let backend = start_backend(Duration::ZERO).await;
+    let a = Sidecache::start(options(
+        &proxy.redis_url(),
+        "promise:purge",
+        "",
+        backend.addr(),
+    ))
+    .await;
+    let b = Sidecache::start(options(&redis.url(), "promise:purge", "", backend.addr())).await;
+    Proxied {
+        redis,
+        proxy,
+        _backend: backend,
+        a,
+        b,
+    }
+}
+
 /// GET `path` on `sc` until it is served from L1.
 async fn warm(sc: &Sidecache, path: &str) {
     let deadline = Instant::now() + POLL;
@@ -131,19 +164,15 @@ fn entries_in_redis(redis: &RedisServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_flood_to_other_paths_leaves_every_other_entry_alone() {
-    let redis = RedisServer::start();
     // A reaches Redis through a proxy that holds its traffic for a while mid-flood: Redis
     // "cannot keep up", and what waits must still never widen
-    let proxy = DelayProxy::start(redis.addr()).await;
-    let backend = start_backend(Duration::ZERO).await;
-    let a = Sidecache::start(options(
-        &proxy.redis_url(),
-        "promise:purge",
-        "",
-        backend.addr(),
-    ))
-    .await;
-    let b = Sidecache::start(options(&redis.url(), "promise:purge", "", backend.addr())).await;
+    let Proxied {
+        redis,
+        proxy,
+        _backend,
+        a,
+        b,
+    } = proxied().await;
     let hot: Vec<String> = (1..=20)
         .map(|i| format!("/api/contractors/{i}/bundle"))
         .collect();
@@ -156,30 +185,14 @@ async fn a_write_flood_to_other_paths_leaves_every_other_entry_alone() {
     // anonymous writes that succeed at the origin, each to a path of its own, as fast as
     // they go: each may purge its own url (the default origin mode could have stored it)
     let until = Instant::now() + Duration::from_secs(3);
-    let flooders: Vec<_> = (0..16)
-        .map(|w| {
-            let base = a.url("");
-            tokio::spawn(async move {
-                let mut sent = 0u64;
-                while Instant::now() < until {
-                    let url = format!("{base}/test/echo?w={w}&n={sent}");
-                    let r = try_request("POST", &url, &[], Bytes::from_static(b"{}")).await;
-                    assert_eq!(r.map(|r| r.status).unwrap_or(0), 200, "{url}");
-                    sent += 1;
-                }
-                sent
-            })
-        })
-        .collect();
+    let base = a.url("");
+    let flood = tokio::spawn(async move { write_flood(&base, 16, until).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.delay_on(Direction::ToServer);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let held = scrape(&a, "sidecache_purge_backlog").await;
     proxy.delay_off(Direction::ToServer);
-    let mut sent = 0;
-    for f in flooders {
-        sent += f.await.expect("flooder");
-    }
+    let sent = flood.await.expect("flood");
     let waiting = scrape(&a, "sidecache_purge_backlog").await;
     eprintln!(
         "flood: {sent} writes in 3 s on A; {held} purges waiting while Redis was held, \
@@ -269,17 +282,14 @@ async fn a_lost_broadcast_is_repaired_from_the_finished_purge_log() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_purge_that_could_not_reach_redis_lands_when_it_can() {
-    let redis = RedisServer::start();
-    let proxy = DelayProxy::start(redis.addr()).await;
-    let backend = start_backend(Duration::ZERO).await;
-    let a = Sidecache::start(options(
-        &proxy.redis_url(),
-        "promise:purge",
-        "",
-        backend.addr(),
-    ))
-    .await;
-    let b = Sidecache::start(options(&redis.url(), "promise:purge", "", backend.addr())).await;
+    // every field bound: one left out would drop (stop) at once
+    let Proxied {
+        redis: _redis,
+        proxy,
+        _backend,
+        a,
+        b,
+    } = proxied().await;
     let path = "/api/contractors/3/bundle";
     warm(&a, path).await;
     warm(&b, path).await;
@@ -307,6 +317,56 @@ async fn a_purge_that_could_not_reach_redis_lands_when_it_can() {
         assert!(Instant::now() < deadline, "the backlog never drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A flood of anonymous writes to paths nothing cached fills A's backlog while A cannot
+/// reach Redis; the purge of an entry A held, made after the flood, goes ahead of the
+/// flood's purges once Redis is back: B stops serving the entry while most of them still
+/// wait. (Oldest first, it waited behind every one of them, and an anonymous flood could
+/// hold a real invalidation back from the other instances for as long as it kept going.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_of_a_held_entry_is_not_queued_behind_a_write_flood() {
+    // every field bound: one left out would drop (stop) at once
+    let Proxied {
+        redis: _redis,
+        proxy,
+        _backend,
+        a,
+        b,
+    } = proxied().await;
+    let path = "/api/contractors/4/bundle";
+    warm(&a, path).await;
+    warm(&b, path).await;
+
+    proxy.cut();
+    write_flood(&a.url(""), 16, Instant::now() + Duration::from_secs(2)).await;
+    let r = request(
+        "PUT",
+        &a.url("/api/contractors/4"),
+        &[("content-type", "application/json")],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "PUT /api/contractors/4: {}", r.text());
+    let waiting = scrape(&a, "sidecache_purge_backlog").await;
+    assert!(
+        waiting > 1_000.0,
+        "the flood was too thin ({waiting} waiting)"
+    );
+
+    proxy.heal();
+    let since = Instant::now();
+    let took = leaves_l1(&b, path, since, POLL).await;
+    let left = scrape(&a, "sidecache_purge_backlog").await;
+    eprintln!(
+        "held entry's purge behind a flood: B stopped serving it {took:?} after Redis came \
+         back, with {left} of {waiting} purges still waiting on A"
+    );
+    assert!(
+        left > waiting / 2.0,
+        "the held entry's purge waited behind the flood: {left} of {waiting} purges were \
+         still waiting when B learned of it"
+    );
 }
 
 /// A route that never caches `/test/echo`: writes there purge nothing.

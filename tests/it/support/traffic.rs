@@ -86,3 +86,31 @@ impl Traffic {
         ok
     }
 }
+
+/// A flood of anonymous writes: `writers` tasks each `POST {base}/test/echo?w={w}&n={i}` (a
+/// path of its own per write, which the default origin mode could have stored, so each
+/// queues its url's purge) until `until`, asserting every answer is 200. Returns the writes
+/// sent.
+pub async fn write_flood(base: &str, writers: u64, until: std::time::Instant) -> u64 {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let base = base.to_owned();
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while std::time::Instant::now() < until {
+                    let url = format!("{base}/test/echo?w={w}&n={sent}");
+                    let body = bytes::Bytes::from_static(b"{}");
+                    let r = super::http::try_request("POST", &url, &[], body).await;
+                    assert_eq!(r.map(|r| r.status).unwrap_or(0), 200, "{url}");
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.expect("flood writer");
+    }
+    sent
+}
