@@ -352,7 +352,8 @@ fn print_outcome(o: &Outcome) {
     let c = &o.counts;
     println!(
         "torture: {} steps in {:.1}s ({:.0} steps/s): {} GETs, {} writes, {} admin purges, \
-         {} faults, {} origin fetches, {} purges read back; {} violations",
+         {} faults, {} origin fetches, {} purges read back; {} violations (invariants 1-4: \
+         {:?}; {} listed)",
         o.launched,
         secs,
         o.launched as f64 / secs.max(0.001),
@@ -362,6 +363,8 @@ fn print_outcome(o: &Outcome) {
         c.faults,
         c.fetches,
         c.logged_purges,
+        c.broken.iter().sum::<u64>(),
+        c.broken,
         o.violations.len()
     );
 }

@@ -118,7 +118,14 @@ pub struct Counts {
     pub fetches: u64,
     pub faults: u64,
     pub logged_purges: u64,
+    /// Violations of invariants 1 to 4, each counted, listed or not (see
+    /// [`LISTED_PER_INVARIANT`]).
+    pub broken: [u64; 4],
 }
+
+/// Violations listed per invariant; more are counted only. Per invariant, so a flood of one
+/// kind (a burst of 503s) cannot hide the first violation of another.
+pub const LISTED_PER_INVARIANT: usize = 50;
 
 /// The invariants' state.
 pub struct Checker {
@@ -172,7 +179,22 @@ impl Checker {
 
     /// A violation that concerns the entry of `url`.
     fn violate_at(&mut self, invariant: u8, url: Option<&str>, what: String) {
-        if self.violations.len() < 50 && !self.violations.iter().any(|v| v.what == what) {
+        if self.violations.iter().any(|v| v.what == what) {
+            return;
+        }
+        if let Some(n) = self
+            .counts
+            .broken
+            .get_mut(usize::from(invariant).wrapping_sub(1))
+        {
+            *n += 1;
+        }
+        let listed = self
+            .violations
+            .iter()
+            .filter(|v| v.invariant == invariant)
+            .count();
+        if listed < LISTED_PER_INVARIANT {
             let at_ms = self.ms(Instant::now());
             self.violations.push(Violation {
                 invariant,
@@ -732,6 +754,19 @@ mod tests {
         c.get_finished(1, url, acked + B * 2, &answer(2), "fresh");
         let broke: Vec<u8> = c.violations.iter().map(|v| v.invariant).collect();
         assert_eq!(broke, [1, 1], "{:?}", c.violations);
+    }
+
+    #[test]
+    fn a_flood_of_one_invariant_does_not_hide_another() {
+        let mut c = Checker::new(Instant::now(), B, 2);
+        for i in 0..80 {
+            c.violate(4, format!("503 number {i}"));
+        }
+        c.violate(1, "a stale answer".to_owned());
+        assert_eq!(c.counts.broken, [1, 0, 0, 80]);
+        let listed: Vec<u8> = c.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(listed.len(), LISTED_PER_INVARIANT + 1);
+        assert_eq!(listed.last(), Some(&1));
     }
 
     #[test]
