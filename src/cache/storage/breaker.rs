@@ -118,8 +118,9 @@ impl CircuitBreaker {
         }
     }
 
-    /// Report a failed or timed-out operation.
-    pub fn on_failure(&self) {
+    /// Report a failed or timed-out operation. Returns true when this failure opened the
+    /// breaker.
+    pub fn on_failure(&self) -> bool {
         let now = Instant::now();
         let threshold = self.threshold.load(Ordering::Relaxed);
         let mut s = self.lock();
@@ -147,6 +148,7 @@ impl CircuitBreaker {
             }
             .emit();
         }
+        opened
     }
 
     /// True when closed (Redis considered usable).

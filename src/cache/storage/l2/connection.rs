@@ -166,14 +166,19 @@ impl L2Store {
         }
     }
 
-    /// After a failure: under Sentinel, forget the connection so the next operation asks the
-    /// sentinels where the master is now.
-    pub(super) fn failed(&self, lane: Lane) {
-        if self
+    /// After a failure (`opened`: the one that opened the lane's breaker): under Sentinel,
+    /// forget the connection so the next operation asks the sentinels where the master is
+    /// now; on a cluster, forget it when the breaker opens. The cluster client repairs its
+    /// own connections, but after masters restarted over and over (the torture test's
+    /// faults) it was seen to stop serving for good: every operation of both instances timed
+    /// out for minutes while the cluster answered, until the purge backlog filled. A fresh
+    /// client, at most once per breaker cycle, reads the slots anew.
+    pub(super) fn failed(&self, lane: Lane, opened: bool) {
+        let sentinel = self
             .topology
             .as_deref()
-            .is_some_and(Topology::follows_failover)
-        {
+            .is_some_and(Topology::follows_failover);
+        if sentinel || (opened && self.partitioned()) {
             self.slot(lane).current.store(None);
         }
     }
@@ -228,8 +233,8 @@ impl L2Store {
         if result == L2Result::Ok {
             breaker.on_success();
         } else {
-            breaker.on_failure();
-            self.failed(lane);
+            let opened = breaker.on_failure();
+            self.failed(lane, opened);
         }
         L2Operation {
             op,

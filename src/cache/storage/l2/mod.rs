@@ -77,7 +77,8 @@
 //! cut off by a 50 ms read). A failed connect leaves no connection, so the next allowed
 //! attempt retries, and under
 //! Sentinel a failed operation drops its connection so the next finds the master again (see
-//! [`super::topology`]). Every operation runs under a timeout, emits an `L2Operation` event
+//! [`super::topology`]); on a cluster the failure that opens a breaker drops its lane's
+//! connection, so a client that stopped serving after masters restarted is replaced. Every operation runs under a timeout, emits an `L2Operation` event
 //! and feeds its breaker; while a breaker is open its operations are skipped
 //! (`L2Result::Skipped`). The breakers are per store, not per node: on a cluster one master
 //! down fails the operations on its slots, enough of them open the breaker for the whole
@@ -732,7 +733,7 @@ impl L2Store {
         })
         .await;
         if !matches!(res, Ok(Ok(()))) {
-            self.failed(Lane::Entries);
+            self.failed(Lane::Entries, false);
         }
         match res {
             Ok(Ok(())) => Ok(()),
