@@ -480,10 +480,22 @@ impl TieredCache {
             },
             (_, None) => return None,
         };
+        self.promote(since, *k, entry)
+    }
+
+    /// Serve `entry`, read from Redis by work that began at purge generation `since`, as an
+    /// L2 hit and keep it in L1, unless a purge recorded since then matches it (then it is
+    /// refused, counted, and the lookup misses).
+    fn promote(
+        &self,
+        since: u64,
+        k: EntryKey,
+        entry: StoredEntry,
+    ) -> Option<(CacheMeta, HitHandler)> {
         match self.purges.admit(since, &entry.ctx, Provenance::Redis) {
             Ok(_admitted) => {
                 let h = hit(&entry, Tier::L2);
-                self.l1.insert(*k, entry);
+                self.l1.insert(k, entry);
                 Some(h)
             }
             Err(reason) => {
@@ -528,21 +540,7 @@ impl TieredCache {
             },
             (None, None) => return self.fetch_begins(probe, false).await,
         };
-        match self.purges.admit(since, &entry.ctx, Provenance::Redis) {
-            Ok(_admitted) => {
-                let h = hit(&entry, Tier::L2);
-                self.l1.insert(k, entry);
-                Some(h)
-            }
-            Err(reason) => {
-                StoreRefused {
-                    tier: Tier::L1,
-                    reason,
-                }
-                .emit();
-                None
-            }
-        }
+        self.promote(since, k, entry)
     }
 }
 
