@@ -29,6 +29,17 @@ fn config(nodes: &[String]) -> String {
     )
 }
 
+/// An [`L2Store`] of its own on `cluster`, its keys under `prefix`.
+fn cluster_store(cluster: &RedisCluster, prefix: &str) -> sidecache::cache::storage::L2Store {
+    use sidecache::config::{L2Mode, Secret};
+    let mut cfg = support::storage::cache_config(0, Some(String::new()), prefix)
+        .l2
+        .expect("l2");
+    cfg.mode = L2Mode::Cluster;
+    cfg.nodes = cluster.urls().into_iter().map(Secret::new).collect();
+    sidecache::cache::storage::L2Store::new(&cfg)
+}
+
 /// Request `ids` on `a` and wait until each is a HIT-L2 (its write landed).
 async fn fill(a: &Sidecache, ids: impl Iterator<Item = u64>) {
     for id in ids {
@@ -188,16 +199,10 @@ async fn a_master_killed_under_traffic_causes_no_client_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn purges_win_over_earlier_work_in_every_partition() {
     use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
-    use sidecache::cache::storage::{L2Store, PurgeKind, Refusal};
-    use sidecache::config::{L2Mode, Secret};
+    use sidecache::cache::storage::{PurgeKind, Refusal};
 
     let cluster = RedisCluster::start(3);
-    let mut cfg = support::storage::cache_config(0, Some(String::new()), "pw:")
-        .l2
-        .expect("l2");
-    cfg.mode = L2Mode::Cluster;
-    cfg.nodes = cluster.urls().into_iter().map(Secret::new).collect();
-    let l2 = L2Store::new(&cfg);
+    let l2 = cluster_store(&cluster, "pw:");
     let tags = vec!["t".to_string()];
     // one key per partition (the first byte picks it)
     let keys: Vec<[u8; 16]> = (0..16u8).map(|i| [i; 16]).collect();
@@ -259,16 +264,10 @@ async fn purges_win_over_earlier_work_in_every_partition() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_purge_on_a_new_cluster_refuses_no_unrelated_work() {
     use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
-    use sidecache::cache::storage::{L2Store, PurgeKind, Refusal};
-    use sidecache::config::{L2Mode, Secret};
+    use sidecache::cache::storage::{PurgeKind, Refusal};
 
     let cluster = RedisCluster::start(3);
-    let mut cfg = support::storage::cache_config(0, Some(String::new()), "nc:")
-        .l2
-        .expect("l2");
-    cfg.mode = L2Mode::Cluster;
-    cfg.nodes = cluster.urls().into_iter().map(Secret::new).collect();
-    let l2 = L2Store::new(&cfg);
+    let l2 = cluster_store(&cluster, "nc:");
     // work begins (an L1 miss reads the generation with its lookup) ...
     let before = l2.generation().await.expect("generation");
     // ... a purge of something else runs in every partition ...
