@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::Storage;
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
@@ -23,7 +22,7 @@ use sidecache::cache::key;
 use sidecache::cache::status::CacheOutcome;
 use sidecache::cache::storage::codec;
 use sidecache::cache::storage::entry::StoredEntry;
-use sidecache::cache::storage::{EntryContext, TieredCache};
+use sidecache::cache::storage::{storage_key, EntryContext, TieredCache};
 use sidecache::config::{self, CacheConfig, L1Config};
 use sidecache::routing::{RewriteDecision, Router};
 use sidecache::telemetry::metrics::{MethodLabel, RouteMetrics};
@@ -91,7 +90,7 @@ fn routing(c: &mut Criterion) {
                 headers: &req.headers,
             };
             let k: CacheKey = key::cache_key(&input, rules);
-            (upstream, k.combined_bin())
+            (upstream, storage_key(&k))
         })
     });
     g.finish();

@@ -32,15 +32,44 @@ pub struct KeyInput<'a> {
 
 /// Build the cache key of a request under `key` rules (`None`: unmatched route, whole query).
 ///
-/// The primary hash is computed here once and pinned (`set_primary_bin_override`, the same
-/// value pingora would compute), so the L1 probe, the lookup, the cache lock and the miss
-/// handler do not each hash the key again.
+/// The primary hash is computed here once and pinned (`set_primary_bin_override`), so the L1
+/// probe, the lookup, the cache lock and the miss handler do not each hash the key again.
+/// Its first byte is the path's [`placement`] instead of the hash's own: every entry of one
+/// path, whatever its query, site or Vary variant (see `storage::storage_key`), then lives in
+/// one partition of a Redis Cluster, which is what lets a purge of a url or of `path?` visit
+/// that partition alone. The other 15 bytes are the hash's, so keys stay 120-bit unique.
 pub fn cache_key(input: &KeyInput<'_>, key: Option<&KeyConfig>) -> CacheKey {
     let mut primary = String::with_capacity(128);
     write_primary(input, key, &mut primary);
     let mut k = CacheKey::new(primary, "");
-    k.set_primary_bin_override(k.primary_bin());
+    let mut bin = k.primary_bin();
+    bin[0] = placement(input.path);
+    k.set_primary_bin_override(bin);
     k
+}
+
+/// Which of 256 places the entries of a normalized path (no query) go to: a stable hash
+/// (FNV-1a, folded to a byte), the same in every process and build, since instances that
+/// share a Redis Cluster must agree on it. L2 maps it onto its partitions.
+pub fn placement(path: &str) -> u8 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in path.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let folded = h ^ (h >> 16);
+    (folded ^ (folded >> 8)) as u8
+}
+
+/// The path a url or prefix purge target confines its entries to: the target up to its `?`
+/// for a url (`/a/1?x=2` and `/a/1` alike), and for a prefix only when it holds a `?`
+/// (`/a/1?` names query variants of `/a/1` alone; `/a/` names many paths: `None`).
+pub fn target_path(target: &str, prefix: bool) -> Option<&str> {
+    match target.split_once('?') {
+        Some((path, _)) => Some(path),
+        None if prefix => None,
+        None => Some(target),
+    }
 }
 
 /// The URL part of a request as the client sent it (`path?query`).
@@ -321,6 +350,47 @@ mod tests {
         let c = cache_key(&input("https://api.example"), None);
         assert_ne!(a.primary_bin(), b.primary_bin());
         assert_ne!(a.primary_bin(), c.primary_bin());
+    }
+
+    #[test]
+    fn every_key_of_a_path_shares_its_placement() {
+        let r = req("/a", &[("accept-language", "de")]);
+        let k = KeyConfig {
+            query: None,
+            headers: vec![http::header::ACCEPT_LANGUAGE],
+        };
+        let key = |site, path, query| {
+            let input = KeyInput {
+                site,
+                path,
+                query,
+                headers: &r.headers,
+            };
+            cache_key(&input, Some(&k)).primary_bin()
+        };
+        let a = key("http://h", "/items/1", None);
+        let b = key("", "/items/1", Some("page=2"));
+        assert_ne!(a, b);
+        assert_eq!(a[0], placement("/items/1"));
+        assert_eq!(b[0], placement("/items/1"));
+        assert_eq!(key("", "/items/2", None)[0], placement("/items/2"));
+        // stable across builds and processes: instances sharing a cluster must agree
+        assert_eq!(placement(""), 0xc5);
+        assert_eq!(placement("/items/1"), placement("/items/1"));
+        let spread: std::collections::HashSet<u8> = (0..1000)
+            .map(|i| placement(&format!("/api/items/{i}")) % 16)
+            .collect();
+        assert_eq!(spread.len(), 16, "paths spread over every partition");
+    }
+
+    #[test]
+    fn a_purge_target_names_a_path_only_when_it_holds_one() {
+        assert_eq!(target_path("/a/1?x=2", false), Some("/a/1"));
+        assert_eq!(target_path("/a/1", false), Some("/a/1"));
+        assert_eq!(target_path("/a/1?", true), Some("/a/1"));
+        assert_eq!(target_path("/a/1?x", true), Some("/a/1"));
+        assert_eq!(target_path("/a/", true), None);
+        assert_eq!(target_path("", true), None);
     }
 
     proptest::proptest! {

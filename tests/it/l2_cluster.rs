@@ -256,6 +256,99 @@ async fn purges_win_over_earlier_work_in_every_partition() {
     assert!(cluster.keys("pw:*:e:*").is_empty());
 }
 
+/// Entries are placed by path: every entry of one path (each query and Vary variant) lives
+/// in its path's partition, beside its url index, so a write's purges (its url and `path?`)
+/// run the home slot's advance and one script in that partition each, and still remove every
+/// variant. Placed by hash, as before, each purge ran in all 16 partitions (34 script runs
+/// here, not 4), and a Vary variant's fresh hash put it in a partition of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_of_one_path_runs_in_its_partition_alone_and_finds_every_variant() {
+    use pingora_cache::key::CacheHashKey;
+    use sidecache::cache::key::{cache_key, KeyInput};
+    use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
+    use sidecache::cache::storage::{storage_key, PurgeKind};
+
+    let cluster = RedisCluster::start(3);
+    let l2 = cluster_store(&cluster, "pp:");
+    let headers = http::HeaderMap::new();
+    let key = |path: &str, query: Option<&str>, variance: Option<u8>| {
+        let mut k = cache_key(
+            &KeyInput {
+                site: "",
+                path,
+                query,
+                headers: &headers,
+            },
+            None,
+        );
+        if let Some(v) = variance {
+            k.set_variance_key([v; 16]);
+            assert_ne!(
+                k.combined_bin()[0],
+                k.primary_bin()[0],
+                "pick another variance"
+            );
+        }
+        storage_key(&k)
+    };
+    // (path, query, variance, the url it is indexed by)
+    let entries = [
+        ("/items/1", None, None, "/items/1"),
+        ("/items/1", None, Some(1), "/items/1"),
+        ("/items/1", Some("a=1"), None, "/items/1?a=1"),
+        ("/items/1", Some("a=1"), Some(3), "/items/1?a=1"),
+        ("/items/2", None, None, "/items/2"),
+    ];
+    let since = l2.generation().await.expect("generation");
+    let mut keys = Vec::new();
+    for (path, query, variance, url) in entries {
+        let k = key(path, query, variance);
+        let w = EntryWrite {
+            key: &k,
+            value: b"v",
+            ttl: Duration::from_secs(60),
+            url,
+            tags: &[],
+            since,
+        };
+        assert_eq!(l2.set_entry(&w).await, Ok(StoreOutcome::Stored), "{url}");
+        keys.push(k);
+    }
+    let tag_of = |k: &[u8; 16]| {
+        let name = l2.entry_key(k);
+        name[name.find('{').expect("{")..=name.find('}').expect("}")].to_owned()
+    };
+    let home = tag_of(&keys[0]);
+    for k in &keys[1..4] {
+        assert_eq!(tag_of(k), home, "every entry of /items/1 in one partition");
+    }
+    assert!(l2.entry_key(&keys[0]).starts_with("pp:v3:{"));
+
+    let before = cluster.script_runs();
+    let url = l2
+        .purge(PurgeKind::Url, "/items/1")
+        .await
+        .expect("url purge");
+    let prefix = l2
+        .purge(PurgeKind::Prefix, "/items/1?")
+        .await
+        .expect("prefix purge");
+    let runs = cluster.script_runs() - before;
+    assert_eq!(
+        (url.deleted, prefix.deleted),
+        (2, 2),
+        "both variants of each url"
+    );
+    assert_eq!(
+        runs, 4,
+        "each purge: the home slot's advance and one partition"
+    );
+    for k in &keys[..4] {
+        assert_eq!(l2.get_entry(k).await.expect("read").value, None);
+    }
+    assert!(l2.get_entry(&keys[4]).await.expect("read").value.is_some());
+}
+
 /// On a new cluster, a purge must not refuse work it does not match: the partitions are
 /// seeded when the connection opens, so the first purge to reach one finds its state and
 /// records a tombstone, instead of seeding it with a floor at the purge's generation (which
@@ -312,10 +405,10 @@ async fn a_purge_on_a_new_cluster_refuses_no_unrelated_work() {
 }
 
 /// A flood of anonymous writes on a cluster, each to a path of its own: each queues its
-/// url's purge, which runs in all 16 partitions. The backlog drains, every write is answered
-/// 200 (none refused as `purge_backlog_full`), and every other entry stays, in the cluster
-/// and in the other instance's L1. The printed drain time is the figure the partitions
-/// running at once improve (sequentially, a url purge cost 17 round trips).
+/// url's purge, which runs in its path's partition (before the entries were placed by path,
+/// in all 16). The backlog drains, every write is answered 200 (none refused as
+/// `purge_backlog_full`), and every other entry stays, in the cluster and in the other
+/// instance's L1. The printed drain time is the figure of the purge's Redis work.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_flood_drains_and_leaves_every_other_entry_alone() {
     use support::http::metric;

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use pingora_cache::key::CacheHashKey;
 use pingora_http::RequestHeader;
 use sidecache::cache::storage::codec;
 use sidecache::cache::storage::entry::StoredEntry;
 use sidecache::cache::storage::l2::{EntryWrite, PURGE_URLS_PER_BATCH};
-use sidecache::cache::storage::{EntryContext, TieredCache};
+use sidecache::cache::storage::{storage_key, EntryContext, TieredCache};
 use sidecache::config::{self, CacheConfig, Secret};
 use sidecache::purge::broadcast::{ChannelKey, PurgeMessage};
 use sidecache::purge::{PurgeKind, PurgeService};
@@ -91,7 +90,7 @@ async fn index_members_expire_with_their_entries() {
         support::storage::write(c, &k, &m, b"s")
             .await
             .expect("write");
-        short.push(l2.entry_key(&k.combined_bin()));
+        short.push(l2.entry_key(&storage_key(&k)));
     }
     let last = short.last().cloned().unwrap_or_default();
     wait_for("the short entries stored", || redis.exists(&last)).await;
@@ -106,7 +105,7 @@ async fn index_members_expire_with_their_entries() {
         support::storage::write(c, &k, &meta(300, url, &["t:idx"]), b"l")
             .await
             .expect("write");
-        let rk = l2.entry_key(&k.combined_bin());
+        let rk = l2.entry_key(&storage_key(&k));
         wait_for("a long entry stored", || redis.exists(&rk)).await;
     }
     assert_eq!(zcard(&redis, &l2.urls_key()), 2, "url set");
@@ -344,9 +343,8 @@ async fn write_purges_redis_cannot_take_wait_coalesced_and_never_widen() {
             .await
             .expect("write");
     }
-    let in_l2 = |k: &pingora_cache::CacheKey| {
-        redis.exists(&b.l2().expect("l2").entry_key(&k.combined_bin()))
-    };
+    let in_l2 =
+        |k: &pingora_cache::CacheKey| redis.exists(&b.l2().expect("l2").entry_key(&storage_key(k)));
     wait_for("the L2 entries", || in_l2(&last) && in_l2(&never_purged)).await;
 
     let coalesced = || metrics().purges_coalesced.get();

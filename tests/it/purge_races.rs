@@ -8,9 +8,8 @@
 
 use crate::support;
 
-use pingora_cache::key::CacheHashKey;
 use sidecache::cache::storage::Refusal;
-use sidecache::cache::storage::{Tier, TieredCache};
+use sidecache::cache::storage::{storage_key, Tier, TieredCache};
 use sidecache::config::CacheConfig;
 use sidecache::purge::{PurgeKind, PurgeRequest, PurgeService, PurgeSource};
 use sidecache::telemetry::metrics::metrics;
@@ -82,7 +81,7 @@ async fn an_l2_write_delayed_past_a_purge_is_not_stored() {
         // the request's lookup (L1 miss, L2 miss) notes the generations its work began at
         let k = probed_key(a, path);
         assert!(lookup(a, &k).await.is_none());
-        let rk = a.l2().expect("l2").entry_key(&k.combined_bin());
+        let rk = a.l2().expect("l2").entry_key(&storage_key(&k));
         let before = refused(Tier::L2, Refusal::Purged);
 
         proxy.delay_on(Direction::ToServer);
@@ -118,7 +117,7 @@ async fn an_l2_write_delayed_past_a_purge_is_not_stored() {
     write(a, &k, &meta(60, "/ra/1?v=1", &[]), b"after")
         .await
         .expect("write");
-    let rk = a.l2().expect("l2").entry_key(&k.combined_bin());
+    let rk = a.l2().expect("l2").entry_key(&storage_key(&k));
     wait_for("the later write in L2", || redis.exists(&rk)).await;
 }
 
@@ -141,7 +140,7 @@ async fn an_l2_read_answered_after_a_purge_is_not_served_or_promoted() {
         write(b, &kb, &meta(60, path, &[]), b"old state")
             .await
             .expect("write");
-        let rk = b.l2().expect("l2").entry_key(&kb.combined_bin());
+        let rk = b.l2().expect("l2").entry_key(&storage_key(&kb));
         wait_for("B's write in L2", || redis.exists(&rk)).await;
         // control: without a purge A reads it from L2
         let (_, h) = lookup(a, &probed_key(a, path)).await.expect("L2 hit");
@@ -179,7 +178,7 @@ async fn an_l2_read_answered_after_a_purge_is_not_served_or_promoted() {
             "{path}: an L2 read that began before the purge was served"
         );
         assert!(
-            a.l1().get(&k.combined_bin()).is_none(),
+            a.l1().get(&storage_key(&k)).is_none(),
             "{path}: and it must not be promoted into L1"
         );
         if let Some(purge) = purging {

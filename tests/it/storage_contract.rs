@@ -8,14 +8,13 @@ use crate::support;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{HitHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
 use sidecache::cache::storage::codec;
 use sidecache::cache::storage::entry::StoredEntry;
 use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
-use sidecache::cache::storage::{EntryContext, Refusal, Tier, TieredCache};
+use sidecache::cache::storage::{storage_key, EntryContext, Refusal, Tier, TieredCache};
 use sidecache::config::CacheConfig;
 use sidecache::purge::PurgeKind;
 use sidecache::telemetry::metrics::{metrics, L2Result};
@@ -195,7 +194,7 @@ async fn contract(s: &Setup) {
             &gigabyte,
         ] {
             let kc = key("/c/corrupt");
-            let rk = l2.entry_key(&kc.combined_bin());
+            let rk = l2.entry_key(&storage_key(&kc));
             redis.set_raw(&rk, garbage);
             let before = metrics()
                 .corrupt_entries
@@ -315,7 +314,7 @@ async fn l2_hit_is_promoted_and_ttl_is_set() {
         .expect("write");
     let (_, h) = found(c, &k).await;
     assert_eq!(tier(&h), Tier::L1);
-    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    let rk = c.l2().expect("l2").entry_key(&storage_key(&k));
     wait_for("L2 write", || redis.exists(&rk)).await;
     // PX = fresh 60s + max(swr 10, sie 20) + 5s slack
     let pttl = redis.pttl(&rk);
@@ -375,7 +374,7 @@ async fn purges_remove_from_both_tiers_on(flavour: Flavour) {
             m.set_variance_key(v);
         }
         write(c, &k, &m, path.as_bytes()).await.expect("write");
-        let rk = l2.entry_key(&k.combined_bin());
+        let rk = l2.entry_key(&storage_key(&k));
         wait_for("L2 write", || redis.exists(&rk)).await;
         entries.push((k, rk));
     }
@@ -520,7 +519,7 @@ async fn redis_outage_opens_breaker_and_recovers() {
     write(c, &k, &meta(60, "/o/1", &[]), b"before")
         .await
         .expect("write");
-    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    let rk = c.l2().expect("l2").entry_key(&storage_key(&k));
     wait_for("L2 write", || redis.exists(&rk)).await;
     assert_eq!(c.l2_healthy(), Some(true));
 
@@ -556,7 +555,7 @@ async fn redis_outage_opens_breaker_and_recovers() {
     write(c, &k2, &meta(60, "/o/after", &[]), b"after")
         .await
         .expect("write");
-    let rk2 = c.l2().expect("l2").entry_key(&k2.combined_bin());
+    let rk2 = c.l2().expect("l2").entry_key(&storage_key(&k2));
     wait_for("L2 write after recovery", || redis.exists(&rk2)).await;
 }
 
@@ -590,7 +589,7 @@ async fn reconfigure_rebuilds_l1_and_retunes_breaker() {
     write(c, &k, &meta(60, "/r/1", &[]), b"r")
         .await
         .expect("write");
-    let rk = c.l2().expect("l2").entry_key(&k.combined_bin());
+    let rk = c.l2().expect("l2").entry_key(&storage_key(&k));
     wait_for("L2 write", || redis.exists(&rk)).await;
     cfg.l1.max_bytes = 2 << 20;
     if let Some(l2) = cfg.l2.as_mut() {
@@ -730,7 +729,7 @@ async fn purge_broadcast_reaches_the_other_instance_l1() {
         };
         assert!(r.l2_ok && r.broadcast, "{kind}: {r:?}");
         assert_eq!((r.l1_removed, r.l2_removed), (1, 1), "{kind}");
-        while b.l1().get(&k.combined_bin()).is_some() {
+        while b.l1().get(&storage_key(&k)).is_some() {
             assert!(
                 t.elapsed() < Duration::from_secs(2),
                 "{kind} purge did not reach B"

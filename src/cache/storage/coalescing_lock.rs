@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use http::Extensions;
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::lock::{CacheKeyLock, CacheLock, LockStatus, Locked, WritePermit};
 use pingora_cache::CacheKey;
 
@@ -50,7 +49,7 @@ impl CoalescingLock {
         key.extensions
             .get::<L1Probe>()
             .is_some_and(L1Probe::last_lookup_missed)
-            && self.cache.l1().get(&key.combined_bin()).is_some()
+            && self.cache.l1().get(&super::storage_key(key)).is_some()
     }
 }
 

@@ -2,7 +2,7 @@
 //! purges.
 //!
 //! Values are `Arc<StoredEntry>` (decoded meta fields + `Bytes` body), keyed by the entry's
-//! `combined_bin()`. Each entry expires at its own deadline (fresh_until + max(swr, sie) + 5 s)
+//! [`super::storage_key`]. Each entry expires at its own deadline (fresh_until + max(swr, sie) + 5 s)
 //! through moka's `Expiry`. The weigher counts header + body + context bytes (u32 per entry,
 //! u64 total). `max_bytes == 0` disables L1 (every operation is a no-op / miss).
 //!
@@ -46,7 +46,7 @@ pub const URL_BATCH: usize = 256;
 /// Stripes of the lock that makes the inserts of one key one at a time.
 pub const INSERT_STRIPES: usize = 64;
 
-/// Storage key: `CacheHashKey::combined_bin()` (primary hash + variance).
+/// Storage key: [`super::storage_key`] (primary hash + variance, placed by path).
 pub type EntryKey = [u8; 16];
 
 /// What L1 holds per key.

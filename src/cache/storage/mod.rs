@@ -14,10 +14,12 @@
 //! - [`purge_log`]: this process's record of recent purges, so purges win over work that
 //!   began before them (Redis keeps its own, see [`l2`]).
 //!
-//! Entries are addressed by `CacheHashKey::combined_bin()` (primary hash + variance), exactly
-//! like pingora's `MemCache`, so Vary variants are separate entries and the primary variant sits
-//! under the primary key. Both tiers index entries by url and by tag, which is what a
-//! [`PurgeKind`] targets; [`crate::purge`] decides when and in which order to purge them.
+//! Entries are addressed by [`storage_key`]: `CacheHashKey::combined_bin()` (primary hash +
+//! variance), like pingora's `MemCache`, so Vary variants are separate entries and the primary
+//! variant sits under the primary key, but with the path's placement as its first byte (see
+//! [`crate::cache::key::cache_key`]), so all variants of a path share an L2 cluster partition.
+//! Both tiers index entries by url and by tag, which is what a [`PurgeKind`] targets;
+//! [`crate::purge`] decides when and in which order to purge them.
 
 pub mod atomic_duration;
 pub mod breaker;
@@ -38,6 +40,17 @@ pub use l1::{EntryKey, L1Entry, L1Store};
 pub use l2::L2Store;
 pub use purge_log::{Provenance, PurgeLog, PurgeTicket, Refusal};
 pub use tiered::{L1Probe, TieredCache, TieredHit, WorkStart};
+
+/// The key both tiers store an entry under: its `combined_bin()` with the first byte of its
+/// primary hash, the path's placement. A Vary variant's combined hash is a fresh hash, so
+/// without this its variants would scatter over a cluster's partitions, away from the url
+/// index a purge reads. Every tier operation takes its key from here, never from
+/// `combined_bin()` directly.
+pub fn storage_key(key: &impl pingora_cache::key::CacheHashKey) -> EntryKey {
+    let mut k = key.combined_bin();
+    k[0] = key.primary_bin()[0];
+    k
+}
 
 /// A storage tier: which one served a hit, or where a corrupt entry was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

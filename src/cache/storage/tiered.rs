@@ -28,7 +28,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType, Storage,
@@ -199,7 +198,7 @@ impl TieredCache {
     /// Probe L1 (never L2) for `key`, noting first when the request's work begins.
     pub fn probe_l1(&self, key: &CacheKey) -> L1Probe {
         let started = self.work_start();
-        let k = key.combined_bin();
+        let k = super::storage_key(key);
         L1Probe {
             key: k,
             found: self.l1.get(&k),
@@ -511,7 +510,7 @@ impl TieredCache {
 
     /// The lookup itself: L1 (the probe's result, once), then L2, then the fill lock.
     async fn lookup_tiers(&'static self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
-        let k = key.combined_bin();
+        let k = super::storage_key(key);
         let probe = key.extensions.get::<L1Probe>();
         let probed = probe.and_then(|p| p.take_for(&k));
         if let Some(e) = probed.unwrap_or_else(|| self.l1.get(&k)) {
@@ -557,7 +556,7 @@ impl TieredCache {
         let (Some(l2), Some(probe)) = (self.l2.as_ref(), key.extensions.get::<L1Probe>()) else {
             return true;
         };
-        let k = key.combined_bin();
+        let k = super::storage_key(key);
         match fill_lock::take_for_refresh(l2, &k, &probe.fill, self.lock_timeout).await {
             RefreshOutcome::Fetch => {
                 // the fetch begins now, after the soft purge: its store is checked against
@@ -673,7 +672,7 @@ impl Storage for TieredCache {
 
     /// Called after `response_cache_filter` made the response cacheable (and after the variance
     /// was set on `meta`). Captures the meta fields and the [`EntryContext`] from the meta's
-    /// extensions; the returned handler buffers the body. `key.combined_bin()` is where the
+    /// extensions; the returned handler buffers the body. `storage_key(key)` is where the
     /// entry will live (pingora already points it at the primary slot when appropriate).
     async fn get_miss_handler(
         &'static self,
@@ -688,7 +687,7 @@ impl Storage for TieredCache {
             .unwrap_or_default();
         Ok(Box::new(TieredMiss {
             cache: self,
-            key: key.combined_bin(),
+            key: super::storage_key(key),
             template: StoredEntry::from_meta(meta, ctx, Bytes::new()),
             body: BytesMut::new(),
             limit: self.max_object_bytes(),
@@ -710,7 +709,7 @@ impl Storage for TieredCache {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let k = target.key().combined_bin();
+        let k = super::storage_key(target.key());
         let mut removed = self.l1.remove(&k);
         if let Some(l2) = &self.l2 {
             if let Ok(n) = l2.del_entry(&k).await {
@@ -734,7 +733,7 @@ impl Storage for TieredCache {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let k = key.combined_bin();
+        let k = super::storage_key(key);
         let started = self.started(key).await;
         // a soft-purged entry's refresh holds the fill lock until its L2 write is done
         let fill = key

@@ -267,6 +267,38 @@ impl RedisCluster {
         panic!("slot {slot} has no owner");
     }
 
+    /// Lua script runs that succeeded (`EVALSHA` and `EVAL`, less their failed calls, such as
+    /// a `NOSCRIPT` before the script is loaded), summed over every running node.
+    pub fn script_runs(&self) -> u64 {
+        let mut runs = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.child.is_none() {
+                continue;
+            }
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut self.conn(i))
+                .expect("INFO commandstats");
+            for line in info.lines() {
+                let Some(stats) = line
+                    .strip_prefix("cmdstat_evalsha:")
+                    .or_else(|| line.strip_prefix("cmdstat_eval:"))
+                else {
+                    continue;
+                };
+                let field = |name: &str| -> u64 {
+                    stats
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                runs += field("calls") - field("failed_calls");
+            }
+        }
+        runs
+    }
+
     /// Keys matching `pattern` on every running node.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut all = Vec::new();

@@ -3,8 +3,15 @@
 
 use super::*;
 
-/// Layout version segment of every key this build writes.
+/// Layout version segment of every key this build writes to a standalone Redis (or one
+/// under Sentinel).
 pub const KEY_VERSION: &str = "v2:";
+
+/// Layout version segment of every key this build writes to a Redis Cluster. `v3` places an
+/// entry in the partition of its path ([`crate::cache::key::placement`]); `v2` placed it by
+/// its hash, so a `v2` entry could sit in any partition and only a purge of all 16 reached it.
+/// The two never share keys (see the runbook's upgrade note).
+pub const CLUSTER_KEY_VERSION: &str = "v3:";
 
 /// Hash-tagged partitions the keys are spread over on a Redis Cluster: enough to spread
 /// over a dozen masters or so, few enough that a purge's one call per partition stays cheap.
@@ -45,13 +52,14 @@ pub(super) struct Layout {
 
 impl Layout {
     pub(super) fn new(prefix: &str, cluster: bool) -> Self {
-        let base = format!("{prefix}{KEY_VERSION}");
         if !cluster {
+            let base = format!("{prefix}{KEY_VERSION}");
             return Layout {
                 home: base.clone(),
                 parts: vec![base],
             };
         }
+        let base = format!("{prefix}{CLUSTER_KEY_VERSION}");
         Layout {
             home: format!("{base}{{home}}:"),
             parts: (0..CLUSTER_PARTITIONS)
@@ -60,9 +68,31 @@ impl Layout {
         }
     }
 
-    /// The partition prefix of an entry key.
+    /// The partition prefix of an entry key: that of its first byte, its path's placement
+    /// (see [`crate::cache::storage::storage_key`]).
     pub(super) fn part(&self, key: &[u8; 16]) -> &str {
-        &self.parts[usize::from(key[0]) % self.parts.len()]
+        self.part_of(key[0])
+    }
+
+    fn part_of(&self, placement: u8) -> &str {
+        &self.parts[usize::from(placement) % self.parts.len()]
+    }
+
+    /// The partitions a purge must visit: the one of the path its target confines it to (a
+    /// url, or a prefix holding `?`), else every one.
+    pub(super) fn parts_for(&self, kind: PurgeKind, target: &str) -> &[String] {
+        let path = match kind {
+            PurgeKind::Url => crate::cache::key::target_path(target, false),
+            PurgeKind::Prefix => crate::cache::key::target_path(target, true),
+            PurgeKind::Tag => None,
+        };
+        match path {
+            Some(path) if self.parts.len() > 1 => {
+                let i = usize::from(crate::cache::key::placement(path)) % self.parts.len();
+                std::slice::from_ref(&self.parts[i])
+            }
+            _ => &self.parts,
+        }
     }
 }
 
@@ -148,11 +178,40 @@ mod tests {
                 .map(|(tag, _)| tag)
                 .expect("hash tag");
             assert_eq!(usize::from(key_slot(tag)) / range, i, "{part}");
-            assert!(part.starts_with("sc:v2:{"), "{part}");
+            assert!(part.starts_with("sc:v3:{"), "{part}");
         }
-        assert_eq!(layout.home, "sc:v2:{home}:");
+        assert_eq!(layout.home, "sc:v3:{home}:");
         let standalone = Layout::new("sc:", false);
+        assert_eq!(standalone.parts_for(PurgeKind::Url, "/a/1"), ["sc:v2:"]);
         assert_eq!(standalone.parts, ["sc:v2:"]);
         assert_eq!(standalone.home, "sc:v2:");
+    }
+
+    #[test]
+    fn a_purge_of_one_path_visits_its_partition_alone() {
+        let layout = Layout::new("sc:", true);
+        let home = layout.part_of(crate::cache::key::placement("/a/1"));
+        let key = |path: &str| {
+            let mut k = [7u8; 16];
+            k[0] = crate::cache::key::placement(path);
+            k
+        };
+        assert_eq!(layout.part(&key("/a/1")), home);
+        for (kind, target) in [
+            (PurgeKind::Url, "/a/1"),
+            (PurgeKind::Url, "/a/1?x=2"),
+            (PurgeKind::Prefix, "/a/1?"),
+            (PurgeKind::Prefix, "/a/1?x="),
+        ] {
+            assert_eq!(layout.parts_for(kind, target), [home], "{kind:?} {target}");
+        }
+        assert_eq!(
+            layout.parts_for(PurgeKind::Prefix, "/a/").len(),
+            CLUSTER_PARTITIONS
+        );
+        assert_eq!(
+            layout.parts_for(PurgeKind::Tag, "/a/1").len(),
+            CLUSTER_PARTITIONS
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Keys (prefix from config, layout version `v2` appended here; `v1` kept the url and tag
 //! indexes as plain sets that only grew, so the two layouts never share keys):
-//! - `{prefix}v2:e:{hex(combined_bin)}`: the encoded entry (see `codec`), `PX` = time left
+//! - `{prefix}v2:e:{hex(storage_key)}`: the encoded entry (see `codec`), `PX` = time left
 //!   until its deadline.
 //! - `{prefix}v2:url:{url}`: sorted set of the entry keys stored for that url (all Vary
 //!   variants), each scored by its entry's expiry (Redis clock, ms). Every store into it drops
@@ -45,21 +45,28 @@
 //!
 //! **On a Redis Cluster** (`mode = "cluster"`) a script may only touch keys of one slot, so the
 //! layout above is repeated in [`CLUSTER_PARTITIONS`] partitions, each under a hash tag of its
-//! own: `{prefix}v2:{pNN.M}:e:...`, `...:url:...`, `...:tag:...`, `...:urls`, `...:purge`,
-//! `...:tombs` (the tags are chosen so the partitions' slots are spread evenly over the slot
-//! range, hence over the masters). An entry lives in the partition of its key's first byte,
-//! with its url and tag indexes and the tombstones its store checks, so every script call
-//! touches one slot. The purge generation itself is one counter on a home slot
-//! (`{prefix}v2:{home}:purge`): a GET reads it beside the entry (two requests in flight at
-//! once), and a purge first advances it ([`advance.lua`]) and then runs its batches in every
-//! partition with that generation, recording the tombstone there before deleting. A store
+//! own, and versioned `v3` ([`CLUSTER_KEY_VERSION`]): `{prefix}v3:{pNN.M}:e:...`,
+//! `...:url:...`, `...:tag:...`, `...:urls`, `...:purge`, `...:tombs` (the tags are chosen so
+//! the partitions' slots are spread evenly over the slot range, hence over the masters). An
+//! entry lives in the partition of its path (its key's first byte is the path's placement,
+//! see [`crate::cache::storage::storage_key`]), with its url and tag indexes and the
+//! tombstones its store checks, so every script call touches one slot, and all entries of
+//! one path (every query, site and Vary variant) share a partition. The purge generation
+//! itself is one counter on a home slot (`{prefix}v3:{home}:purge`): a GET reads it beside
+//! the entry (two requests in flight at once), and a purge first advances it
+//! ([`advance.lua`]) and then runs its batches, with that generation, in the partitions its
+//! target can reach ([`Layout::parts_for`]): a url, or a prefix holding `?` (a write's
+//! `path?`), names one path and visits its partition alone; a tag or another prefix visits
+//! every partition. Each records the tombstone there before deleting. A store
 //! that races a purge either lands before the purge reaches its partition (and is deleted by
 //! it) or after (and is refused by the tombstone). A partition without state is seeded with
 //! the home generation: on a new cluster, by every instance's entries connection as it opens
 //! (`seed.lua`), before any work begins on it; on a node that lost it (flushed, failed over
 //! empty), by the first store or purge to reach it, and then it refuses work that began
-//! before it, since the tombstones that work should be checked against are gone. A purge by tag or prefix therefore visits every partition, i.e.
-//! every master holding sidecache keys; the partitions are fixed, so no `SCAN` is needed.
+//! before it, since the tombstones that work should be checked against are gone. A purge by
+//! tag or by a prefix of many paths therefore visits every partition, i.e. every master
+//! holding sidecache keys; the partitions are fixed, so no `SCAN` is needed. A write's purges
+//! (its url and `path?`) cost two script calls, where placing entries by hash cost 17 each.
 //! Limitation: if the home slot loses its state and its master's clock is behind the old
 //! generation, purges for a while get generations below work already under way; keep the
 //! cluster on NTP (the same holds for a standalone Redis that fails over).
@@ -113,7 +120,7 @@ mod scripts;
 
 use connection::{ConnectionSlot, Lane};
 use layout::Layout;
-pub use layout::{key_slot, CLUSTER_PARTITIONS, KEY_VERSION};
+pub use layout::{key_slot, CLUSTER_KEY_VERSION, CLUSTER_PARTITIONS, KEY_VERSION};
 use scripts::{ADVANCE, FILL, FINISHED, FINISHED_SINCE, GENERATION, PURGE, SEED, STORE, UNLOCK};
 
 /// Urls a prefix purge takes per script call.
@@ -499,7 +506,7 @@ impl L2Store {
         // of writes on a cluster. Any failure fails the purge, which is retried whole.
         let parts = self
             .layout
-            .parts
+            .parts_for(kind, target)
             .iter()
             .map(|part| self.purge_partition(part, kind, target, &given, soft));
         let mut deleted = 0;
