@@ -87,6 +87,23 @@ struct LastFetch {
     listener: usize,
 }
 
+/// A span in which one instance was let down as designed: its Redis tier failed it (a
+/// fill-lock, read or store that timed out, failed, or was skipped by an open breaker), or a
+/// wait on another request's fetch ran out (`cache.lock_timeout`). Either lets it fetch
+/// without the lock (or tells the lock's waiters to), which the issue allows ("per instance
+/// while Redis is down"; "the wait is bounded").
+#[derive(Debug, Clone, Copy)]
+struct Degraded {
+    inst: usize,
+    lo: Instant,
+    hi: Instant,
+}
+
+/// How far a [`Degraded`] span may lie from the fetches it explains: a failure is counted
+/// when its request finishes, after its fetch arrived (the origin answers within 300 ms),
+/// and a holder's store may fail up to `write_timeout` (2 s) after its fetch.
+const DEGRADED_SLACK: Duration = Duration::from_secs(2);
+
 /// A GET's answer, kept a while to explain double fetches.
 #[derive(Debug, Clone)]
 struct Answered {
@@ -121,6 +138,11 @@ pub struct Counts {
     /// Violations of invariants 1 to 4, each counted, listed or not (see
     /// [`LISTED_PER_INVARIANT`]).
     pub broken: [u64; 4],
+    /// Second fetches in one fill window that a [`Degraded`] span of either instance
+    /// explains (reported, never hidden).
+    pub degraded_refetches: u64,
+    /// Such spans seen.
+    pub degraded_spans: u64,
 }
 
 /// Violations listed per invariant; more are counted only. Per invariant, so a flood of one
@@ -143,6 +165,7 @@ pub struct Checker {
     write_targets: HashSet<(&'static str, String)>,
     admin_targets: HashSet<(&'static str, String)>,
     answers: HashMap<String, VecDeque<Answered>>,
+    degraded: Vec<Degraded>,
     pub counts: Counts,
     pub violations: Vec<Violation>,
 }
@@ -163,6 +186,7 @@ impl Checker {
             write_targets: HashSet::new(),
             admin_targets: HashSet::new(),
             answers: HashMap::new(),
+            degraded: Vec::new(),
             counts: Counts::default(),
             violations: Vec::new(),
         }
@@ -516,18 +540,40 @@ impl Checker {
                 .get(&(f.url.clone(), f.listener))
                 .copied()
             {
-                if !self.refill_explained(&f.url, prev, here) {
-                    self.double_fetch(&f.url, prev, here, "this instance");
-                }
+                self.check_refill(&f.url, prev, here, "this instance");
             }
             if let Some(prev) = self.last_by_fleet.get(&f.url).copied() {
-                if prev.listener != f.listener && !self.refill_explained(&f.url, prev, here) {
-                    self.double_fetch(&f.url, prev, here, "the fleet (fill_lock = true)");
+                if prev.listener != f.listener {
+                    self.check_refill(&f.url, prev, here, "the fleet (fill_lock = true)");
                 }
             }
             self.last_by_instance
                 .insert((f.url.clone(), f.listener), here);
             self.last_by_fleet.insert(f.url.clone(), here);
+        }
+    }
+
+    /// Instance `inst` was let down as designed at some moment in `[lo, hi]` (see
+    /// [`Degraded`]).
+    pub fn degraded(&mut self, inst: usize, lo: Instant, hi: Instant) {
+        self.counts.degraded_spans += 1;
+        self.degraded.push(Degraded { inst, lo, hi });
+    }
+
+    /// `next` fetched `url` again after `prev`: a violation unless something explains it.
+    fn check_refill(&mut self, url: &str, prev: LastFetch, next: LastFetch, per: &str) {
+        if self.refill_explained(url, prev, next) {
+            return;
+        }
+        let degraded = self.degraded.iter().any(|d| {
+            (d.inst == prev.listener || d.inst == next.listener)
+                && d.lo <= next.arrived + DEGRADED_SLACK
+                && d.hi + DEGRADED_SLACK >= prev.arrived
+        });
+        if degraded {
+            self.counts.degraded_refetches += 1;
+        } else {
+            self.double_fetch(url, prev, next, per);
         }
     }
 
@@ -661,6 +707,7 @@ impl Checker {
         self.floors = floors;
         self.openings
             .retain(|_, o| o.hi.is_none_or(|hi| hi >= horizon));
+        self.degraded.retain(|d| d.hi >= horizon);
         if let Some(long_ago) = horizon.checked_sub(RETAIN) {
             self.faults.retain(|f| f.heal.is_none_or(|h| h >= long_ago));
         }
@@ -819,6 +866,31 @@ mod tests {
         let expired = t + model::ITEM_TTL_MIN;
         c.fetched(&[fetch(0, "/api/items/2", expired)]);
         assert_eq!(c.violations.len(), 2, "an item after its lifetime");
+    }
+
+    #[test]
+    fn a_let_down_explains_a_second_fetch_only_near_it_and_on_its_instance() {
+        let mut c = Checker::new(Instant::now(), B, 3);
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let url = "/api/sessions/1/state";
+        // instance 2's lock read timed out long before: explains nothing now
+        c.degraded(2, t, t + ms(100));
+        let later = t + DEGRADED_SLACK * 3;
+        c.fetched(&[fetch(0, url, later), fetch(1, url, later + ms(50))]);
+        assert_eq!(c.violations.len(), 1, "a span far away explains nothing");
+        // instance 1 was let down just then: its own second fetch is explained, and counted
+        let now = later + ms(100);
+        c.degraded(1, now, now + ms(250));
+        c.fetched(&[fetch(1, url, now + ms(60))]);
+        assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+        assert_eq!(c.counts.degraded_refetches, 1);
+        // instance 0's second fetch: the fleet pair (after @1's) is explained by @1's
+        // let-down, but its own pair (after its fetch at `later`) is not
+        c.fetched(&[fetch(0, url, now + ms(100))]);
+        assert_eq!(c.violations.len(), 2, "{:?}", c.violations);
+        assert!(c.violations[1].what.contains("this instance"));
+        assert_eq!(c.counts.degraded_refetches, 2);
     }
 
     #[test]

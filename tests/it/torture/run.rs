@@ -328,6 +328,8 @@ struct Watcher {
     pending: Vec<Fetch>,
     /// Bytes of each instance's log already read.
     log_read: Vec<u64>,
+    /// Per instance: when its metrics were last read, and its count of let-downs then.
+    let_downs: Vec<Option<(Instant, f64)>>,
     passes: u64,
 }
 
@@ -349,6 +351,7 @@ impl Watcher {
     /// Check what arrived since the last pass; with `last`, everything.
     async fn pass(&mut self, ctx: &Ctx, last: bool) {
         self.passes += 1;
+        self.let_downs(ctx).await;
         self.fetches(ctx, last);
         self.logs(ctx);
         if last || self.passes % 8 == 0 {
@@ -387,6 +390,27 @@ impl Watcher {
         }
     }
 
+    /// Each instance's count of let-downs (see `check::Degraded`): Redis reads, fill-lock
+    /// operations and stores that did not succeed, and cache lock waits that timed out. A
+    /// rise since the last reading is a span the checker may explain a second fetch by.
+    async fn let_downs(&mut self, ctx: &Ctx) {
+        self.let_downs.resize(ctx.fleet.shape.instances, None);
+        for inst in 0..ctx.fleet.shape.instances {
+            let url = ctx.fleet.instance(inst).admin_url("/metrics");
+            let Ok(r) = send("GET", &url, &[], "").await else {
+                continue;
+            };
+            let now = Instant::now();
+            let count = let_down_count(&String::from_utf8_lossy(&r.body));
+            if let Some((then, before)) = self.let_downs[inst] {
+                if count > before {
+                    ctx.checker().degraded(inst, then, now);
+                }
+            }
+            self.let_downs[inst] = Some((now, count));
+        }
+    }
+
     /// The recent purges of each instance's `/admin/stats`.
     async fn stats(&mut self, ctx: &Ctx) {
         for inst in 0..ctx.fleet.shape.instances {
@@ -411,6 +435,23 @@ impl Watcher {
             }
         }
     }
+}
+
+/// The sum of `sidecache_l2_operations_total` for the operations a fill depends on (`get`,
+/// `lock`, `set`) with a result other than `ok`, and of `sidecache_cache_lock_timeouts_total`.
+fn let_down_count(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sidecache_cache_lock_timeouts_total")
+                || (l.starts_with("sidecache_l2_operations_total{")
+                    && ["op=\"get\"", "op=\"lock\"", "op=\"set\""]
+                        .iter()
+                        .any(|op| l.contains(op))
+                    && !l.contains("result=\"ok\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Read the whole lines of `path` after byte `*offset`, moving it past them. Long runs
