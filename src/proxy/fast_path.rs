@@ -56,8 +56,26 @@ pub(super) async fn answer(
     ctx: &mut RequestCtx,
     entry: &L1Entry,
 ) -> Result<()> {
-    let stored = &entry.entry;
     let head_only = session.req_header().method == http::Method::HEAD;
+    let resp = response(entry, &ctx.request_id)?;
+    ctx.progress.status = resp.status.as_u16();
+    ctx.progress.fast_hit = true;
+    let body = body(entry, &resp, head_only);
+    session.write_response_header(resp, body.is_none()).await?;
+    if let Some(body) = body {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The response header of a fast hit on `entry`: the shared [`hit_header`] with this hit's
+/// `Age` and request id. Every fast hit takes its header from here, whether pingora's
+/// session writes it ([`answer`]) or the edge does (`edge::hit`).
+pub(super) fn response(
+    entry: &L1Entry,
+    request_id: &http::HeaderValue,
+) -> Result<Box<ResponseHeader>> {
+    let stored = &entry.entry;
     let mut resp = Box::new(
         entry
             .hit_header
@@ -72,16 +90,20 @@ pub(super) async fn answer(
     // The shared header holds both as placeholders, so these replace values in place and
     // the copy's maps (cloned at their exact length) never grow per hit.
     resp.insert_header(header::AGE, age)?;
-    resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
+    resp.insert_header(REQUEST_ID_HEADER, request_id.clone())?;
+    Ok(resp)
+}
+
+/// The body a fast hit sends with `resp`: none to a HEAD, for a 204 or 304, or when empty;
+/// else the stored body, shared with L1.
+pub(super) fn body(
+    entry: &L1Entry,
+    resp: &ResponseHeader,
+    head_only: bool,
+) -> Option<bytes::Bytes> {
+    let stored = &entry.entry;
     let no_body = matches!(resp.status.as_u16(), 204 | 304);
-    ctx.progress.status = resp.status.as_u16();
-    ctx.progress.fast_hit = true;
-    let body = (!head_only && !no_body && !stored.body.is_empty()).then(|| stored.body.clone());
-    session.write_response_header(resp, body.is_none()).await?;
-    if let Some(body) = body {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    (!head_only && !no_body && !stored.body.is_empty()).then(|| stored.body.clone())
 }
 
 /// The header every fast hit on `stored` shares: the stored header, HTTP/1.1 framing with an

@@ -14,6 +14,7 @@ mod demo_backend;
 mod deploy_artifacts;
 mod dropin;
 mod edge_forwarding;
+mod edge_hits;
 mod h2c;
 mod hostile;
 mod key_integrity;

@@ -9,8 +9,10 @@
 //!   line and field syntax, Host and framing (400, 501). A refused request is answered at
 //!   once with JSON and `Connection: close` ([`refusal`]) and never reaches pingora, the
 //!   request plan or an upstream;
-//! - hands a checked head to pingora's `HttpProxy` as the session's prefix: pingora parses
-//!   the same bytes and never reads a head from the socket itself;
+//! - answers a request that can only be a fresh L1 hit itself ([`hit`]), as pingora's fast
+//!   path would, without entering pingora;
+//! - hands any other checked head to pingora's `HttpProxy` as the session's prefix: pingora
+//!   parses the same bytes and never reads a head from the socket itself;
 //! - after a response, waits at most `server.keepalive_timeout` for the next request; the
 //!   response that uses up `server.max_requests_per_connection` says `Connection: close`;
 //! - hands a connection that opens with the HTTP/2 preface (h2c with prior knowledge) to
@@ -21,6 +23,7 @@
 
 mod h2;
 mod head;
+mod hit;
 mod refusal;
 
 use std::fmt::Display;
@@ -138,6 +141,11 @@ impl ServerApp for Edge {
         let mut buf = BytesMut::new();
         let mut first = Some(accepted);
         let mut settings: Option<HttpPersistentSettings> = None;
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Requests answered on this connection so far, by the edge or by pingora.
+        let mut requests: u32 = 0;
         loop {
             match read_head(&mut stream, &mut buf, &limits, first.take(), &mut waits).await {
                 Arrival::Head => {}
@@ -166,17 +174,29 @@ impl ServerApp for Edge {
                 }
                 Arrival::Closed => return None,
             }
+            // A fresh L1 hit is answered here, unless it is the connection's last allowed
+            // request or shutdown began (pingora answers those with `Connection: close`).
+            let last = requests.saturating_add(1) >= limits.max_requests_per_connection;
+            if !last && !waits.closed && !*shutdown.borrow() {
+                match hit::serve(self.live, &mut stream, &mut buf, &limits, peer_ip).await {
+                    hit::Served::Answered => {
+                        requests += 1;
+                        continue;
+                    }
+                    hit::Served::Gone => return None,
+                    hit::Served::Pass => {}
+                }
+            }
+            requests = requests.saturating_add(1);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(previous) => previous.apply_to_session(&mut session),
-                // N requests on a connection are N - 1 reuses.
-                None => {
-                    session.set_keepalive_reuses_remaining(Some(
-                        limits.max_requests_per_connection.saturating_sub(1),
-                    ));
-                    session.set_pipelining_enabled(true);
-                }
+                None => session.set_pipelining_enabled(true),
             }
+            // N requests on a connection are N - 1 reuses; the edge's answers count too.
+            session.set_keepalive_reuses_remaining(Some(
+                limits.max_requests_per_connection.saturating_sub(requests),
+            ));
             send_limits(&mut session, &limits);
             session.set_pipelined_prefix(std::mem::take(&mut buf));
             let (next, kept) = self
