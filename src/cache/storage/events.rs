@@ -82,19 +82,21 @@ impl InternalEvent for CorruptEntry<'_> {
 }
 
 /// An entry was not stored because a purge won over the work that fetched it. Counted, and
-/// logged at debug: it can happen per request.
-pub struct StoreRefused {
+/// logged at debug with its url (the metric has no url label): it can happen per request.
+pub struct StoreRefused<'a> {
     pub tier: Tier,
     pub reason: Refusal,
+    /// The entry's url (`""`: none).
+    pub url: &'a str,
 }
 
-impl InternalEvent for StoreRefused {
+impl InternalEvent for StoreRefused<'_> {
     fn emit(self) {
         metrics()
             .stores_refused
             .with_label_values(&[self.tier.label(), self.reason.label()])
             .inc();
         tracing::debug!(target: "sidecache::purge", tier = self.tier.label(),
-            reason = self.reason.label(), "entry not stored: a purge won");
+            reason = self.reason.label(), url = self.url, "entry not stored: a purge won");
     }
 }

@@ -336,6 +336,7 @@ impl TieredCache {
             Err(reason) => StoreRefused {
                 tier: Tier::L1,
                 reason,
+                url: &entry.ctx.url,
             }
             .emit(),
         }
@@ -359,6 +360,7 @@ impl TieredCache {
             StoreRefused {
                 tier: Tier::L2,
                 reason: Refusal::Unknown,
+                url: &entry.ctx.url,
             }
             .emit();
             return;
@@ -379,6 +381,7 @@ impl TieredCache {
                 StoreRefused {
                     tier: Tier::L2,
                     reason,
+                    url: &entry.ctx.url,
                 }
                 .emit();
             }
@@ -501,6 +504,7 @@ impl TieredCache {
                 StoreRefused {
                     tier: Tier::L1,
                     reason,
+                    url: &entry.ctx.url,
                 }
                 .emit();
                 None
@@ -580,6 +584,7 @@ impl TieredCache {
                         Err(reason) => StoreRefused {
                             tier: Tier::L1,
                             reason,
+                            url: &entry.ctx.url,
                         }
                         .emit(),
                     }
