@@ -18,13 +18,8 @@
 //! its broadcast to the others. The known lane is bounded by what was cached: its jobs each
 //! removed an entry, and an entry comes back only through an origin fetch. A speculative purge
 //! of an entry only another instance held still waits its turn (see `docs/design.md`).
-//! The worker ([`Backlog::drain`]) keeps up to [`WORKERS`] jobs running and takes more
-//! whenever [`REFILL`] slots are free, so a job that hangs until its timeout holds no other
-//! back. A job that fails goes back to the front of its lane; the worker backs off
-//! ([`RETRY_MIN`] doubling to [`RETRY_MAX`]) only when every job that ended since its last
-//! take failed (Redis looks unreachable), and a success resets the backoff. (It used to run
-//! the jobs in rounds of 64 and back off after any failure: in the torture runs one failing
-//! or slow purge then paced the whole backlog, which filled behind it.) A purge of a target that is already waiting takes its place
+//! A job that fails goes back to the front of its lane and the worker backs off ([`RETRY_MIN`] doubling to [`RETRY_MAX`]); a
+//! success resets the backoff. A purge of a target that is already waiting takes its place
 //! (its newer record replaces the older one), so a flood of writes to one target costs Redis
 //! one purge, and the backlog holds at most one job per target. Nothing ever widens a purge:
 //! the backlog is bounded by `cache.l2.purge_backlog`, and when it is full the writes that
@@ -47,10 +42,6 @@ use crate::telemetry::metrics::metrics;
 /// them pipelined: a flood of writes to distinct targets drains at Redis's pace, not at one
 /// round trip per purge.
 pub const WORKERS: usize = 64;
-
-/// Slots that must be free before the worker takes more jobs: taking at least this many at
-/// once keeps the speculative lane its quarter of them.
-pub const REFILL: usize = WORKERS / 4;
 
 /// First backoff after a failed job.
 pub const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -241,50 +232,6 @@ impl Backlog {
         self.wake.notified().await;
     }
 
-    /// The worker's loop, for ever: keeps up to [`WORKERS`] jobs running through `run` (an
-    /// `Err` hands its job back to be retried), taking more whenever [`REFILL`] slots are free,
-    /// and backs off only while every job that ended since the last take failed (see the
-    /// module docs).
-    pub async fn drain<F, Fut>(&self, run: F)
-    where
-        F: Fn(Job) -> Fut,
-        Fut: std::future::Future<Output = Result<(), Job>> + Send + 'static,
-    {
-        let mut running = tokio::task::JoinSet::new();
-        let mut backoff = RETRY_MIN;
-        let (mut landed, mut failed) = (false, false);
-        loop {
-            if WORKERS - running.len() >= REFILL {
-                if failed && !landed {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                } else if landed {
-                    backoff = RETRY_MIN;
-                }
-                (landed, failed) = (false, false);
-                for job in self.take(WORKERS - running.len()) {
-                    running.spawn(run(job));
-                }
-            }
-            let room = WORKERS - running.len() >= REFILL;
-            tokio::select! {
-                done = running.join_next(), if !running.is_empty() => match done {
-                    Some(Ok(Err(job))) => {
-                        failed = true;
-                        self.retry(job);
-                    }
-                    // landed, or (cannot happen: nothing in it panics) its task died
-                    Some(Ok(Ok(()))) | Some(Err(_)) => {
-                        landed = true;
-                        self.landed();
-                    }
-                    None => {}
-                },
-                () = self.pushed(), if room => {}
-            }
-        }
-    }
-
     /// Start `worker` on the current runtime unless one runs; false outside a runtime.
     pub fn ensure_worker<F>(&self, worker: impl FnOnce() -> F) -> bool
     where
@@ -306,7 +253,6 @@ impl Backlog {
 mod tests {
     use super::*;
     use crate::cache::storage::purge_log::PurgeLog;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn job(source: PurgeSource, target: &str, l1_removed: u64) -> Job {
         let log: &'static PurgeLog = Box::leak(Box::new(PurgeLog::new()));
@@ -349,108 +295,6 @@ mod tests {
             .filter(|t| t.starts_with("/other/"))
             .count();
         assert_eq!(speculative, 16);
-    }
-
-    /// Run `backlog`'s worker with `run` until `n` jobs have landed (counted by `run`), on
-    /// the paused clock; returns how much (virtual) time that took, or `None` if they had
-    /// not after a virtual minute.
-    async fn drain_until<F, Fut>(
-        backlog: &'static Backlog,
-        run: F,
-        landed: &AtomicUsize,
-        n: usize,
-    ) -> Option<Duration>
-    where
-        F: Fn(Job) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), Job>> + Send + 'static,
-    {
-        let start = tokio::time::Instant::now();
-        let worker = tokio::spawn(async move { backlog.drain(run).await });
-        let all = async {
-            while landed.load(Ordering::SeqCst) < n {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        let done = tokio::time::timeout(Duration::from_secs(60), all).await;
-        worker.abort();
-        done.ok().map(|()| start.elapsed())
-    }
-
-    fn leaked() -> &'static Backlog {
-        Box::leak(Box::default())
-    }
-
-    /// A job that never ends (a Redis call stuck until its timeout, for ever) holds no other
-    /// back: the 1,000 behind it all land. Run in rounds of 64, 63 did, then the round
-    /// waited on the stuck one.
-    #[tokio::test(start_paused = true)]
-    async fn a_job_that_never_ends_holds_no_other_back() {
-        let backlog = leaked();
-        backlog.push(job(PurgeSource::Write, "/stuck", 1));
-        for i in 0..1_000 {
-            backlog.push(job(PurgeSource::Write, &format!("/other/{i}"), 0));
-        }
-        let landed: &'static AtomicUsize = Box::leak(Box::default());
-        let run = move |job: Job| async move {
-            if job.request.target == "/stuck" {
-                std::future::pending::<()>().await;
-            }
-            landed.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        };
-        let took = drain_until(backlog, run, landed, 1_000).await;
-        assert!(took.is_some(), "the others waited behind the stuck job");
-        assert_eq!(backlog.len(), 1, "only the stuck one is left");
-    }
-
-    /// A job that always fails is retried while the others land, and the worker does not
-    /// back off for it: on the paused clock, all 1,000 land in less than `RETRY_MIN`.
-    /// Backing off after any failure, it slept at least `RETRY_MIN` per round.
-    #[tokio::test(start_paused = true)]
-    async fn one_failing_job_does_not_pace_the_others() {
-        let backlog = leaked();
-        backlog.push(job(PurgeSource::Write, "/failing", 1));
-        for i in 0..1_000 {
-            backlog.push(job(PurgeSource::Write, &format!("/other/{i}"), 0));
-        }
-        let landed: &'static AtomicUsize = Box::leak(Box::default());
-        let tries: &'static AtomicUsize = Box::leak(Box::default());
-        let run = move |job: Job| async move {
-            if job.request.target == "/failing" {
-                tries.fetch_add(1, Ordering::SeqCst);
-                return Err(job);
-            }
-            landed.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        };
-        let took = drain_until(backlog, run, landed, 1_000).await;
-        let took = took.expect("the others landed within a virtual minute");
-        assert!(
-            took < RETRY_MIN,
-            "the worker backed off for one failing job ({took:?})"
-        );
-        assert!(
-            tries.load(Ordering::SeqCst) > 1,
-            "the failing job was retried"
-        );
-    }
-
-    /// With every job failing (Redis unreachable), the worker backs off between takes.
-    #[tokio::test(start_paused = true)]
-    async fn the_worker_backs_off_while_every_job_fails() {
-        let backlog = leaked();
-        backlog.push(job(PurgeSource::Write, "/a", 1));
-        let tries: &'static AtomicUsize = Box::leak(Box::default());
-        let run = move |job: Job| async move {
-            tries.fetch_add(1, Ordering::SeqCst);
-            Err(job)
-        };
-        let worker = tokio::spawn(async move { backlog.drain(run).await });
-        tokio::time::sleep(RETRY_MIN * 7).await;
-        worker.abort();
-        // tries at 0, then after 100, 200 and 400 ms: not one per yield
-        let n = tries.load(Ordering::SeqCst);
-        assert!((2..=5).contains(&n), "{n} tries in {:?}", RETRY_MIN * 7);
     }
 
     #[test]

@@ -334,12 +334,38 @@ impl PurgeService {
         pushed
     }
 
-    /// The backlog's worker: runs waiting Redis parts, up to [`backlog::WORKERS`] at a time,
-    /// and backs off while they all fail (see [`backlog`]).
+    /// The backlog's worker: runs waiting Redis parts, [`backlog::WORKERS`] at a time, and
+    /// backs off while they fail (see [`backlog`]).
     async fn drain_backlog(&'static self) {
-        self.backlog
-            .drain(|job| async move { self.redis_part(job).await.map(drop) })
-            .await;
+        let mut backoff = backlog::RETRY_MIN;
+        loop {
+            let jobs = self.backlog.take(backlog::WORKERS);
+            if jobs.is_empty() {
+                self.backlog.pushed().await;
+                continue;
+            }
+            let mut running = tokio::task::JoinSet::new();
+            for job in jobs {
+                running.spawn(async move { self.redis_part(job).await });
+            }
+            let mut failed = false;
+            while let Some(done) = running.join_next().await {
+                match done {
+                    Ok(Err(job)) => {
+                        failed = true;
+                        self.backlog.retry(job);
+                    }
+                    // landed, or (cannot happen: nothing in it panics) its task died
+                    Ok(Ok(_)) | Err(_) => self.backlog.landed(),
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(backlog::RETRY_MAX);
+            } else {
+                backoff = backlog::RETRY_MIN;
+            }
+        }
     }
 
     /// `message` as published and logged: its JSON, signed with the channel secret if any.
