@@ -189,8 +189,17 @@ async fn a_write_flood_to_other_paths_leaves_every_other_entry_alone() {
     let flood = tokio::spawn(async move { write_flood(&base, 16, until).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.delay_on(Direction::ToServer);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let held = scrape(&a, "sidecache_purge_backlog").await;
+    // Redis is held until more purges wait than the old bounded queue (1,024) held before
+    // it escalated, or the flood is nearly over: a slow box writes fewer per second, so a
+    // fixed hold could leave too few waiting to prove anything
+    let hold_until = until - Duration::from_millis(300);
+    let held = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = scrape(&a, "sidecache_purge_backlog").await;
+        if waiting > 1_500.0 || Instant::now() >= hold_until {
+            break waiting;
+        }
+    };
     proxy.delay_off(Direction::ToServer);
     let sent = flood.await.expect("flood");
     let waiting = scrape(&a, "sidecache_purge_backlog").await;
