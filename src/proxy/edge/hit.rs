@@ -16,7 +16,7 @@
 //! `Transfer-Encoding`, `Connection`, `Upgrade` or `Expect`, on a path the router may store.
 //! The connection's last allowed request and any after shutdown began go to pingora, which
 //! answers them with `Connection: close`. Hazard: the answer must be byte for byte what
-//! pingora's fast path sends (`tests/it/edge.rs` compares the two); a header added on one
+//! pingora's fast path sends (`tests/it/edge_hits.rs` compares the two); a header added on one
 //! path only would make hits differ by connection state.
 
 use std::net::IpAddr;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use pingora_core::protocols::http::date;
 use pingora_core::protocols::Stream;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::AsyncWriteExt;
 
 use super::super::events::RequestFinished;
@@ -106,13 +106,7 @@ pub(super) async fn serve(
             0
         },
     );
-    wire.put_slice(b"HTTP/1.1 ");
-    wire.put_slice(resp.status.as_str().as_bytes());
-    wire.put_u8(b' ');
-    wire.put_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
-    wire.put_slice(b"\r\n");
-    resp.header_to_h1_wire(&mut wire);
-    wire.put_slice(b"\r\n");
+    write_head(&resp, &mut wire);
     let rest = match body {
         Some(b) if b.len() <= COALESCE_BODY => {
             wire.put_slice(&b);
@@ -150,6 +144,19 @@ pub(super) async fn serve(
     .emit();
     live.request_finished();
     served
+}
+
+/// `resp` as pingora's HTTP/1 session writes it: the status line with the header's own
+/// reason phrase (an origin's, kept in the stored header, else the canonical one), the
+/// fields with their case, and the blank line.
+fn write_head(resp: &ResponseHeader, out: &mut BytesMut) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(resp.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    resp.header_to_h1_wire(out);
+    out.put_slice(b"\r\n");
 }
 
 /// How long writing `bytes` may take: `server.send_timeout`, or for a large answer its
@@ -237,6 +244,19 @@ mod tests {
         ] {
             assert!(!tried(head), "{head:?}");
         }
+    }
+
+    #[test]
+    fn the_status_line_keeps_the_origins_reason_phrase() {
+        let mut resp = ResponseHeader::build(200, None).expect("header");
+        resp.append_header("Content-Length", "0").expect("field");
+        let mut out = BytesMut::new();
+        write_head(&resp, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        resp.set_reason_phrase(Some("Fine")).expect("reason");
+        out.clear();
+        write_head(&resp, &mut out);
+        assert!(out.starts_with(b"HTTP/1.1 200 Fine\r\n"), "{out:?}");
     }
 
     #[test]
