@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::support::http::{try_request_timeout, Resp};
+use crate::support::http::{metric, try_request_timeout, Resp};
 use crate::support::versioned_origin::Fetch;
 
 use super::check::{Checker, Counts, Violation};
@@ -439,19 +439,16 @@ impl Watcher {
 
 /// The sum of `sidecache_l2_operations_total` for the operations a fill depends on (`get`,
 /// `lock`, `set`) with a result other than `ok`, and of `sidecache_cache_lock_timeouts_total`.
-fn let_down_count(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("sidecache_cache_lock_timeouts_total")
-                || (l.starts_with("sidecache_l2_operations_total{")
-                    && ["op=\"get\"", "op=\"lock\"", "op=\"set\""]
-                        .iter()
-                        .any(|op| l.contains(op))
-                    && !l.contains("result=\"ok\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn let_down_count(scrape: &str) -> f64 {
+    let mut count = metric(scrape, "sidecache_cache_lock_timeouts_total");
+    for op in ["get", "lock", "set"] {
+        for result in ["error", "timeout", "skipped"] {
+            let series =
+                format!("sidecache_l2_operations_total{{op=\"{op}\",result=\"{result}\"}}");
+            count += metric(scrape, &series);
+        }
+    }
+    count
 }
 
 /// Read the whole lines of `path` after byte `*offset`, moving it past them. Long runs
