@@ -33,8 +33,14 @@ use tempfile::TempDir;
 
 use super::http::{get, request};
 
-/// Path of the binary under test, built by cargo for integration tests.
-pub const BIN: &str = env!("CARGO_BIN_EXE_sidecache");
+/// Path of the binary cargo built for integration tests.
+const BUILT_BIN: &str = env!("CARGO_BIN_EXE_sidecache");
+
+/// Path of the binary under test: `SIDECACHE_TEST_BIN` when set (a copy of another build,
+/// to run a long test of an older build beside a newer one), else the one cargo built.
+pub fn bin() -> String {
+    std::env::var("SIDECACHE_TEST_BIN").unwrap_or_else(|_| BUILT_BIN.to_owned())
+}
 
 /// How long [`Sidecache::start`] waits for `GET /health` to answer 200.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,7 +194,8 @@ impl Sidecache {
         .expect("write config");
         let stdout = File::create(dir.path().join("stdout.log")).expect("stdout log");
         let stderr = File::create(dir.path().join("stderr.log")).expect("stderr log");
-        let child = Command::new(BIN)
+        let bin = bin();
+        let child = Command::new(&bin)
             .arg("--config")
             .arg(&config_path)
             .args(&opts.args)
@@ -197,7 +204,7 @@ impl Sidecache {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         Sidecache {
             child,
             dir,
@@ -381,12 +388,13 @@ pub fn free_addr() -> SocketAddr {
 
 /// Runs `sidecache ARGS...` to completion (for `check`, `--version`, bad-flag tests).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
+    let bin = bin();
+    Command::new(&bin)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"))
 }
 
 /// GET `path` on `sc` (each answer must be 200) until one answers `x_cache`, for up to 20 s.
