@@ -18,8 +18,14 @@
 //! its broadcast to the others. The known lane is bounded by what was cached: its jobs each
 //! removed an entry, and an entry comes back only through an origin fetch. A speculative purge
 //! of an entry only another instance held still waits its turn (see `docs/design.md`).
-//! A job that fails goes back to the front of its lane and the worker backs off ([`RETRY_MIN`] doubling to [`RETRY_MAX`]); a
-//! success resets the backoff. A purge of a target that is already waiting takes its place
+//! The worker is paced by the purge breaker ([`Pace`]): while it is open the worker takes
+//! nothing and waits out its cooldown, and when the cooldown ends it sends one job alone, the
+//! breaker's probe, then full rounds again once that closes it. So a Redis outage costs the
+//! backlog no skipped attempts and no waits longer than the breaker's own, and the worker
+//! drains at full speed the moment Redis is back. A job that fails goes back to the front of
+//! its lane; a round in which nothing landed and something failed (not merely skipped) is
+//! followed by a backoff ([`RETRY_MIN`] doubling to [`RETRY_MAX`], overlapping the breaker's
+//! wait, not added to it); a round in which anything landed resets it. A purge of a target that is already waiting takes its place
 //! (its newer record replaces the older one), so a flood of writes to one target costs Redis
 //! one purge, and the backlog holds at most one job per target. Nothing ever widens a purge:
 //! the backlog is bounded by `cache.l2.purge_backlog`, and when it is full the writes that
@@ -32,8 +38,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{PurgeKind, PurgeRequest, PurgeSource};
+use crate::cache::storage::breaker::Admits;
 use crate::cache::storage::PurgeTicket;
 use crate::sync::lock;
 use crate::telemetry::metrics::metrics;
@@ -48,6 +56,77 @@ pub const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// Longest backoff between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Longest the worker sleeps while a half-open breaker's probe (sent by anyone) is out: it
+/// looks again this soon, since the probe's success closes the breaker at once.
+pub const PROBE_POLL: Duration = Duration::from_millis(25);
+
+/// What the worker does next ([`Pace::next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Take up to this many jobs and run them as one round.
+    Take(usize),
+    /// Take nothing for this long (the breaker is open, or a backoff runs), then ask again.
+    Wait(Duration),
+}
+
+/// How one round went: jobs that landed, failed (an error or a timeout), and were skipped
+/// (the breaker opened under the round).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Round {
+    pub landed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// The worker's pace: the size of its next round, from the purge breaker, and its backoff
+/// after rounds that failed (see the module docs).
+#[derive(Debug)]
+pub(super) struct Pace {
+    /// The next backoff.
+    backoff: Duration,
+    /// No round starts before this (the end of the backoff running now).
+    not_before: Option<Instant>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            backoff: RETRY_MIN,
+            not_before: None,
+        }
+    }
+}
+
+impl Pace {
+    /// What to do now, with the breaker letting `admits` through.
+    pub fn next(&self, admits: Admits) -> Next {
+        let backoff = self
+            .not_before
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero());
+        match (backoff, admits) {
+            (Some(left), Admits::NoneFor(wait)) => Next::Wait(left.max(wait)),
+            (Some(left), _) => Next::Wait(left),
+            (None, Admits::All) => Next::Take(WORKERS),
+            (None, Admits::Probe) => Next::Take(1),
+            (None, Admits::NoneFor(wait)) => Next::Wait(wait),
+            (None, Admits::ProbeOut) => Next::Wait(PROBE_POLL),
+        }
+    }
+
+    /// Note how a round went: anything landed resets the backoff; nothing landed and
+    /// something failed starts the next backoff; only skips leave the pace to the breaker.
+    pub fn after(&mut self, round: Round) {
+        if round.landed > 0 {
+            self.backoff = RETRY_MIN;
+            self.not_before = None;
+        } else if round.failed > 0 {
+            self.not_before = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        }
+    }
+}
 
 /// One purge whose L1 part is done and whose Redis part is waiting.
 pub(super) struct Job {
@@ -266,6 +345,65 @@ mod tests {
 
     fn targets(jobs: &[Job]) -> Vec<&str> {
         jobs.iter().map(|j| j.request.target.as_str()).collect()
+    }
+
+    const FAILED: Round = Round {
+        landed: 0,
+        failed: 3,
+        skipped: 61,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_takes_what_the_breaker_lets_through() {
+        let pace = Pace::default();
+        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
+        // the probe goes alone, so no other job is sent to be skipped
+        assert_eq!(pace.next(Admits::Probe), Next::Take(1));
+        let cooldown = Duration::from_millis(300);
+        assert_eq!(pace.next(Admits::NoneFor(cooldown)), Next::Wait(cooldown));
+        assert_eq!(pace.next(Admits::ProbeOut), Next::Wait(PROBE_POLL));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_rounds_back_off_and_a_landed_job_resets_the_backoff() {
+        let mut pace = Pace::default();
+        pace.after(FAILED);
+        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN));
+        tokio::time::advance(RETRY_MIN).await;
+        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
+        pace.after(FAILED);
+        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN * 2));
+        for _ in 0..10 {
+            pace.after(FAILED);
+        }
+        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MAX));
+        // one job that landed is enough: Redis takes work again
+        pace.after(Round {
+            landed: 1,
+            failed: 63,
+            skipped: 0,
+        });
+        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
+        pace.after(FAILED);
+        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_overlaps_the_breakers_wait_and_skips_leave_the_pace_to_the_breaker() {
+        let mut pace = Pace::default();
+        pace.after(FAILED);
+        let cooldown = Duration::from_millis(300);
+        assert_eq!(pace.next(Admits::NoneFor(cooldown)), Next::Wait(cooldown));
+        tokio::time::advance(RETRY_MIN).await;
+        assert_eq!(pace.next(Admits::Probe), Next::Take(1));
+
+        let mut pace = Pace::default();
+        pace.after(Round {
+            landed: 0,
+            failed: 0,
+            skipped: 64,
+        });
+        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
     }
 
     #[test]

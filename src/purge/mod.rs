@@ -39,14 +39,15 @@ use serde::{Deserialize, Serialize};
 
 use std::time::SystemTime;
 
+use crate::cache::storage::breaker::Admits;
 use crate::cache::storage::l2::{PurgeDone, SoftPurge};
 pub use crate::cache::storage::PurgeKind;
 use crate::cache::storage::TieredCache;
 use crate::config::CacheConfig;
 use crate::telemetry::events::InternalEvent;
-use crate::telemetry::metrics::{metrics, preset_pairs};
+use crate::telemetry::metrics::{metrics, preset_pairs, L2Result};
 use applied::AppliedPurges;
-use backlog::{Backlog, Job, Pushed};
+use backlog::{Backlog, Job, Next, Pace, Pushed, Round};
 use broadcast::{ChannelKey, PurgeMessage};
 use events::{PurgeApplied, PurgeBroadcast, PurgeDeferred};
 
@@ -129,8 +130,14 @@ pub struct PurgeReport {
     pub retrying: bool,
 }
 
+/// A job whose Redis part did not land, with why, for the backlog.
+struct Deferred {
+    job: Job,
+    result: L2Result,
+}
+
 /// `job`, whose Redis part just failed with `result`, counted and logged, for the backlog.
-fn deferred(mut job: Job, result: crate::telemetry::metrics::L2Result) -> Job {
+fn deferred(mut job: Job, result: L2Result) -> Deferred {
     job.attempts += 1;
     PurgeDeferred {
         kind: job.request.kind,
@@ -138,7 +145,7 @@ fn deferred(mut job: Job, result: crate::telemetry::metrics::L2Result) -> Job {
         result,
     }
     .emit();
-    job
+    Deferred { job, result }
 }
 
 /// Applies purges to both tiers and broadcasts them to the other instances.
@@ -239,7 +246,7 @@ impl PurgeService {
         };
         match self.redis_part(job).await {
             Ok(report) => report,
-            Err(job) => {
+            Err(Deferred { job, .. }) => {
                 let report = PurgeReport {
                     l1_removed,
                     l2_ok: false,
@@ -271,7 +278,7 @@ impl PurgeService {
     /// The Redis part of a purge whose L1 part is done: the batched delete (settling its
     /// record), the log entry, the broadcast, then the event. `Err` gives the job back when
     /// Redis did not take it.
-    async fn redis_part(&self, job: Job) -> Result<PurgeReport, Job> {
+    async fn redis_part(&self, job: Job) -> Result<PurgeReport, Deferred> {
         let (kind, target) = (job.request.kind, job.request.target.as_str());
         let Some(l2) = self.cache.l2() else {
             drop(job.ticket);
@@ -334,12 +341,24 @@ impl PurgeService {
         pushed
     }
 
-    /// The backlog's worker: runs waiting Redis parts, [`backlog::WORKERS`] at a time, and
-    /// backs off while they fail (see [`backlog`]).
+    /// The backlog's worker: runs waiting Redis parts in rounds of up to
+    /// [`backlog::WORKERS`], paced by the purge breaker and backing off while they fail
+    /// (see [`backlog`]).
     async fn drain_backlog(&'static self) {
-        let mut backoff = backlog::RETRY_MIN;
+        let mut pace = Pace::default();
         loop {
-            let jobs = self.backlog.take(backlog::WORKERS);
+            let admits = self
+                .cache
+                .l2()
+                .map_or(Admits::All, |l2| l2.purge_breaker().admits());
+            let n = match pace.next(admits) {
+                Next::Take(n) => n,
+                Next::Wait(wait) => {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let jobs = self.backlog.take(n);
             if jobs.is_empty() {
                 self.backlog.pushed().await;
                 continue;
@@ -348,23 +367,25 @@ impl PurgeService {
             for job in jobs {
                 running.spawn(async move { self.redis_part(job).await });
             }
-            let mut failed = false;
+            let mut round = Round::default();
             while let Some(done) = running.join_next().await {
                 match done {
-                    Ok(Err(job)) => {
-                        failed = true;
+                    Ok(Err(Deferred { job, result })) => {
+                        if result == L2Result::Skipped {
+                            round.skipped += 1;
+                        } else {
+                            round.failed += 1;
+                        }
                         self.backlog.retry(job);
                     }
                     // landed, or (cannot happen: nothing in it panics) its task died
-                    Ok(Ok(_)) | Err(_) => self.backlog.landed(),
+                    Ok(Ok(_)) | Err(_) => {
+                        round.landed += 1;
+                        self.backlog.landed();
+                    }
                 }
             }
-            if failed {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backlog::RETRY_MAX);
-            } else {
-                backoff = backlog::RETRY_MIN;
-            }
+            pace.after(round);
         }
     }
 

@@ -6,7 +6,7 @@
 //! - a purge whose broadcast is lost still reaches the other instance, within
 //!   `cache.l2.purge_poll` (the finished-purge log);
 //! - a purge that could not reach Redis is retried until it lands, and then reaches the
-//!   other instance; the purge of an entry this instance held is not queued behind a flood
+//!   other instance; while Redis is out the backlog sends only the breaker's probes; the purge of an entry this instance held is not queued behind a flood
 //!   of writes' purges of paths nothing cached;
 //! - while the purge backlog is full, writes to cacheable paths are refused before the
 //!   origin, and writes elsewhere pass;
@@ -326,6 +326,54 @@ async fn a_purge_that_could_not_reach_redis_lands_when_it_can() {
         assert!(Instant::now() < deadline, "the backlog never drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// While A cannot reach Redis, its purge backlog sends Redis nothing but the purge breaker's
+/// probes, one per cooldown; when Redis is back the next probe closes the breaker and the
+/// backlog drains at once. (The worker used to send rounds of 64 jobs regardless, which the
+/// open breaker skipped, counted as 64 failed retries each, and then slept up to 5 s
+/// between rounds, so each time a fault opened the breaker it drained in bursts, long after
+/// Redis was back: the torture runs' full backlogs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn while_redis_is_out_the_backlog_sends_only_the_breakers_probes() {
+    // every field bound: one left out would drop (stop) at once
+    let Proxied {
+        redis: _redis,
+        proxy,
+        _backend,
+        a,
+        b: _b,
+    } = proxied().await;
+    proxy.cut();
+    let writes = write_flood(&a.url(""), 8, Instant::now() + Duration::from_millis(500)).await;
+    let waiting = scrape(&a, "sidecache_purge_backlog").await;
+    assert!(
+        waiting >= 64.0,
+        "the flood was too thin ({writes} writes, {waiting} purges waiting)"
+    );
+    let before = scrape(&a, "sidecache_purge_retries_total").await;
+    let out = Duration::from_secs(3);
+    tokio::time::sleep(out).await;
+    let retries = scrape(&a, "sidecache_purge_retries_total").await - before;
+    // cooldown 200 ms, a probe fails within the 500 ms write timeout: about 5 probes in
+    // 3 s, at most 15; the old worker's rounds of 64 made at least 4 x 64
+    eprintln!("{waiting} purges waiting, Redis out for {out:?}: {retries} failed attempts");
+    assert!(
+        retries <= 20.0,
+        "the backlog sent {retries} purges to be skipped or fail while Redis was out"
+    );
+
+    proxy.heal();
+    let since = Instant::now();
+    let deadline = since + POLL;
+    while scrape(&a, "sidecache_purge_backlog").await > 0.0 {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{waiting} purges drained {:?} after Redis came back",
+        since.elapsed()
+    );
 }
 
 /// A flood of anonymous writes to paths nothing cached fills A's backlog while A cannot

@@ -43,6 +43,21 @@ enum State {
     HalfOpen { since: Instant },
 }
 
+/// What a breaker lets through now ([`CircuitBreaker::admits`]), for a caller that paces its
+/// own work by it (the purge backlog's worker) rather than sending operations to be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admits {
+    /// Closed: every operation.
+    All,
+    /// Open, and its cooldown has passed: one operation, the probe.
+    Probe,
+    /// Open: nothing for this long (the rest of its cooldown).
+    NoneFor(Duration),
+    /// Half-open with its probe out: nothing until the probe reports (its success closes
+    /// the breaker) or is replaced after another cooldown.
+    ProbeOut,
+}
+
 /// Consecutive-failure circuit breaker with a cooldown and a single half-open probe.
 #[derive(Debug)]
 pub struct CircuitBreaker {
@@ -100,6 +115,19 @@ impl CircuitBreaker {
                 true
             }
             State::HalfOpen { .. } => false,
+        }
+    }
+
+    /// What [`CircuitBreaker::allow`] would let through now, without taking the probe.
+    pub fn admits(&self) -> Admits {
+        let now = Instant::now();
+        match *self.lock() {
+            State::Closed { .. } => Admits::All,
+            State::Open { until } if now < until => Admits::NoneFor(until - now),
+            State::HalfOpen { since } if now.duration_since(since) < self.cooldown() => {
+                Admits::ProbeOut
+            }
+            State::Open { .. } | State::HalfOpen { .. } => Admits::Probe,
         }
     }
 
@@ -166,12 +194,23 @@ mod tests {
         let b = CircuitBreaker::new(BreakerScope::Purges, 2, Duration::from_millis(30));
         b.on_failure();
         assert!(b.is_closed());
+        assert_eq!(b.admits(), Admits::All);
         b.on_failure();
         assert!(!b.is_closed());
+        assert!(
+            matches!(b.admits(), Admits::NoneFor(w) if w <= Duration::from_millis(30)),
+            "open: nothing until the cooldown ends"
+        );
         assert!(!b.allow());
         std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admits(), Admits::Probe);
         assert!(b.allow(), "one probe after cooldown");
         assert!(!b.allow(), "only one probe");
+        assert_eq!(
+            b.admits(),
+            Admits::ProbeOut,
+            "nothing while the probe is out"
+        );
         b.on_failure();
         assert!(!b.allow());
         std::thread::sleep(Duration::from_millis(40));
