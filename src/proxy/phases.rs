@@ -192,6 +192,7 @@ impl ProxyHttp for SidecacheProxy {
         let config = &ctx.snapshot.config;
         let mut overrides = pingora_cache::CacheOptionOverrides::default();
         overrides.wait_timeout = Some(config.cache.lock_timeout);
+        overrides.max_lock_retries = Some(crate::cache::storage::coalescing_lock::MAX_LOCK_RETRIES);
         session.cache.enable(
             self.live.cache,
             None,

@@ -9,7 +9,8 @@
 //!
 //! A purge in the middle of a stampede (a write to the key while 40 requests wait on its
 //! fill) costs one more fetch, not one per waiter: the fill that began before the write is
-//! refused, and the next one, which began after it, is stored.
+//! refused, and the next one, which began after it, is stored. Purges in a row cost one
+//! fetch each, however many waiters are left.
 //!
 //! `SIDECACHE_STAMPEDE_ROUNDS` (default 8) sets the rounds per scenario and
 //! `SIDECACHE_STAMPEDE_SEED` the first seed (default from the clock, printed); each round
@@ -223,4 +224,67 @@ write_timeout = "1s"
             "fill_lock = {fill_lock}: {fetches} origin fetches for 40 GETs and one write"
         );
     }
+}
+
+/// 40 GETs of one new key at once while three purges of it land one after another, each in
+/// the middle of a fill: every fill but the last is refused, and each time the waiters
+/// compete again, so one of them fetches. Four origin fetches in all, one per fill window.
+/// (pingora lets a waiter compete at most twice by default, then sends it to the origin with
+/// the cache off: after the third refused fill every waiter left fetched at once, 38 fetches
+/// in one window. The wait stays bounded by `cache.lock_timeout`, which pingora counts
+/// across the retries.)
+#[tokio::test(flavor = "multi_thread")]
+async fn purges_in_a_row_during_a_stampede_cost_one_fetch_each_not_one_per_waiter() {
+    let origin = ScriptedOrigin::start().await;
+    let path = "/items/2";
+    origin.script(
+        path,
+        (0..40).map(|i| Scripted::ok(&format!("v{i}")).after(Duration::from_millis(400))),
+    );
+    let config = config_opening().then(
+        r#"
+[[routes]]
+name = "items"
+match = "GET /items/:id"
+ttl = "5m"
+
+[cache]
+lock_timeout = "10s"
+
+[cache.l1]
+max_bytes = "8MiB"
+"#,
+    );
+    let sc = Sidecache::start(SidecacheOptions::new(config).backend(origin.addr())).await;
+    let url = sc.url(path);
+    let gets: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { try_get(&url, &[]).await })
+        })
+        .collect();
+    let fetches = || origin.seen(path).len();
+    for fill in 1..=3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fetches() < fill {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fill {fill} never reached the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // the fill is under way (it answers after 400 ms): this purge refuses its store
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        support::sidecache::admin_purge(&sc, serde_json::json!({ "url": path })).await;
+    }
+    for g in gets {
+        let r = g.await.expect("GET task").expect("GET");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let fetches = fetches();
+    assert!(
+        fetches <= 5,
+        "{fetches} origin fetches for 40 GETs and 3 purges: the waiters left after the \
+         third refused fill each fetched"
+    );
 }

@@ -26,6 +26,16 @@ use pingora_cache::CacheKey;
 
 use super::{L1Probe, TieredCache};
 
+/// How many times a waiter may compete for a key again after the fill it waited on ended
+/// without an entry it could serve (pingora's default is 2). Each time is one fill that
+/// finished (most often one a purge refused: it began before the purge), so it needs a purge
+/// per fill to get here. Past the limit pingora sends every waiter left to the origin at
+/// once with the cache off, which broke the promise of one fetch per fill window (three
+/// purges in a row during a stampede: 38 fetches). The wait stays bounded by
+/// `cache.lock_timeout`, which pingora counts across the retries; the limit only bounds
+/// the number of lookups a request can make.
+pub const MAX_LOCK_RETRIES: usize = 32;
+
 /// pingora's [`CacheLock`] with a re-check of L1 when it grants a fill (see the module docs).
 pub struct CoalescingLock {
     inner: CacheLock,
