@@ -177,6 +177,11 @@ def targets(rows):
             # One stored miss: the flood is all stored misses.
             check("One stored miss: CPU <= nginx's", sc["cpu_x_nginx"] <= 1.0,
                   f"{sc['cpu_us_per_req']:.0f} µs vs {ng['cpu_us_per_req']:.0f} µs = {sc['cpu_x_nginx']:.2f}x")
+        l2 = by.get(("7-flood", "sidecache-flood-l2"))
+        if l2 and ng:
+            check("Flood of distinct keys with Redis L2 (proxy, origin and Redis on one core): "
+                  "keys/s >= 0.7x nginx", l2["rps_x_nginx"] >= 0.7,
+                  f"{l2['rps']:,.0f}/s vs {ng['rps']:,.0f}/s = {l2['rps_x_nginx']:.2f}x")
         base = by.get(("7-flood", "sidecache-base-flood"))
         if base:
             out.append({"target": "(baseline build) flood: RSS, keys/s",
