@@ -9,28 +9,33 @@
 //! here however long Redis takes. Other instances learn of it when it lands (see
 //! [`super::catch_up`]).
 //!
-//! One worker task runs up to [`WORKERS`] jobs at a time, oldest first within two lanes, the
-//! first ahead of the second (which keeps a quarter of the slots, so it cannot starve): **known** purges (of something this instance held, or not a
-//! write's: an admin purge whose Redis part failed) and **speculative** ones (a write's purge
-//! of a target this instance held nothing of, such as the url every write to a default
-//! origin-mode path purges). So a flood of anonymous writes to paths nothing cached, however
-//! deep it makes the backlog, does not delay the purge of an entry this instance held, nor
-//! its broadcast to the others. The known lane is bounded by what was cached: its jobs each
-//! removed an entry, and an entry comes back only through an origin fetch. A speculative purge
-//! of an entry only another instance held still waits its turn (see `docs/design.md`).
-//! The worker is paced by the purge breaker ([`Pace`]): while it is open the worker takes
-//! nothing and waits out its cooldown, and when the cooldown ends it sends one job alone, the
-//! breaker's probe, then full rounds again once that closes it. So a Redis outage costs the
-//! backlog no skipped attempts and no waits longer than the breaker's own, and the worker
-//! drains at full speed the moment Redis is back. A job that fails goes back to the front of
-//! its lane; a round in which nothing landed and something failed (not merely skipped) is
-//! followed by a backoff ([`RETRY_MIN`] doubling to [`RETRY_MAX`], overlapping the breaker's
-//! wait, not added to it); a round in which anything landed resets it. A purge of a target that is already waiting takes its place
-//! (its newer record replaces the older one), so a flood of writes to one target costs Redis
-//! one purge, and the backlog holds at most one job per target. Nothing ever widens a purge:
-//! the backlog is bounded by `cache.l2.purge_backlog`, and when it is full the writes that
-//! would add to it are refused before they reach the origin (see
-//! [`super::PurgeService::accepts_writes`]), never merged into a bigger purge.
+//! One worker task keeps up to [`WORKERS`] jobs running, starting the next as each ends,
+//! oldest first within two lanes, the first ahead of the second (which keeps a quarter of
+//! the places, so it cannot starve): **known** purges (of something this instance held, or
+//! not a write's: an admin purge whose Redis part failed) and **speculative** ones (a
+//! write's purge of a target this instance held nothing of, such as the url every write to
+//! a default origin-mode path purges). So a flood of anonymous writes to paths nothing
+//! cached, however deep it makes the backlog, does not delay the purge of an entry this
+//! instance held, nor its broadcast to the others. The known lane is bounded by what was
+//! cached: its jobs each removed an entry, and an entry comes back only through an origin
+//! fetch. A speculative purge of an entry only another instance held still waits its turn
+//! (see `docs/design.md`).
+//!
+//! The worker is paced by the purge breaker ([`Pace`]): while it is open the worker starts
+//! nothing and waits out its cooldown; when the cooldown ends and the jobs already out are
+//! back, it sends one job alone, the breaker's probe, and fills the pool again once that
+//! closes it. So a Redis outage costs the backlog no skipped attempts and no wait longer
+//! than the breaker's own, and the worker drains at full speed the moment Redis is back. A
+//! job that fails goes back to the front of its lane and starts a backoff ([`RETRY_MIN`]
+//! doubling to [`RETRY_MAX`]; the jobs of one outage, failing together, count once; it
+//! overlaps the breaker's wait, not added to it); a job that lands resets it.
+//!
+//! A purge of a target that is already waiting takes its place (its newer record replaces
+//! the older one), so a flood of writes to one target costs Redis one purge, and the
+//! backlog holds at most one job per target. Nothing ever widens a purge: the backlog is
+//! bounded by `cache.l2.purge_backlog`, and when it is full the writes that would add to it
+//! are refused before they reach the origin (see [`super::PurgeService::accepts_writes`]),
+//! never merged into a bigger purge.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -48,8 +53,14 @@ use crate::telemetry::metrics::metrics;
 
 /// Jobs the worker runs at a time. They share one multiplexed connection, so Redis gets
 /// them pipelined: a flood of writes to distinct targets drains at Redis's pace, not at one
-/// round trip per purge.
-pub const WORKERS: usize = 64;
+/// round trip per purge. The pool is rolling (a job that ends makes room for the next), so
+/// jobs stuck on one unreachable cluster master until their timeout hold only their own
+/// places, and the rest keep draining through the other masters.
+pub const WORKERS: usize = 256;
+
+/// The worker starts jobs in batches of at least this many (or when none runs), so every
+/// take keeps the speculative lane's quarter.
+pub const REFILL: usize = WORKERS / 4;
 
 /// First backoff after a failed job.
 pub const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -64,28 +75,32 @@ pub const PROBE_POLL: Duration = Duration::from_millis(25);
 /// What the worker does next ([`Pace::next`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Next {
-    /// Take up to this many jobs and run them as one round.
+    /// Start up to this many more jobs (fewer when the pool has less room).
     Take(usize),
-    /// Take nothing for this long (the breaker is open, or a backoff runs), then ask again.
+    /// Start nothing for (at most) this long: the breaker is open or its probe is out, a
+    /// backoff runs, or the probe waits for the jobs still running. Jobs already running go
+    /// on.
     Wait(Duration),
 }
 
-/// How one round went: jobs that landed, failed (an error or a timeout), and were skipped
-/// (the breaker opened under the round).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Round {
-    pub landed: usize,
-    pub failed: usize,
-    pub skipped: usize,
+/// How one job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Its Redis part landed.
+    Landed,
+    /// An error or a timeout: it goes back to the backlog.
+    Failed,
+    /// The breaker was open when it was sent: it goes back, and the breaker paces the rest.
+    Skipped,
 }
 
-/// The worker's pace: the size of its next round, from the purge breaker, and its backoff
-/// after rounds that failed (see the module docs).
+/// The worker's pace: how many jobs it may start now, from the purge breaker, the jobs
+/// running and its backoff (see the module docs).
 #[derive(Debug)]
 pub(super) struct Pace {
     /// The next backoff.
     backoff: Duration,
-    /// No round starts before this (the end of the backoff running now).
+    /// No job starts before this (the end of the backoff running now).
     not_before: Option<Instant>,
 }
 
@@ -99,8 +114,8 @@ impl Default for Pace {
 }
 
 impl Pace {
-    /// What to do now, with the breaker letting `admits` through.
-    pub fn next(&self, admits: Admits) -> Next {
+    /// What to do now, with the breaker letting `admits` through and `running` jobs out.
+    pub fn next(&self, admits: Admits, running: usize) -> Next {
         let backoff = self
             .not_before
             .and_then(|at| at.checked_duration_since(Instant::now()))
@@ -109,21 +124,30 @@ impl Pace {
             (Some(left), Admits::NoneFor(wait)) => Next::Wait(left.max(wait)),
             (Some(left), _) => Next::Wait(left),
             (None, Admits::All) => Next::Take(WORKERS),
-            (None, Admits::Probe) => Next::Take(1),
+            // the probe goes alone, once the jobs sent before the breaker opened are back
+            (None, Admits::Probe) if running == 0 => Next::Take(1),
+            (None, Admits::Probe | Admits::ProbeOut) => Next::Wait(PROBE_POLL),
             (None, Admits::NoneFor(wait)) => Next::Wait(wait),
-            (None, Admits::ProbeOut) => Next::Wait(PROBE_POLL),
         }
     }
 
-    /// Note how a round went: anything landed resets the backoff; nothing landed and
-    /// something failed starts the next backoff; only skips leave the pace to the breaker.
-    pub fn after(&mut self, round: Round) {
-        if round.landed > 0 {
-            self.backoff = RETRY_MIN;
-            self.not_before = None;
-        } else if round.failed > 0 {
-            self.not_before = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    /// Note how a job ended: one that landed resets the backoff; one that failed starts the
+    /// next backoff unless one runs (the jobs of one outage fail together, and count once);
+    /// a skip leaves the pace to the breaker.
+    pub fn ended(&mut self, ended: Ended) {
+        match ended {
+            Ended::Landed => {
+                self.backoff = RETRY_MIN;
+                self.not_before = None;
+            }
+            Ended::Failed => {
+                let now = Instant::now();
+                if self.not_before.is_none_or(|at| at <= now) {
+                    self.not_before = Some(now + self.backoff);
+                    self.backoff = (self.backoff * 2).min(RETRY_MAX);
+                }
+            }
+            Ended::Skipped => {}
         }
     }
 }
@@ -347,63 +371,62 @@ mod tests {
         jobs.iter().map(|j| j.request.target.as_str()).collect()
     }
 
-    const FAILED: Round = Round {
-        landed: 0,
-        failed: 3,
-        skipped: 61,
-    };
-
     #[tokio::test(start_paused = true)]
     async fn the_worker_takes_what_the_breaker_lets_through() {
         let pace = Pace::default();
-        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
+        assert_eq!(pace.next(Admits::All, 10), Next::Take(WORKERS));
         // the probe goes alone, so no other job is sent to be skipped
-        assert_eq!(pace.next(Admits::Probe), Next::Take(1));
+        assert_eq!(pace.next(Admits::Probe, 0), Next::Take(1));
+        assert_eq!(pace.next(Admits::Probe, 3), Next::Wait(PROBE_POLL));
         let cooldown = Duration::from_millis(300);
-        assert_eq!(pace.next(Admits::NoneFor(cooldown)), Next::Wait(cooldown));
-        assert_eq!(pace.next(Admits::ProbeOut), Next::Wait(PROBE_POLL));
+        assert_eq!(
+            pace.next(Admits::NoneFor(cooldown), 0),
+            Next::Wait(cooldown)
+        );
+        assert_eq!(pace.next(Admits::ProbeOut, 0), Next::Wait(PROBE_POLL));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn failed_rounds_back_off_and_a_landed_job_resets_the_backoff() {
+    async fn failures_back_off_once_per_outage_and_a_landed_job_resets_the_backoff() {
         let mut pace = Pace::default();
-        pace.after(FAILED);
-        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN));
-        tokio::time::advance(RETRY_MIN).await;
-        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
-        pace.after(FAILED);
-        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN * 2));
-        for _ in 0..10 {
-            pace.after(FAILED);
+        // 64 jobs of one outage fail together: one backoff, not 64 doublings
+        for _ in 0..64 {
+            pace.ended(Ended::Failed);
         }
-        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MAX));
+        assert_eq!(pace.next(Admits::All, 0), Next::Wait(RETRY_MIN));
+        tokio::time::advance(RETRY_MIN).await;
+        assert_eq!(pace.next(Admits::All, 0), Next::Take(WORKERS));
+        pace.ended(Ended::Failed);
+        assert_eq!(pace.next(Admits::All, 0), Next::Wait(RETRY_MIN * 2));
+        for _ in 0..10 {
+            tokio::time::advance(RETRY_MAX).await;
+            pace.ended(Ended::Failed);
+        }
+        assert_eq!(pace.next(Admits::All, 0), Next::Wait(RETRY_MAX));
         // one job that landed is enough: Redis takes work again
-        pace.after(Round {
-            landed: 1,
-            failed: 63,
-            skipped: 0,
-        });
-        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
-        pace.after(FAILED);
-        assert_eq!(pace.next(Admits::All), Next::Wait(RETRY_MIN));
+        pace.ended(Ended::Landed);
+        assert_eq!(pace.next(Admits::All, 0), Next::Take(WORKERS));
+        pace.ended(Ended::Failed);
+        assert_eq!(pace.next(Admits::All, 0), Next::Wait(RETRY_MIN));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_backoff_overlaps_the_breakers_wait_and_skips_leave_the_pace_to_the_breaker() {
         let mut pace = Pace::default();
-        pace.after(FAILED);
+        pace.ended(Ended::Failed);
         let cooldown = Duration::from_millis(300);
-        assert_eq!(pace.next(Admits::NoneFor(cooldown)), Next::Wait(cooldown));
+        assert_eq!(
+            pace.next(Admits::NoneFor(cooldown), 0),
+            Next::Wait(cooldown)
+        );
         tokio::time::advance(RETRY_MIN).await;
-        assert_eq!(pace.next(Admits::Probe), Next::Take(1));
+        assert_eq!(pace.next(Admits::Probe, 0), Next::Take(1));
 
         let mut pace = Pace::default();
-        pace.after(Round {
-            landed: 0,
-            failed: 0,
-            skipped: 64,
-        });
-        assert_eq!(pace.next(Admits::All), Next::Take(WORKERS));
+        for _ in 0..64 {
+            pace.ended(Ended::Skipped);
+        }
+        assert_eq!(pace.next(Admits::All, 0), Next::Take(WORKERS));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::config::CacheConfig;
 use crate::telemetry::events::InternalEvent;
 use crate::telemetry::metrics::{metrics, preset_pairs, L2Result};
 use applied::AppliedPurges;
-use backlog::{Backlog, Job, Next, Pace, Pushed, Round};
+use backlog::{Backlog, Ended, Job, Next, Pace, Pushed};
 use broadcast::{ChannelKey, PurgeMessage};
 use events::{PurgeApplied, PurgeBroadcast, PurgeDeferred};
 
@@ -341,51 +341,58 @@ impl PurgeService {
         pushed
     }
 
-    /// The backlog's worker: runs waiting Redis parts in rounds of up to
-    /// [`backlog::WORKERS`], paced by the purge breaker and backing off while they fail
-    /// (see [`backlog`]).
+    /// The backlog's worker: keeps up to [`backlog::WORKERS`] Redis parts running, paced by
+    /// the purge breaker and backing off while they fail (see [`backlog`]).
     async fn drain_backlog(&'static self) {
         let mut pace = Pace::default();
+        let mut running = tokio::task::JoinSet::new();
         loop {
             let admits = self
                 .cache
                 .l2()
                 .map_or(Admits::All, |l2| l2.purge_breaker().admits());
-            let n = match pace.next(admits) {
-                Next::Take(n) => n,
-                Next::Wait(wait) => {
-                    tokio::time::sleep(wait).await;
-                    continue;
+            let room = backlog::WORKERS - running.len();
+            let wait = match pace.next(admits, running.len()) {
+                // refilled in batches, so each take keeps the speculative lane's quarter
+                Next::Take(n) if room >= backlog::REFILL || running.is_empty() => {
+                    for job in self.backlog.take(n.min(room)) {
+                        running.spawn(async move { self.redis_part(job).await });
+                    }
+                    None
                 }
+                Next::Take(_) => None,
+                Next::Wait(wait) => Some(wait),
             };
-            let jobs = self.backlog.take(n);
-            if jobs.is_empty() {
-                self.backlog.pushed().await;
-                continue;
+            let may_take = wait.is_none() && running.len() < backlog::WORKERS;
+            tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    pace.ended(self.job_ended(done));
+                }
+                () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                () = self.backlog.pushed(), if may_take && running.len() + backlog::REFILL <= backlog::WORKERS => {}
             }
-            let mut running = tokio::task::JoinSet::new();
-            for job in jobs {
-                running.spawn(async move { self.redis_part(job).await });
-            }
-            let mut round = Round::default();
-            while let Some(done) = running.join_next().await {
-                match done {
-                    Ok(Err(Deferred { job, result })) => {
-                        if result == L2Result::Skipped {
-                            round.skipped += 1;
-                        } else {
-                            round.failed += 1;
-                        }
-                        self.backlog.retry(job);
-                    }
-                    // landed, or (cannot happen: nothing in it panics) its task died
-                    Ok(Ok(_)) | Err(_) => {
-                        round.landed += 1;
-                        self.backlog.landed();
-                    }
+        }
+    }
+
+    /// Account for a job the worker ran: landed, or back to the backlog.
+    fn job_ended(
+        &self,
+        done: Result<Result<PurgeReport, Deferred>, tokio::task::JoinError>,
+    ) -> Ended {
+        match done {
+            Ok(Err(Deferred { job, result })) => {
+                self.backlog.retry(job);
+                if result == L2Result::Skipped {
+                    Ended::Skipped
+                } else {
+                    Ended::Failed
                 }
             }
-            pace.after(round);
+            // landed, or (cannot happen: nothing in it panics) its task died
+            Ok(Ok(_)) | Err(_) => {
+                self.backlog.landed();
+                Ended::Landed
+            }
         }
     }
 
