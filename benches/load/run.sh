@@ -461,10 +461,15 @@ fi
 # --- report ------------------------------------------------------------------------------------
 mkdir -p "$HERE/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+# the raw runs are kept beside the results when the report fails, so a run is never lost
 python3 "$HERE/report.py" "$RUNS" "$HERE/results/$STAMP.json" \
   --meta "duration_s=$DURATION" "rounds=$ROUNDS" "quick=$QUICK" "scenarios=$SCENARIOS" \
   "server_cpu=$SERVER_CPU" "client_cpu=$CLIENT_CPU" "nproc=$(nproc)" \
   "cpu_model=$(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2; exit}')" \
-  "kernel=$(uname -r)" "sidecache_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  "kernel=$(uname -r)" "sidecache_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" || {
+  cp "$RUNS" "$HERE/results/$STAMP.runs.jsonl"
+  log "report failed; the raw runs are in $HERE/results/$STAMP.runs.jsonl"
+  exit 1
+}
 log "results: $HERE/results/$STAMP.json"
 
