@@ -54,8 +54,7 @@ use crate::telemetry::metrics::metrics;
 /// Jobs the worker runs at a time. They share one multiplexed connection, so Redis gets
 /// them pipelined: a flood of writes to distinct targets drains at Redis's pace, not at one
 /// round trip per purge. The pool is rolling (a job that ends makes room for the next), so
-/// jobs stuck on one unreachable cluster master until their timeout hold only their own
-/// places, and the rest keep draining through the other masters.
+/// a job stuck until its write timeout holds only its own place, not a round of others.
 pub const WORKERS: usize = 256;
 
 /// The worker starts jobs in batches of at least this many (or when none runs), so every

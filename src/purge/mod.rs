@@ -351,25 +351,27 @@ impl PurgeService {
                 .cache
                 .l2()
                 .map_or(Admits::All, |l2| l2.purge_breaker().admits());
-            let room = backlog::WORKERS - running.len();
+            // refilled in batches, so each take keeps the speculative lane's quarter
+            let batch_fits = |running: usize| running + backlog::REFILL <= backlog::WORKERS;
             let wait = match pace.next(admits, running.len()) {
-                // refilled in batches, so each take keeps the speculative lane's quarter
-                Next::Take(n) if room >= backlog::REFILL || running.is_empty() => {
-                    for job in self.backlog.take(n.min(room)) {
-                        running.spawn(async move { self.redis_part(job).await });
+                Next::Take(n) => {
+                    if batch_fits(running.len()) || running.is_empty() {
+                        let room = backlog::WORKERS - running.len();
+                        for job in self.backlog.take(n.min(room)) {
+                            running.spawn(async move { self.redis_part(job).await });
+                        }
                     }
                     None
                 }
-                Next::Take(_) => None,
                 Next::Wait(wait) => Some(wait),
             };
-            let may_take = wait.is_none() && running.len() < backlog::WORKERS;
+            let may_take = wait.is_none() && batch_fits(running.len());
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     pace.ended(self.job_ended(done));
                 }
                 () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
-                () = self.backlog.pushed(), if may_take && running.len() + backlog::REFILL <= backlog::WORKERS => {}
+                () = self.backlog.pushed(), if may_take => {}
             }
         }
     }

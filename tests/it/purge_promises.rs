@@ -6,8 +6,9 @@
 //! - a purge whose broadcast is lost still reaches the other instance, within
 //!   `cache.l2.purge_poll` (the finished-purge log);
 //! - a purge that could not reach Redis is retried until it lands, and then reaches the
-//!   other instance; while Redis is out the backlog sends only the breaker's probes; the purge of an entry this instance held is not queued behind a flood
-//!   of writes' purges of paths nothing cached;
+//!   other instance; while Redis is out the backlog sends only the breaker's probes; the
+//!   purge of an entry this instance held is not queued behind a flood of writes' purges
+//!   of paths nothing cached;
 //! - while the purge backlog is full, writes to cacheable paths are refused before the
 //!   origin, and writes elsewhere pass;
 //! - a captured signed broadcast replayed later is dropped.

@@ -22,7 +22,7 @@ use crate::support;
 use std::time::Duration;
 
 use support::backend::{start_backend, Backend};
-use support::http::{get, try_get};
+use support::http::{get, try_get, Resp};
 use support::redis::RedisServer;
 use support::redis_cluster::{bundle, l2_config, toml_list, RedisCluster};
 use support::scripted::{Scripted, ScriptedOrigin};
@@ -160,6 +160,24 @@ async fn two_instances_with_the_fill_lock_fetch_each_key_once_on_a_cluster() {
     every_round_fetches_once(&[&a, &b], &backend, 4_000).await;
 }
 
+/// `n` GETs of `url` sent at once; [`all_ok`] awaits them.
+fn gets_at_once(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<Result<Resp, String>>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { try_get(&url, &[]).await })
+        })
+        .collect()
+}
+
+/// Await `gets`; every one must answer 200.
+async fn all_ok(gets: Vec<tokio::task::JoinHandle<Result<Resp, String>>>) {
+    for g in gets {
+        let r = g.await.expect("GET task").expect("GET");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 /// 40 GETs of one new key at once, and a write that purges it while the first fill is
 /// under way: that fill is refused (it may hold the old version) and the waiters get the
 /// next, which began after the write: two origin fetches in all, not one per waiter (each
@@ -200,20 +218,12 @@ write_timeout = "1s"
         ));
         let sc = Sidecache::start(SidecacheOptions::new(config).backend(origin.addr())).await;
         let url = sc.url(path);
-        let gets: Vec<_> = (0..40)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { try_get(&url, &[]).await })
-            })
-            .collect();
+        let gets = gets_at_once(&url, 40);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let write =
             support::http::request("PUT", &url, &[], bytes::Bytes::from_static(b"{}")).await;
         assert_eq!(write.status, 200, "{}", write.text());
-        for g in gets {
-            let r = g.await.expect("GET task").expect("GET");
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
+        all_ok(gets).await;
         let fetches = origin
             .seen(path)
             .iter()
@@ -257,12 +267,7 @@ max_bytes = "8MiB"
     );
     let sc = Sidecache::start(SidecacheOptions::new(config).backend(origin.addr())).await;
     let url = sc.url(path);
-    let gets: Vec<_> = (0..40)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { try_get(&url, &[]).await })
-        })
-        .collect();
+    let gets = gets_at_once(&url, 40);
     let fetches = || origin.seen(path).len();
     for fill in 1..=3 {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -277,10 +282,7 @@ max_bytes = "8MiB"
         tokio::time::sleep(Duration::from_millis(100)).await;
         support::sidecache::admin_purge(&sc, serde_json::json!({ "url": path })).await;
     }
-    for g in gets {
-        let r = g.await.expect("GET task").expect("GET");
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    all_ok(gets).await;
     let fetches = fetches();
     assert!(
         fetches <= 5,
