@@ -134,6 +134,8 @@ pub struct Counts {
     pub purges: u64,
     pub fetches: u64,
     pub faults: u64,
+    /// Cluster fault steps skipped because the cluster was not yet whole for long enough.
+    pub faults_skipped: u64,
     pub logged_purges: u64,
     /// Violations of invariants 1 to 4, each counted, listed or not (see
     /// [`LISTED_PER_INVARIANT`]).
@@ -270,6 +272,11 @@ impl Checker {
             heal: None,
         });
         FaultId { fault: id, opening }
+    }
+
+    /// A fault step was skipped (see `run::fault`).
+    pub fn fault_skipped(&mut self) {
+        self.counts.faults_skipped += 1;
     }
 
     /// The fault healed now.
