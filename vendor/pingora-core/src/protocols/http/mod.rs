@@ -33,6 +33,12 @@ pub use server::{ReusableHttpStream, Session as ServerSession};
 /// The Pingora server name string
 pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 
+/// sidecache patch: how many more fields than it was read with a parsed HTTP/1 head has room
+/// for. A proxy adds some to each request (`X-Forwarded-*`, a request id) and each response
+/// (`Date`, cache status); a head sized to what it was read with grew both of its header maps
+/// (the fields and their case) once or twice on those inserts, a rehash each time.
+pub const PROXY_ADDED_FIELDS: usize = 8;
+
 /// An enum to hold all possible HTTP response events.
 #[derive(Debug)]
 pub enum HttpTask {

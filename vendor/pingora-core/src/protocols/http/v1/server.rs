@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // sidecache patch: room for the fields a proxy adds, so adding
+                            // them does not grow (rehash) both header maps several times
+                            Some(req.headers.len() + crate::protocols::http::PROXY_ADDED_FIELDS),
                         )?);
 
                         request_header.set_version(match req.version {
