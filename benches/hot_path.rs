@@ -219,6 +219,21 @@ fn compression_bench(c: &mut Criterion) {
         g.bench_function(format!("zstd decompress, reused context {name}"), |b| {
             b.iter(|| dctx.decompress(black_box(&z1), raw.len()).expect("zstd"))
         });
+        // zstd's fast levels (negative: no entropy-coded literals, shorter searches), one
+        // reused context each, as the codec keeps them.
+        for level in [-1, -3, -7] {
+            let mut fast = zstd::bulk::Compressor::new(level).expect("zstd context");
+            let out = fast.compress(&raw).expect("zstd");
+            eprintln!(
+                "{name}: zstd level {level} {} B ({:.1}x)",
+                out.len(),
+                ratio(out.len())
+            );
+            g.bench_function(
+                format!("zstd level {level} compress, reused context {name}"),
+                |b| b.iter(|| fast.compress(black_box(&raw)).expect("zstd")),
+            );
+        }
         g.bench_function(format!("zstd-3 compress {name}"), |b| {
             b.iter(|| zstd::bulk::compress(black_box(&raw), 3).expect("zstd"))
         });

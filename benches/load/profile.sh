@@ -5,6 +5,8 @@
 #   benches/load/profile.sh [SECONDS]   (default 15; expects the release binaries, see run.sh)
 #   PROFILE_PATH=/api/events/1/context benches/load/profile.sh    pass-through (never cached)
 #   PROFILE_MISS=1 benches/load/profile.sh                         every request a stored miss
+#   PROFILE_L2=1 PROFILE_MISS=1 benches/load/profile.sh            ... stored in L1 and a Redis
+#                  L2 (redis-server on a free port; its per-command cost is printed too)
 #   SIDECACHE_BIN=/path/to/sidecache benches/load/profile.sh       another build (old vs new)
 #
 # Starts the load origin and sidecache (release, debug line tables) under valgrind
@@ -40,6 +42,15 @@ PIDS+=($!)
 sed -e "s|@PORT@|$PORT|g" -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" \
   -e "s|@L1_MAX_BYTES@|256MiB|g" -e "s|@L1_MAX_OBJECT_BYTES@|8MiB|g" \
   "$HERE/sidecache.toml.tmpl" >"$WORK/sidecache.toml"
+if [[ -n ${PROFILE_L2:-} ]]; then
+  REDIS_PORT=$(port)
+  taskset -c 0 redis-server --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK" \
+    >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+  printf '\n[cache]\nkey_host = false\n\n[cache.l2]\nurl = "redis://127.0.0.1:%s"\nprefix = "bench:"\ntimeout = "50ms"\n' \
+    "$REDIS_PORT" >>"$WORK/sidecache.toml"
+fi
 mkdir -p "$HERE/results"
 OUT=$HERE/results/callgrind.out.$(date -u +%Y%m%dT%H%M%SZ)
 taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
@@ -51,6 +62,7 @@ wait_http "http://127.0.0.1:$PORT/health"
 URL=http://127.0.0.1:$PORT${PROFILE_PATH:-/api/contractors/hot/bundle}
 for _ in 1 2 3; do curl -s -o /dev/null "$URL"; done
 callgrind_control -i on "$VG" >/dev/null 2>&1
+[[ -n ${PROFILE_L2:-} ]] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
 # PROFILE_MISS: every request a new contractor id, so a stored miss (the warm-up above used
 # the hot URL only).
 UNIQUE=${PROFILE_MISS:+miss$$}
@@ -62,6 +74,12 @@ REQUESTS=$(sed -n 's/^WRKJSON {"requests":\([0-9]*\).*/\1/p' "$WORK/wrk.out")
 DUMP=$(ls -S "$OUT"* | head -1) # the -d dump (the exit dump is empty: instrumentation is off)
 TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",","",$1); print $1; n=1}')
 echo "requests: $REQUESTS, instructions: $TOTAL, per request: $((TOTAL / REQUESTS))"
+if [[ -n ${PROFILE_L2:-} ]]; then
+  echo "== redis: commands (calls, usec per call), CPU seconds, keys"
+  redis-cli -p "$REDIS_PORT" info commandstats | grep -E '^cmdstat' | tr -d '\r'
+  redis-cli -p "$REDIS_PORT" info cpu | grep -E 'used_cpu_(sys|user):' | tr -d '\r'
+  redis-cli -p "$REDIS_PORT" dbsize
+fi
 echo "== inclusive (top 40)"
 callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 || true
 echo "== exclusive (top 30)"
