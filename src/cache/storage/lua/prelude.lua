@@ -18,14 +18,16 @@ end
 -- state that recorded tombstones whose set is gone (expired or evicted) raises the floor to
 -- the generation the same way.
 local function purge_state()
-  local gen = tonumber(redis.call('HGET', KEYS[1], 'gen'))
+  -- one call for the three fields (each call from a script costs a command lookup)
+  local state = redis.call('HMGET', KEYS[1], 'gen', 'floor', 'tombs')
+  local gen = tonumber(state[1])
   if not gen then
     gen = now_us()
     redis.call('HSET', KEYS[1], 'gen', dec(gen), 'floor', dec(gen), 'tombs', '0')
     return gen, gen
   end
-  local floor = tonumber(redis.call('HGET', KEYS[1], 'floor')) or gen
-  if redis.call('HGET', KEYS[1], 'tombs') == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
+  local floor = tonumber(state[2]) or gen
+  if state[3] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
     floor = gen
     redis.call('HSET', KEYS[1], 'floor', dec(gen), 'tombs', '0')
   end

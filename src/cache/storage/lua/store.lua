@@ -58,10 +58,16 @@ local function live_for_ttl(key)
   end
 end
 -- an index member lives as long as its entry: scored by the entry's expiry, trimmed here
+-- (a new index has nothing to trim; most stores of new urls make one)
 local function index(key)
+  local left = redis.call('PTTL', key)
   redis.call('ZADD', key, expiry, KEYS[3])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
-  live_for_ttl(key)
+  if left ~= -2 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
+  end
+  if left < 0 or left < ttl then
+    redis.call('PEXPIRE', key, ARGV[3])
+  end
 end
 if url ~= '' then
   index(ARGV[1] .. 'url:' .. url)
