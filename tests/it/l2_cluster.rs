@@ -256,6 +256,55 @@ async fn purges_win_over_earlier_work_in_every_partition() {
     assert!(cluster.keys("pw:*:e:*").is_empty());
 }
 
+/// A purge's tombstone in a partition keeps the newest generation of its target. On a
+/// cluster the generation is taken on the home slot first, so the partition step of an older
+/// purge of the same target (a retried job, another instance's) can land after a newer one's.
+/// When its lower generation replaced the newer, work begun between the two purges was
+/// stored: the cluster torture (seed 8402) saw the instance that had just written serve the
+/// old version from Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_purge_landing_late_does_not_lower_a_newer_ones_tombstone() {
+    use sidecache::cache::storage::l2::{EntryWrite, StoreOutcome};
+    use sidecache::cache::storage::{PurgeKind, Refusal};
+
+    let cluster = RedisCluster::start(3);
+    let l2 = cluster_store(&cluster, "late:");
+    // the entry's partition (placed by its path, the key's first byte) has its state from
+    // before both purges: a first store seeds it
+    let key: &'static [u8; 16] =
+        Box::leak(Box::new([sidecache::cache::key::placement("/items/4"); 16]));
+    let mut between = EntryWrite {
+        key,
+        value: b"old version",
+        ttl: Duration::from_secs(60),
+        url: "/items/4",
+        tags: &[],
+        since: l2.generation().await.expect("generation"),
+    };
+    l2.set_entry(&between).await.expect("seeding store");
+    let older = l2.advance().await.expect("advance");
+    let newer = l2.advance().await.expect("advance");
+    assert!(newer > older);
+    // the newer purge's partition step first, then the older one's, late
+    for generation in [newer, older] {
+        l2.purge_partitions(PurgeKind::Url, "/items/4", generation, None)
+            .await
+            .expect("partition step");
+    }
+    // work that began after the older purge and before the newer one
+    between.since = older;
+    assert_eq!(
+        l2.set_entry(&between).await,
+        Ok(StoreOutcome::Refused(Refusal::Purged))
+    );
+    // work that began after both is stored
+    let after = EntryWrite {
+        since: l2.generation().await.expect("generation"),
+        ..between
+    };
+    assert_eq!(l2.set_entry(&after).await, Ok(StoreOutcome::Stored));
+}
+
 /// Entries are placed by path: every entry of one path (each query and Vary variant) lives
 /// in its path's partition, beside its url index, so a write's purges (its url and `path?`)
 /// run the home slot's advance and one script in that partition each, and still remove every

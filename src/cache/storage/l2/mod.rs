@@ -489,6 +489,19 @@ impl L2Store {
                 deleted,
             });
         }
+        let generation = self.advance().await?;
+        let deleted = self
+            .purge_partitions(kind, target, generation, soft)
+            .await?;
+        Ok(PurgeDone {
+            generation,
+            deleted,
+        })
+    }
+
+    /// Cluster: move the purge generation on the home slot past now and return it (the
+    /// first step of [`Self::purge_with`]), under the write timeout.
+    pub async fn advance(&self) -> Result<u64, L2Result> {
         let cmd = ADVANCE.command(&[&self.purge_state_key(), &self.tombstones_key()]);
         let generation: u64 = self
             .run_in(
@@ -499,6 +512,21 @@ impl L2Store {
             )
             .await?;
         self.saw(generation);
+        Ok(generation)
+    }
+
+    /// Cluster: the second step of [`Self::purge_with`], the purge of `kind`/`target` in
+    /// each partition it can touch, recording `generation` (from [`Self::advance`]) as its
+    /// tombstone there. Returns the entries deleted. The steps of two purges of one target
+    /// may reach a partition in either order (a retried job, two instances): each tombstone
+    /// keeps the newer generation.
+    pub async fn purge_partitions(
+        &self,
+        kind: PurgeKind,
+        target: &str,
+        generation: u64,
+        soft: Option<SoftPurge>,
+    ) -> Result<u64, L2Result> {
         let given = generation.to_string();
         // The partitions are independent (each records its tombstone before it deletes), so
         // they run at once over the multiplexed connection: a url purge costs the latency of
@@ -513,10 +541,7 @@ impl L2Store {
         for done in futures_util::future::join_all(parts).await {
             deleted += done?.1;
         }
-        Ok(PurgeDone {
-            generation,
-            deleted,
-        })
+        Ok(deleted)
     }
 
     /// Log `entry` (a finished purge, as the purge service writes it: unique per purge) in

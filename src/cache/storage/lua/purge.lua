@@ -37,7 +37,12 @@ if ARGV[4] == '1' then
     generation = tonumber(given)
     now = generation
   end
-  redis.call('ZADD', KEYS[2], dec(generation), kind .. target)
+  -- GT: a tombstone keeps the newest generation of its target. On a cluster a purge's
+  -- generation is taken on the home slot before this step runs, so an older purge of the
+  -- same target (a retried job, another instance's) can run here after a newer one; its
+  -- lower score must not replace the newer's, or work begun between the two would be let
+  -- through (found by the cluster torture: a HIT-L2 of the old version after a write).
+  redis.call('ZADD', KEYS[2], 'GT', dec(generation), kind .. target)
   local cutoff = now - HORIZON_US
   local old = redis.call('ZREVRANGEBYSCORE', KEYS[2], dec(cutoff), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #old > 0 then
