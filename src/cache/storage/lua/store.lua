@@ -50,10 +50,12 @@ local now = math.floor(now_us() / 1000)
 local ttl = tonumber(ARGV[3])
 local expiry = dec(now + ttl)
 local expired = '(' .. dec(now)
--- a key lives at least as long as the entry: Redis 7's PEXPIRE NX then GT, on Redis 6.2 too
-local function live_for_ttl(key)
-  local left = redis.call('PTTL', key)
-  if left == -1 or (left >= 0 and left < ttl) then
+-- a key lives at least as long as the entry: Redis 7's PEXPIRE NX then GT, on Redis 6.2 too.
+-- `left` is its PTTL when the caller has read it already (-2: it did not exist then, and
+-- the caller has made it since, without a time to live)
+local function live_for_ttl(key, left)
+  left = left or redis.call('PTTL', key)
+  if left < ttl then
     redis.call('PEXPIRE', key, ARGV[3])
   end
 end
@@ -65,9 +67,7 @@ local function index(key)
   if left ~= -2 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
   end
-  if left < 0 or left < ttl then
-    redis.call('PEXPIRE', key, ARGV[3])
-  end
+  live_for_ttl(key, left)
 end
 if url ~= '' then
   index(ARGV[1] .. 'url:' .. url)
