@@ -212,11 +212,12 @@ pub fn add_forwarded(
         let agreed = last_forwarded_text(upstream)
             .filter(|text| agrees(forwarded_element(text), origin))
             .map(str::to_owned);
-        match agreed {
-            Some(element) => upstream.insert_header(FORWARDED, element)?,
-            None => remove_all(upstream, |name| name == FORWARDED),
+        remove_all(upstream, |name| {
+            TARGET_OVERRIDES.contains(&name) || (agreed.is_none() && name == FORWARDED)
+        });
+        if let Some(element) = agreed {
+            upstream.insert_header(FORWARDED, element)?;
         }
-        remove_all(upstream, |name| TARGET_OVERRIDES.contains(&name));
     } else {
         remove_all(upstream, |name| {
             TARGET_OVERRIDES.contains(&name)
